@@ -1,0 +1,52 @@
+# musicfs developer targets. `make install` then `make test`; `make demo` for a quick look.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEMO_DIR := .demo
+DEMO_MNT := demo-mnt
+
+.PHONY: install system-packages test test-fast bench demo demo-stop lint clean
+
+install: system-packages $(BIN)/musicfs
+
+# fuse provides fusermount and libfuse2 the library fusepy loads; only root can install them.
+system-packages:
+	@if [ "$$(id -u)" = 0 ] && ! { command -v fusermount >/dev/null && ldconfig -p | grep -q 'libfuse.so.2'; }; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fuse libfuse2; \
+	elif ! command -v fusermount >/dev/null; then \
+		echo "musicfs needs fusermount and libfuse2: sudo apt-get install fuse libfuse2"; exit 1; \
+	fi
+
+$(BIN)/musicfs: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	@touch $@
+
+test: install
+	$(BIN)/pytest -q
+
+test-fast: install
+	$(BIN)/pytest -q -m 'not slow'
+
+bench: install
+	$(BIN)/python -m bench
+
+demo: install
+	@mkdir -p $(DEMO_MNT)
+	@if mountpoint -q $(DEMO_MNT); then $(BIN)/musicfs unmount $(DEMO_MNT); fi
+	@[ -d $(DEMO_DIR)/library ] || $(PYTHON) ../shared/tools/make-library $(DEMO_DIR)/library --artists 5 --albums 2 --tracks 6 --size 256K 2>/dev/null \
+		|| $(BIN)/python -m tests.synthetic $(DEMO_DIR)/library
+	$(BIN)/musicfs $(DEMO_MNT) -O $(DEMO_DIR)/library --cache-dir $(DEMO_DIR)/cache --cache-size 200M
+	@echo "mounted: ls $(DEMO_MNT)   (stop with: make demo-stop)"
+	@ls $(DEMO_MNT) | head
+
+demo-stop:
+	$(BIN)/musicfs unmount $(DEMO_MNT)
+
+lint: install
+	$(BIN)/python -m compileall -q musicfs tests bench
+	@if $(BIN)/python -m ruff --version >/dev/null 2>&1; then $(BIN)/python -m ruff check musicfs tests bench; fi
+
+clean:
+	rm -rf $(VENV) build *.egg-info $(DEMO_DIR)

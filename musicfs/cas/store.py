@@ -1,0 +1,440 @@
+"""The content-addressed chunk store: verified chunk files plus their LMDB index.
+
+Format and invariants: see :mod:`musicfs.storage`. The rules this class keeps:
+
+* A chunk file is written to tmp/ and renamed; only then is it recorded, and its size added to
+  ``meta.total``, in ONE write transaction (together with the manifest slot that uses it).
+* Everything that creates or deletes one digest's file and record holds that digest's lock, so
+  the record and the file never disagree for longer than a crash.
+* A read verifies size and XXH3-128 of the whole chunk; a chunk that fails is deleted and the
+  caller fetches it again. Verified chunks are kept in a small in-memory LRU so sequential reads
+  of one chunk in 128 KiB pieces do not re-read and re-hash it each time.
+* Last-access times are collected in memory and written in one transaction every few seconds
+  (and before eviction), not once per read.
+* Eviction removes least recently used chunks down to a low watermark, skipping pinned chunks
+  (those an in-flight read is using).
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import errno
+import logging
+import os
+import struct
+import threading
+import time
+
+import xxhash
+
+from ..errors import ChunkCorrupt, ChunkMissing
+from ..storage import U64, Storage
+
+log = logging.getLogger(__name__)
+
+# Why 1 MiB: large enough that per-chunk costs (one LMDB record, one file, one open) vanish
+# against the data, small enough that a miss costs one ~10 ms range read from a NAS and that a
+# tag scanner reading a file's first KBs fetches at most 1 MiB of it.
+DEFAULT_CHUNK_SIZE = 1 << 20
+DIGEST_SIZE = 16
+NO_DIGEST = bytes(DIGEST_SIZE)
+CHUNK_RECORD = struct.Struct(">IQ")      # size, last access ns
+MANIFEST_HEAD = struct.Struct(">QQ")     # file size, mtime_ns
+# Evict down to this fraction of max_size, so a full cache does not evict on every write.
+LOW_WATERMARK = 0.9
+VERIFIED_CACHE_BYTES = 8 << 20
+LOCK_STRIPES = 64
+# Errors that mean "the cache disk cannot take writes", as opposed to a bug.
+DISK_ERRNOS = {errno.EROFS, errno.ENOSPC, errno.EIO, errno.EACCES, errno.EPERM, errno.ENOENT,
+               errno.EDQUOT, errno.ENOTDIR, errno.ESTALE}
+
+
+def digest_of(data: bytes | memoryview) -> bytes:
+    return xxhash.xxh3_128_digest(data)
+
+
+def chunk_count(file_size: int, chunk_size: int) -> int:
+    return (file_size + chunk_size - 1) // chunk_size
+
+
+def manifest_key(origin: str, relpath: bytes) -> bytes:
+    return origin.encode() + b"\0" + relpath
+
+
+class VerifiedChunks:
+    """A byte-bounded LRU of chunks that passed verification since they were read from disk."""
+
+    def __init__(self, capacity: int = VERIFIED_CACHE_BYTES):
+        self.capacity = capacity
+        self._chunks: collections.OrderedDict[bytes, bytes] = collections.OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, digest: bytes) -> bytes | None:
+        with self._lock:
+            data = self._chunks.get(digest)
+            if data is not None:
+                self._chunks.move_to_end(digest)
+            return data
+
+    def add(self, digest: bytes, data: bytes) -> None:
+        if len(data) > self.capacity:
+            return
+        with self._lock:
+            if digest in self._chunks:
+                return
+            self._chunks[digest] = data
+            self._bytes += len(data)
+            while self._bytes > self.capacity:
+                _, old = self._chunks.popitem(last=False)
+                self._bytes -= len(old)
+
+    def discard(self, digest: bytes) -> None:
+        with self._lock:
+            data = self._chunks.pop(digest, None)
+            if data is not None:
+                self._bytes -= len(data)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._chunks.clear()
+            self._bytes = 0
+
+
+class CacheWriteError(OSError):
+    """The cache disk refused a chunk (read-only, full, gone...): the caller serves without caching."""
+
+
+class ChunkStore:
+    def __init__(self, storage: Storage, max_size: int, *, chunk_size: int = DEFAULT_CHUNK_SIZE):
+        self.storage = storage
+        self.max_size = max_size
+        self._chunks_dir = os.fsencode(storage.chunks_dir)
+        self._tmp_dir = os.fsencode(storage.tmp_dir)
+        self._locks = [threading.Lock() for _ in range(LOCK_STRIPES)]
+        self._pins: collections.Counter[bytes] = collections.Counter()
+        self._pins_lock = threading.Lock()
+        self._evict_lock = threading.Lock()
+        self._touched: dict[bytes, int] = {}
+        self._tmp_seq = 0
+        self.verified = VerifiedChunks()
+        self.hits = 0
+        self.misses = 0
+        # Passthrough: the cache disk refused a write, so reads go straight to origins until
+        # probe_writable() sees the disk take writes again.
+        self.passthrough = False
+        self.passthrough_reason = ""
+        self.chunk_size = self._init_chunk_size(chunk_size)
+
+    def _init_chunk_size(self, wanted: int) -> int:
+        with self.storage.begin(write=not self.storage.readonly) as txn:
+            stored = self.storage.get_u64(txn, b"chunk_size", 0)
+            if stored:
+                return stored
+            if not self.storage.readonly:
+                self.storage.put_u64(txn, b"chunk_size", wanted)
+        return wanted
+
+    # -- paths and locks -------------------------------------------------------------------
+
+    def path_of(self, digest: bytes) -> bytes:
+        hexdigest = digest.hex().encode()
+        return b"%s/%s/%s/%s" % (self._chunks_dir, hexdigest[:2], hexdigest[2:4], hexdigest)
+
+    def _lock_for(self, digest: bytes) -> threading.Lock:
+        return self._locks[digest[0] % LOCK_STRIPES]
+
+    @contextlib.contextmanager
+    def pinned(self, digests):
+        """Keep these chunks from eviction while a read uses them."""
+        with self._pins_lock:
+            for d in digests:
+                self._pins[d] += 1
+        try:
+            yield
+        finally:
+            with self._pins_lock:
+                for d in digests:
+                    self._pins[d] -= 1
+                    if self._pins[d] <= 0:
+                        del self._pins[d]
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def get(self, digest: bytes, size: int) -> bytes:
+        """The verified bytes of a chunk; ChunkMissing/ChunkCorrupt (chunk dropped) otherwise."""
+        data = self.verified.get(digest)
+        if data is not None:
+            self._touched[digest] = time.time_ns()
+            self.hits += 1
+            return data
+        try:
+            fd = os.open(self.path_of(digest), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            self._drop_quietly(digest, "its file is missing")
+            raise ChunkMissing(f"chunk {digest.hex()} is recorded but its file is missing") from None
+        except OSError as e:
+            # EMFILE, or a cache disk that fails reads: the chunk may be fine, fetch around it.
+            raise ChunkMissing(f"chunk {digest.hex()} cannot be opened: {e.strerror}") from e
+        try:
+            # One byte more than expected tells a too-long file from a good one.
+            data = os.pread(fd, size + 1, 0)
+        except OSError as e:
+            raise ChunkMissing(f"chunk {digest.hex()} cannot be read: {e.strerror}") from e
+        finally:
+            os.close(fd)
+        if len(data) != size or digest_of(data) != digest:
+            self._drop_quietly(digest, f"it failed verification ({len(data)} bytes, expected {size})")
+            raise ChunkCorrupt(f"chunk {digest.hex()} failed verification; fetching it again")
+        self.verified.add(digest, data)
+        self._touched[digest] = time.time_ns()
+        self.hits += 1
+        return data
+
+    def _drop_quietly(self, digest: bytes, reason: str) -> None:
+        try:
+            self.delete(digest, reason=reason)
+        except Exception as e:  # a read-only cache disk cannot drop it; the read goes on
+            log.warning("could not drop chunk %s (%s): %s", digest.hex(), reason, e)
+
+    def contains(self, digest: bytes) -> int | None:
+        """The recorded size of a chunk, or None."""
+        with self.storage.begin() as txn:
+            raw = txn.get(digest, db=self.storage.chunks)
+        return CHUNK_RECORD.unpack(raw)[0] if raw is not None else None
+
+    # -- manifests -------------------------------------------------------------------------
+
+    def manifest(self, key: bytes, file_size: int, mtime_ns: int) -> list[bytes | None]:
+        """The known chunk digests of a file version (None where not fetched yet)."""
+        count = chunk_count(file_size, self.chunk_size)
+        with self.storage.begin() as txn:
+            raw = txn.get(key, db=self.storage.manifests)
+        if raw is None or MANIFEST_HEAD.unpack_from(raw) != (file_size, mtime_ns):
+            return [None] * count
+        body = memoryview(raw)[MANIFEST_HEAD.size:]
+        slots = []
+        for i in range(count):
+            d = bytes(body[i * DIGEST_SIZE:(i + 1) * DIGEST_SIZE])
+            slots.append(d if d and d != NO_DIGEST else None)
+        return slots
+
+    def drop_manifest(self, key: bytes, txn=None) -> None:
+        if txn is not None:
+            txn.delete(key, db=self.storage.manifests)
+            return
+        with self.storage.begin(write=True) as txn:
+            txn.delete(key, db=self.storage.manifests)
+
+    def _set_manifest_slot(self, txn, key: bytes, file_size: int, mtime_ns: int, index: int, digest: bytes):
+        count = chunk_count(file_size, self.chunk_size)
+        raw = txn.get(key, db=self.storage.manifests)
+        if raw is None or MANIFEST_HEAD.unpack_from(raw) != (file_size, mtime_ns) \
+                or len(raw) != MANIFEST_HEAD.size + count * DIGEST_SIZE:
+            body = bytearray(MANIFEST_HEAD.pack(file_size, mtime_ns) + NO_DIGEST * count)
+        else:
+            body = bytearray(raw)
+        start = MANIFEST_HEAD.size + index * DIGEST_SIZE
+        body[start:start + DIGEST_SIZE] = digest
+        txn.put(key, bytes(body), db=self.storage.manifests)
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def put(self, data: bytes, *, manifest: tuple[bytes, int, int, int] | None = None) -> bytes:
+        """Store a chunk (once per content) and, optionally, record it in a file's manifest
+        (key, file size, mtime_ns, chunk index), all in one transaction. Returns the digest.
+        Raises CacheWriteError if the cache disk refuses the write; nothing is recorded then."""
+        if self.passthrough:
+            raise CacheWriteError(errno.EIO, f"cache in passthrough: {self.passthrough_reason}")
+        try:
+            return self._put(data, manifest)
+        except CacheWriteError as e:
+            if e.errno == errno.ENOSPC and self.evict(target=self.total() // 2):
+                try:  # the disk is fuller than max_size says (shared disk): make room, retry once
+                    return self._put(data, manifest)
+                except CacheWriteError as again:
+                    e = again
+            self._enter_passthrough(e)
+            raise
+
+    def _put(self, data: bytes, manifest) -> bytes:
+        digest = digest_of(data)
+        with self._lock_for(digest):
+            with self.storage.begin() as txn:
+                known = txn.get(digest, db=self.storage.chunks) is not None
+            if not known:
+                self._write_file(digest, data)
+            try:
+                with self.storage.begin(write=True) as txn:
+                    now = time.time_ns()
+                    if known and txn.get(digest, db=self.storage.chunks) is not None:
+                        self._retouch(txn, digest, now)
+                    else:
+                        txn.put(digest, CHUNK_RECORD.pack(len(data), now), db=self.storage.chunks)
+                        txn.put(U64.pack(now) + digest, b"", db=self.storage.lru)
+                        total = self.storage.get_u64(txn, b"total") + len(data)
+                        self.storage.put_u64(txn, b"total", total)
+                    if manifest is not None:
+                        self._set_manifest_slot(txn, *manifest, digest)
+            except Exception as e:
+                # The file is on disk but unrecorded: remove it so accounting stays exact.
+                if not known:
+                    with contextlib.suppress(OSError):
+                        os.unlink(self.path_of(digest))
+                raise CacheWriteError(getattr(e, "errno", errno.EIO) or errno.EIO,
+                                      f"cannot record chunk in the index: {e}") from e
+        self.verified.add(digest, data)
+        if self.total() > self.max_size:
+            self.evict()
+        return digest
+
+    def _enter_passthrough(self, error: OSError) -> None:
+        if not self.passthrough:
+            self.passthrough_reason = error.strerror or str(error)
+            self.passthrough = True
+            log.warning("cache disk refuses writes (%s): serving straight from origins (passthrough) "
+                        "until it works again", self.passthrough_reason)
+
+    def probe_writable(self) -> bool:
+        """Try a real write (a temp file and an index transaction); leave passthrough if it works."""
+        probe = b"%s/probe.%d" % (self._tmp_dir, os.getpid())
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            try:
+                os.write(fd, b"x" * 4096)
+            finally:
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    os.unlink(probe)
+            with self.storage.begin(write=True) as txn:
+                self.storage.put_u64(txn, b"probed", time.time_ns())
+        except Exception as e:
+            self.passthrough_reason = getattr(e, "strerror", None) or str(e)
+            return False
+        if self.passthrough:
+            self.passthrough = False
+            log.info("cache disk takes writes again: caching resumed")
+        return True
+
+    def _write_file(self, digest: bytes, data: bytes) -> None:
+        self._tmp_seq += 1
+        tmp = b"%s/%d.%d.%d" % (self._tmp_dir, os.getpid(), threading.get_ident(), self._tmp_seq)
+        final = self.path_of(digest)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
+            try:
+                os.rename(tmp, final)
+            except FileNotFoundError:
+                os.makedirs(os.path.dirname(final), exist_ok=True)
+                os.rename(tmp, final)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise CacheWriteError(e.errno or errno.EIO, f"cannot write chunk to the cache: {e.strerror}") from e
+
+    def _retouch(self, txn, digest: bytes, now: int) -> None:
+        raw = txn.get(digest, db=self.storage.chunks)
+        if raw is None:
+            return
+        size, old = CHUNK_RECORD.unpack(raw)
+        if old == now:
+            return
+        txn.delete(U64.pack(old) + digest, db=self.storage.lru)
+        txn.put(U64.pack(now) + digest, b"", db=self.storage.lru)
+        txn.put(digest, CHUNK_RECORD.pack(size, now), db=self.storage.chunks)
+
+    def flush_access_times(self) -> None:
+        """Write the last-access times collected since the last flush, in one transaction."""
+        if not self._touched:
+            return
+        touched, self._touched = self._touched, {}
+        with self.storage.begin(write=True) as txn:
+            for digest, when in touched.items():
+                self._retouch(txn, digest, when)
+
+    def delete(self, digest: bytes, reason: str = "") -> int:
+        """Remove a chunk's record and file (under its lock). Returns the bytes freed."""
+        self.verified.discard(digest)
+        with self._lock_for(digest):
+            with self.storage.begin(write=True) as txn:
+                raw = txn.get(digest, db=self.storage.chunks)
+                size = 0
+                if raw is not None:
+                    size, when = CHUNK_RECORD.unpack(raw)
+                    txn.delete(digest, db=self.storage.chunks)
+                    txn.delete(U64.pack(when) + digest, db=self.storage.lru)
+                    self.storage.put_u64(txn, b"total", self.storage.get_u64(txn, b"total") - size)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path_of(digest))
+        if reason:
+            log.warning("dropped chunk %s: %s", digest.hex(), reason)
+        return size
+
+    # -- eviction --------------------------------------------------------------------------
+
+    def total(self) -> int:
+        with self.storage.begin() as txn:
+            return self.storage.get_u64(txn, b"total")
+
+    def evict(self, target: int | None = None) -> int:
+        """Delete least recently used, unpinned chunks until the total is at most `target`
+        (default: the low watermark). Returns the bytes freed. One evictor at a time."""
+        if not self._evict_lock.acquire(blocking=False):
+            return 0
+        try:
+            self.flush_access_times()
+            if target is None:
+                target = int(self.max_size * LOW_WATERMARK)
+            freed = 0
+            total = self.total()
+            if total <= target:
+                return 0
+            victims = []
+            with self.storage.begin() as txn:
+                cursor = txn.cursor(db=self.storage.lru)
+                planned = 0
+                for key, _ in cursor:
+                    digest = key[8:]
+                    if digest in self._pins:
+                        continue
+                    raw = txn.get(digest, db=self.storage.chunks)
+                    if raw is None:
+                        continue
+                    victims.append(digest)
+                    planned += CHUNK_RECORD.unpack(raw)[0]
+                    if total - planned <= target:
+                        break
+            for digest in victims:
+                if digest in self._pins:
+                    continue
+                freed += self.delete(digest)
+            log.info("evicted %d chunks, %d bytes (cache was %d bytes, limit %d)",
+                     len(victims), freed, total, self.max_size)
+            return freed
+        finally:
+            self._evict_lock.release()
+
+    # -- statistics ------------------------------------------------------------------------
+
+    def stats(self) -> dict:
+        with self.storage.begin() as txn:
+            return {
+                "chunks": txn.stat(self.storage.chunks)["entries"],
+                "bytes": self.storage.get_u64(txn, b"total"),
+                "max_bytes": self.max_size,
+                "chunk_size": self.chunk_size,
+                "hits": self.storage.get_u64(txn, b"hits") + self.hits,
+                "misses": self.storage.get_u64(txn, b"misses") + self.misses,
+            }
+
+    def save_counters(self) -> None:
+        hits, misses, self.hits, self.misses = self.hits, self.misses, 0, 0
+        with self.storage.begin(write=True) as txn:
+            self.storage.put_u64(txn, b"hits", self.storage.get_u64(txn, b"hits") + hits)
+            self.storage.put_u64(txn, b"misses", self.storage.get_u64(txn, b"misses") + misses)

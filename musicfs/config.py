@@ -1,0 +1,261 @@
+"""Configuration: a TOML file read with tomllib into frozen dataclasses.
+
+Every key is declared in ``_SCHEMA``; an unknown key or a value of the wrong type raises
+:class:`ConfigError` naming the key, so a typo never silently falls back to a default.
+Command-line options override the file (see :func:`load`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ConfigError
+
+# Why 30 s: long enough for a NAS waking its disks from spin-down (10-20 s is common), short
+# enough that a player stuck on a dead origin gets EIO and moves on instead of hanging forever.
+DEFAULT_READ_TIMEOUT = 30.0
+# Why 5 s: a healthy origin answers a stat in milliseconds; 5 s tolerates a busy NAS without
+# letting one dead origin stall the cron probe (which must finish within timeout + 1 s).
+DEFAULT_HEALTH_TIMEOUT = 5.0
+DEFAULT_HEALTH_INTERVAL = 30.0
+DEFAULT_MAX_SIZE = 10 << 30
+# A rescan once an hour keeps the catalog fresh without walking a NAS constantly.
+DEFAULT_RESCAN_INTERVAL = 3600.0
+# At most this many pool workers may be busy with one origin's I/O at once, so reads stuck in a
+# dead NFS syscall can never take the whole pool.
+DEFAULT_WORKERS_PER_ORIGIN = 4
+
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def xdg_dir(variable: str, fallback: str) -> Path:
+    value = os.environ.get(variable)
+    if value and os.path.isabs(value):
+        return Path(value)
+    return Path.home() / fallback
+
+
+def xdg_music_dir() -> Path:
+    """The XDG music directory: XDG_MUSIC_DIR from user-dirs.dirs, else ~/Music."""
+    user_dirs = xdg_dir("XDG_CONFIG_HOME", ".config") / "user-dirs.dirs"
+    try:
+        for line in user_dirs.read_text().splitlines():
+            match = re.fullmatch(r'\s*XDG_MUSIC_DIR="(.*)"\s*', line)
+            if match:
+                return Path(match.group(1).replace("$HOME", str(Path.home())))
+    except OSError:
+        pass
+    return Path.home() / "Music"
+
+
+def default_config_path() -> Path:
+    return xdg_dir("XDG_CONFIG_HOME", ".config") / "musicfs" / "config.toml"
+
+
+def parse_size(value: str | int, key: str = "size") -> int:
+    """'500M' -> 524288000. Accepts an int (bytes) or a number with a K/M/G/T suffix."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}: expected a size such as 500M or 10G, got {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ConfigError(f"{key}: size must not be negative, got {value}")
+        return value
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: expected a size such as 500M or 10G, got {value!r}")
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*", value.upper())
+    if not match:
+        raise ConfigError(f"{key}: cannot read size {value!r}; use a number with K, M, G or T, e.g. 10G")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
+
+
+@dataclass(frozen=True)
+class OriginConfig:
+    name: str
+    path: Path
+    type: str = "local"
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    dir: Path = field(default_factory=lambda: xdg_dir("XDG_CACHE_HOME", ".cache") / "musicfs")
+    max_size: int = DEFAULT_MAX_SIZE
+
+
+@dataclass(frozen=True)
+class FuseConfig:
+    read_timeout: float = DEFAULT_READ_TIMEOUT
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    timeout: float = DEFAULT_HEALTH_TIMEOUT
+    interval: float = DEFAULT_HEALTH_INTERVAL
+    workers_per_origin: int = DEFAULT_WORKERS_PER_ORIGIN
+
+
+@dataclass(frozen=True)
+class CatalogConfig:
+    rescan_interval: float = DEFAULT_RESCAN_INTERVAL
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    file: Path = field(default_factory=lambda: xdg_dir("XDG_STATE_HOME", ".local/state") / "musicfs" / "musicfs.log")
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class Config:
+    origins: tuple[OriginConfig, ...]
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    fuse: FuseConfig = field(default_factory=FuseConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
+    catalog: CatalogConfig = field(default_factory=CatalogConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    source: Path | None = None  # the file this came from, None for the embedded default
+
+
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+# section -> key -> (accepted TOML types, converter)
+_Number = (int, float)
+
+
+def _path(value, key):
+    return Path(os.path.expanduser(value))
+
+
+def _seconds(value, key):
+    if value <= 0:
+        raise ConfigError(f"{key}: must be a positive number of seconds, got {value}")
+    return float(value)
+
+
+def _positive_int(value, key):
+    if value < 1:
+        raise ConfigError(f"{key}: must be at least 1, got {value}")
+    return value
+
+
+def _level(value, key):
+    if value.lower() not in _LOG_LEVELS:
+        raise ConfigError(f"{key}: must be one of {', '.join(_LOG_LEVELS)}, got {value!r}")
+    return value.lower()
+
+
+_SCHEMA = {
+    "cache": {"dir": ((str,), _path), "max_size": ((str, int), parse_size)},
+    "fuse": {"read_timeout": (_Number, _seconds)},
+    "health": {"timeout": (_Number, _seconds), "interval": (_Number, _seconds),
+               "workers_per_origin": ((int,), _positive_int)},
+    "catalog": {"rescan_interval": (_Number, _seconds)},
+    "log": {"file": ((str,), _path), "level": ((str,), _level)},
+}
+_ORIGIN_SCHEMA = {"name": ((str,), None), "type": ((str,), None), "path": ((str,), _path)}
+ORIGIN_TYPES = ("local",)
+
+
+def _typename(types) -> str:
+    names = {str: "a string", int: "an integer", float: "a number"}
+    return " or ".join(dict.fromkeys(names[t] for t in types))
+
+
+def _convert(key: str, value, types, converter):
+    if isinstance(value, bool) or not isinstance(value, types):
+        raise ConfigError(f"{key}: expected {_typename(types)}, got {value!r}")
+    return converter(value, key) if converter else value
+
+
+def _parse_origins(raw, where: str) -> tuple[OriginConfig, ...]:
+    if not isinstance(raw, list):
+        raise ConfigError(f"origins: expected [[origins]] tables, got {raw!r}")
+    origins = []
+    for index, table in enumerate(raw):
+        prefix = f"origins[{index}]"
+        if not isinstance(table, dict):
+            raise ConfigError(f"{prefix}: expected a table")
+        for key in table:
+            if key not in _ORIGIN_SCHEMA:
+                raise ConfigError(f"{prefix}.{key}: unknown key (known: {', '.join(_ORIGIN_SCHEMA)})")
+        if "path" not in table:
+            raise ConfigError(f"{prefix}.path: missing; every origin needs a path")
+        values = {k: _convert(f"{prefix}.{k}", v, *_ORIGIN_SCHEMA[k]) for k, v in table.items()}
+        values.setdefault("name", f"origin{index + 1}")
+        values.setdefault("type", "local")
+        if values["type"] not in ORIGIN_TYPES:
+            raise ConfigError(f"{prefix}.type: unknown origin type {values['type']!r} (known: {', '.join(ORIGIN_TYPES)})")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", values["name"]):
+            raise ConfigError(f"{prefix}.name: {values['name']!r} must be 1-64 letters, digits, '.', '_' or '-'")
+        origins.append(OriginConfig(**values))
+    names = [o.name for o in origins]
+    duplicate = next((n for n in names if names.count(n) > 1), None)
+    if duplicate:
+        raise ConfigError(f"origins: the name {duplicate!r} is used twice in {where}; names must be unique")
+    return tuple(origins)
+
+
+def parse(document: dict, source: Path | None = None) -> Config:
+    """Turn a parsed TOML document into a Config, rejecting unknown keys and wrong types."""
+    sections = {}
+    origins = None
+    for section, body in document.items():
+        if section == "origins":
+            origins = _parse_origins(body, str(source or "the config"))
+            continue
+        if section not in _SCHEMA:
+            raise ConfigError(f"{section}: unknown section (known: {', '.join([*_SCHEMA, 'origins'])})")
+        if not isinstance(body, dict):
+            raise ConfigError(f"{section}: expected a [{section}] table")
+        values = {}
+        for key, value in body.items():
+            if key not in _SCHEMA[section]:
+                raise ConfigError(f"{section}.{key}: unknown key (known: {', '.join(_SCHEMA[section])})")
+            values[key] = _convert(f"{section}.{key}", value, *_SCHEMA[section][key])
+        sections[section] = values
+    if origins is None:
+        origins = (OriginConfig(name="music", path=xdg_music_dir()),)
+    if not origins:
+        raise ConfigError("origins: the list is empty; add at least one [[origins]] table")
+    return Config(
+        origins=origins,
+        cache=CacheConfig(**sections.get("cache", {})),
+        fuse=FuseConfig(**sections.get("fuse", {})),
+        health=HealthConfig(**sections.get("health", {})),
+        catalog=CatalogConfig(**sections.get("catalog", {})),
+        log=LogConfig(**sections.get("log", {})),
+        source=source,
+    )
+
+
+def load(path: Path | None = None, *, origins: list[Path] | None = None, cache_dir: Path | None = None,
+         cache_size: str | None = None, read_timeout: float | None = None) -> Config:
+    """Read the config file (explicit, else the XDG default if present) and apply CLI overrides."""
+    document: dict = {}
+    source = None
+    if path is not None or default_config_path().exists():
+        source = Path(path) if path is not None else default_config_path()
+        try:
+            with open(source, "rb") as f:
+                document = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {source} does not exist; create it or drop -c") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {source} is not valid TOML: {e}") from None
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {source}: {e.strerror}") from None
+    config = parse(document, source)
+    if origins:
+        config = dataclasses.replace(config, origins=tuple(
+            OriginConfig(name=f"origin{i + 1}", path=Path(os.path.abspath(os.path.expanduser(p))))
+            for i, p in enumerate(origins)))
+    if cache_dir is not None:
+        config = dataclasses.replace(config, cache=dataclasses.replace(config.cache, dir=Path(os.path.abspath(cache_dir))))
+    if cache_size is not None:
+        config = dataclasses.replace(config, cache=dataclasses.replace(
+            config.cache, max_size=parse_size(cache_size, "--cache-size")))
+    if read_timeout is not None:
+        config = dataclasses.replace(config, fuse=FuseConfig(read_timeout=_seconds(read_timeout, "--read-timeout")))
+    return config

@@ -1,0 +1,268 @@
+"""Starting, running and stopping the daemon: mountpoint checks, the cache lock, daemonizing.
+
+``mount`` returns only once the kernel has answered the mount (or with a StartupError whose
+message is the one line the user sees). Without ``foreground`` the work happens in a child
+process that reports "ready" or its error through a pipe; the parent exits with that result.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from . import logs
+from .config import Config
+from .errors import MusicfsError, StartupError
+from .storage import LOCK_NAME
+
+log = logging.getLogger(__name__)
+
+# How long the parent waits for the child to mount. A first mount scans never-seen origins
+# first (bounded by the scan stall timeout), so this is generous.
+READY_TIMEOUT = 600.0
+
+
+class CacheLock:
+    """flock() on <cache.dir>/musicfs.lock, holding the PID of the daemon that owns the cache."""
+
+    def __init__(self, cache_dir: Path):
+        self.path = Path(cache_dir) / LOCK_NAME
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise StartupError(f"cache {self.path.parent} is in use by another musicfs (PID {holder}); "
+                               f"unmount it first or give this one another --cache-dir") from None
+        self.fd = fd
+        self.write_pid(os.getpid())
+
+    def write_pid(self, pid: int) -> None:
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"{pid}\n".encode(), 0)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    @staticmethod
+    def holder(cache_dir: Path) -> int | None:
+        """PID of the daemon holding the cache, or None if no daemon holds it."""
+        path = Path(cache_dir) / LOCK_NAME
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            return int(text) if text.isdigit() else -1
+        finally:
+            os.close(fd)
+        return None
+
+
+def check_mountpoint(mountpoint: Path) -> None:
+    """Refuse a missing or busy mountpoint; clean up one left by a killed daemon."""
+    try:
+        st = os.stat(mountpoint)
+    except OSError as e:
+        if e.errno == errno.ENOTCONN:
+            log.warning("%s was left mounted by a daemon that died; unmounting it", mountpoint)
+            lazy_unmount(mountpoint)
+            try:
+                st = os.stat(mountpoint)
+            except OSError as again:
+                raise StartupError(f"{mountpoint} is a stale mount that could not be cleaned up "
+                                   f"({again.strerror}); run: fusermount -uz {mountpoint}") from None
+        elif e.errno == errno.ENOENT:
+            raise StartupError(f"mountpoint {mountpoint} does not exist; create it with: mkdir -p {mountpoint}") from None
+        else:
+            raise StartupError(f"cannot use mountpoint {mountpoint}: {e.strerror}") from None
+    if not os.path.isdir(mountpoint):
+        raise StartupError(f"mountpoint {mountpoint} is not a directory")
+    if os.path.ismount(mountpoint):
+        raise StartupError(f"{mountpoint} is already a mount point; unmount it first (musicfs unmount {mountpoint})")
+    del st
+
+
+def lazy_unmount(mountpoint: Path) -> None:
+    subprocess.run(["fusermount", "-u", "-z", str(mountpoint)], capture_output=True, check=False)
+
+
+def check_origins(service) -> None:
+    """An origin that is not there is fine if the catalog knows it (a NAS not mounted yet: serve
+    what is stored); an origin never seen and not there is a configuration mistake."""
+    for origin_config in service.config.origins:
+        if os.path.isdir(origin_config.path):
+            continue
+        if service.catalog.last_scan(origin_config.name):
+            log.warning("origin %s (%s) is not reachable; serving its stored catalog", origin_config.name,
+                        origin_config.path)
+            continue
+        raise StartupError(f"origin {origin_config.name}: {origin_config.path} is not a directory; "
+                           f"fix its path in the config (or -O), or mount the NAS first")
+
+
+def mount(config: Config, mountpoint: Path, *, foreground: bool, fuse_options: dict, verbose: int) -> None:
+    mountpoint = Path(os.path.abspath(mountpoint))
+    check_mountpoint(mountpoint)
+    try:
+        config.cache.dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StartupError(f"cannot create cache dir {config.cache.dir}: {e.strerror}; set [cache].dir or --cache-dir") from None
+    lock = CacheLock(config.cache.dir)
+    try:
+        lock.acquire()
+    except OSError as e:
+        raise StartupError(f"cannot lock {lock.path}: {e.strerror}") from None
+    if foreground:
+        logs.setup(config.log.file, config.log.level, verbose=verbose, stderr=True)
+        _run(config, mountpoint, fuse_options, notify=lambda message: None)
+        return
+    _daemonize(config, mountpoint, lock, fuse_options, verbose)
+
+
+def _daemonize(config, mountpoint, lock: CacheLock, fuse_options, verbose) -> None:
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the daemon
+        os.close(read_end)
+        os.setsid()
+        lock.write_pid(os.getpid())
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        os.close(devnull)
+
+        def notify(message: str) -> None:
+            try:
+                os.write(write_end, message.encode() + b"\n")
+            except OSError:
+                pass
+        code = 0
+        try:
+            logs.setup(config.log.file, config.log.level, verbose=verbose)
+            _run(config, mountpoint, fuse_options, notify)
+        except MusicfsError as e:
+            log.error("%s", e)
+            notify(f"error {e}")
+            code = 1
+        except BaseException as e:
+            log.exception("musicfs failed")
+            notify(f"error {type(e).__name__}: {e}")
+            code = 1
+        finally:
+            logging.shutdown()
+            os._exit(code)
+    # the parent: wait for "ready" or an error line, then exit accordingly
+    os.close(write_end)
+    lock.release()  # the child holds the lock now (the flock is shared across fork)
+    message = _wait_for_child(read_end, pid)
+    if message != "ready":
+        raise StartupError(message)
+    # The kernel answers INIT after init() returns; this stat waits for that.
+    os.stat(mountpoint)
+
+
+def _wait_for_child(read_end: int, pid: int) -> str:
+    deadline = time.monotonic() + READY_TIMEOUT
+    buffer = b""
+    with os.fdopen(read_end, "rb", buffering=0) as pipe:
+        while b"\n" not in buffer:
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGTERM)
+                return f"the daemon did not mount within {READY_TIMEOUT:.0f}s; see the log"
+            chunk = pipe.read(4096)
+            if not chunk:
+                break
+            buffer += chunk
+    line = buffer.decode(errors="replace").split("\n", 1)[0]
+    if line == "ready":
+        return "ready"
+    if line.startswith("error "):
+        return line[len("error "):]
+    _, status = os.waitpid(pid, 0)
+    return f"the daemon exited before mounting (status {status}); see the log"
+
+
+def _run(config: Config, mountpoint: Path, fuse_options: dict, notify) -> None:
+    """Open the cache, mount, serve until unmounted. Runs in the daemon (or in the foreground)."""
+    from fuse import FUSE
+
+    from .fs import FS_ENCODING, MusicFS
+    from .service import Service
+
+    log.info("musicfs starting: %s on %s (origins: %s; cache %s, max %d bytes)", os.getpid(), mountpoint,
+             ", ".join(f"{o.name}={o.path}" for o in config.origins), config.cache.dir, config.cache.max_size)
+    service = Service.open(config)
+    try:
+        check_origins(service)
+        service.initial_scan()
+    except BaseException:
+        service.stop()
+        raise
+    filesystem = MusicFS(service)
+    filesystem.on_mounted = lambda: notify("ready")
+    options = {"fsname": "musicfs", "subtype": "musicfs", "ro": True, "default_permissions": True}
+    options.update(fuse_options)
+    try:
+        FUSE(filesystem, str(mountpoint), foreground=True, nothreads=False, encoding=FS_ENCODING, **options)
+    except RuntimeError as e:
+        service.stop()
+        raise StartupError(f"cannot mount {mountpoint}: FUSE failed ({e}); is /dev/fuse available "
+                           f"and the 'fuse' package installed?") from None
+    finally:
+        service.stop()  # no-op when destroy() already stopped it
+
+
+def unmount(mountpoint: Path, *, wait: float = 30.0) -> None:
+    """Unmount and wait until the daemon has written its state and exited."""
+    mountpoint = Path(os.path.abspath(mountpoint))
+    pid = None
+    try:
+        pid = int(os.getxattr(mountpoint, "user.musicfs.pid"))
+    except (OSError, ValueError):
+        pass
+    result = subprocess.run(["fusermount", "-u", str(mountpoint)], capture_output=True, text=True)
+    if result.returncode != 0:
+        reason = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "fusermount failed"
+        raise StartupError(f"cannot unmount {mountpoint}: {reason}")
+    deadline = time.monotonic() + wait
+    while pid and _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie has exited; its parent just has not reaped it
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def main_guard(fn):
+    """Run a CLI action: expected failures print one line and exit non-zero, no traceback."""
+    try:
+        fn()
+    except MusicfsError as e:
+        print(f"musicfs: {e}", file=sys.stderr)
+        raise SystemExit(2 if e.__class__.__name__ == "ConfigError" else 1) from None

@@ -1,0 +1,192 @@
+"""The FUSE face of musicfs: translates fusepy callbacks into catalog and reader calls.
+
+Nothing here decides anything: paths become catalog lookups, open/read/release become reader
+calls on a handle table, every exception becomes an errno in :func:`musicfs.errors.to_errno`
+(never escaping into fusepy, which would turn it into EINVAL), and every write-type call is
+EROFS. Paths arrive as str decoded with surrogateescape, so non-UTF-8 names round-trip.
+"""
+from __future__ import annotations
+
+import codecs
+import errno
+import functools
+import itertools
+import os
+import stat
+
+from fuse import FuseOSError, Operations
+
+from .errors import ReadOnly, to_errno
+from .origins import KIND_DIR
+
+# fusepy decodes paths with one codec name and strict errors; this codec is UTF-8 that maps
+# undecodable bytes to surrogates and back, so any byte string is a valid path.
+FS_ENCODING = "musicfs-surrogateescape"
+
+
+def _lookup_codec(name):
+    if name.replace("_", "-") != FS_ENCODING:
+        return None
+    return codecs.CodecInfo(
+        name=FS_ENCODING,
+        encode=lambda text, errors="strict": codecs.utf_8_encode(text, "surrogateescape"),
+        decode=lambda data, errors="strict": codecs.utf_8_decode(data, "surrogateescape", True),
+    )
+
+
+codecs.register(_lookup_codec)
+
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
+_DIR_MODE = stat.S_IFDIR | 0o555
+_FILE_MODE = stat.S_IFREG | 0o444
+_BLOCK = 512
+
+
+def _fsencode(path: str) -> bytes:
+    return path.encode("utf-8", "surrogateescape")
+
+
+def translated(method):
+    """Run a callback, turning any exception into FuseOSError(errno) in one place."""
+    name = method.__name__
+
+    @functools.wraps(method)
+    def wrapper(self, path, *args):
+        try:
+            return method(self, path, *args)
+        except FuseOSError:
+            raise
+        except BaseException as e:  # noqa: BLE001 - nothing may escape into fusepy
+            raise FuseOSError(to_errno(e, name, path)) from None
+    return wrapper
+
+
+def _read_only(self, *args):
+    raise FuseOSError(errno.EROFS)
+
+
+class MusicFS(Operations):
+    use_ns = True  # fusepy: times in integer nanoseconds
+
+    def __init__(self, service):
+        self.service = service
+        self.catalog = service.catalog
+        self.reader = service.reader
+        self._handles: dict[int, object] = {}
+        self._next_fh = itertools.count(1)
+        self._uid, self._gid = os.getuid(), os.getgid()
+        self.on_mounted = None  # called once the kernel has answered INIT (the daemon's readiness)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def init(self, path):
+        self.service.start()
+        if self.on_mounted is not None:
+            self.on_mounted()
+
+    def destroy(self, path):
+        self.service.stop()
+
+    # -- metadata --------------------------------------------------------------------------------
+
+    @translated
+    def getattr(self, path, fh=None):
+        attrs = self.catalog.attrs(_fsencode(path))
+        if attrs is None:
+            raise FuseOSError(errno.ENOENT)
+        kind, size, mtime_ns = attrs
+        return {
+            "st_mode": _DIR_MODE if kind == KIND_DIR else _FILE_MODE,
+            "st_nlink": 2 if kind == KIND_DIR else 1,
+            "st_size": size,
+            "st_blocks": (size + _BLOCK - 1) // _BLOCK,
+            "st_mtime": mtime_ns, "st_ctime": mtime_ns, "st_atime": mtime_ns,
+            "st_uid": self._uid, "st_gid": self._gid,
+        }
+
+    @translated
+    def readdir(self, path, fh):
+        names = self.catalog.list(_fsencode(path))
+        if names is None:
+            raise FuseOSError(errno.ENOTDIR)
+        return [".", "..", *(n.decode("utf-8", "surrogateescape") for n in names)]
+
+    @translated
+    def access(self, path, mode):
+        if self.catalog.attrs(_fsencode(path)) is None:
+            raise FuseOSError(errno.ENOENT)
+        if mode & os.W_OK:
+            raise FuseOSError(errno.EROFS)
+        return 0
+
+    @translated
+    def statfs(self, path):
+        st = os.statvfs(self.service.config.cache.dir)
+        return {"f_bsize": st.f_bsize, "f_frsize": st.f_frsize, "f_blocks": st.f_blocks,
+                "f_bfree": 0, "f_bavail": 0, "f_files": st.f_files, "f_ffree": 0,
+                "f_namemax": 255}
+
+    @translated
+    def getxattr(self, path, name, position=0):
+        entry = self.catalog.lookup(_fsencode(path))
+        if entry is None:
+            raise FuseOSError(errno.ENOENT)
+        if name == "user.musicfs.origin" and entry.sources:
+            return entry.sources[0][0].encode()
+        if name == "user.musicfs.pid" and path == "/":
+            return str(os.getpid()).encode()  # lets `musicfs unmount` wait for this daemon
+        raise FuseOSError(errno.ENODATA)
+
+    @translated
+    def listxattr(self, path):
+        entry = self.catalog.lookup(_fsencode(path))
+        if entry is None:
+            raise FuseOSError(errno.ENOENT)
+        return ["user.musicfs.origin"] if entry.sources else []
+
+    def readlink(self, path):
+        raise FuseOSError(errno.EINVAL)  # the catalog holds no symlinks
+
+    # -- file contents ---------------------------------------------------------------------------
+
+    @translated
+    def open(self, path, flags):
+        if flags & _WRITE_FLAGS:
+            raise ReadOnly(path)
+        handle = self.reader.open(_fsencode(path))
+        fh = next(self._next_fh)
+        self._handles[fh] = handle
+        return fh
+
+    @translated
+    def read(self, path, size, offset, fh):
+        handle = self._handles.get(fh)
+        if handle is None:
+            raise FuseOSError(errno.EBADF)
+        return self.reader.read(handle, offset, size)
+
+    @translated
+    def release(self, path, fh):
+        self._handles.pop(fh, None)
+        return 0
+
+    @translated
+    def opendir(self, path):
+        attrs = self.catalog.attrs(_fsencode(path))
+        if attrs is None:
+            raise FuseOSError(errno.ENOENT)
+        if attrs[0] != KIND_DIR:
+            raise FuseOSError(errno.ENOTDIR)
+        return 0
+
+    # -- everything that would modify: read-only filesystem ------------------------------------
+
+    create = write = truncate = unlink = mkdir = rmdir = rename = _read_only
+    chmod = chown = utimens = symlink = link = mknod = _read_only
+    setxattr = removexattr = _read_only
+
+    def flush(self, path, fh):
+        return 0
+
+    def fsync(self, path, datasync, fh):
+        return 0

@@ -1,0 +1,158 @@
+"""Origin health: bounded checks, fanned out in parallel over the shared pool, and the state
+machine reads consult (healthy -> degraded -> unhealthy, back to healthy on success).
+
+* Each check runs in the pool's check lane (its own per-origin budget, so reads stuck on an
+  origin cannot starve its checks, and a stuck check cannot pile up: one that has not returned
+  is not submitted again, it simply counts as another failure).
+* A round submits every origin's check, then waits once for all of them until ``timeout``:
+  N hung origins are judged in one timeout, not N.
+* Reads report their failures here too; an origin judged unhealthy is not asked again by reads
+  (they fail fast or go to a replica) until a check succeeds.
+* The cache disk's state (passthrough when chunk writes fail) is probed in the same loop.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+from ..errors import OriginUnavailable
+from ..pool import CHECK_LANE, OriginPool
+
+log = logging.getLogger(__name__)
+
+HEALTHY = "healthy"
+DEGRADED = "degraded"
+UNHEALTHY = "unhealthy"
+# One failure may be a blip (degraded); this many in a row means the origin is down.
+UNHEALTHY_AFTER = 2
+
+
+@dataclass
+class OriginHealth:
+    name: str
+    state: str = HEALTHY
+    consecutive_failures: int = 0
+    latency: float | None = None
+    error: str = ""
+    checked_at: float = 0.0
+    pending: concurrent.futures.Future | None = field(default=None, repr=False)
+
+    def as_dict(self) -> dict:
+        return {"status": self.state, "latency": self.latency, "error": self.error or None,
+                "consecutive_failures": self.consecutive_failures}
+
+
+def _timed_check(origin) -> float:
+    started = time.monotonic()
+    origin.check()
+    return time.monotonic() - started
+
+
+class HealthMonitor:
+    def __init__(self, origins, pool: OriginPool, config, store=None):
+        self.origins = {o.name: o for o in origins}
+        self.names = [o.name for o in origins]
+        self.pool = pool
+        self.timeout = config.timeout
+        self.interval = config.interval
+        self.store = store
+        self.status = {name: OriginHealth(name) for name in self.names}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- the background loop -----------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="health", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.timeout + 1)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.check_all()
+                if self.store is not None and self.store.passthrough:
+                    self.store.probe_writable()
+            except Exception:
+                log.exception("health round failed")
+            self._stop.wait(self.interval)
+
+    def check_all(self) -> dict[str, OriginHealth]:
+        """One round: every origin checked in parallel, the whole round bounded by `timeout`."""
+        submitted = {}
+        for name in self.names:
+            st = self.status[name]
+            if st.pending is not None and not st.pending.done():
+                self._failed(name, f"previous check still unanswered after {time.monotonic() - st.checked_at:.0f}s")
+                continue
+            st.checked_at = time.monotonic()
+            st.pending = self.pool.submit(name, _timed_check, self.origins[name], lane=CHECK_LANE)
+            submitted[name] = st.pending
+        if submitted:
+            concurrent.futures.wait(submitted.values(), timeout=self.timeout)
+        for name, future in submitted.items():
+            if not future.done():
+                self._failed(name, f"no answer within {self.timeout:g}s")
+                continue
+            try:
+                latency = future.result()
+            except Exception as e:
+                self._failed(name, _describe(e))
+            else:
+                self._succeeded(name, latency)
+        return self.status
+
+    # -- state transitions -------------------------------------------------------------------
+
+    def _failed(self, name: str, error: str) -> None:
+        with self._lock:
+            st = self.status[name]
+            st.consecutive_failures += 1
+            st.error = error
+            old = st.state
+            st.state = UNHEALTHY if st.consecutive_failures >= UNHEALTHY_AFTER else DEGRADED
+        if st.state != old:
+            log.warning("origin %s is %s: %s", name, st.state, error)
+
+    def _succeeded(self, name: str, latency: float) -> None:
+        with self._lock:
+            st = self.status[name]
+            old = st.state
+            st.state, st.consecutive_failures, st.error, st.latency = HEALTHY, 0, "", latency
+        if old != HEALTHY:
+            log.info("origin %s is healthy again (answered in %.3fs)", name, latency)
+
+    # -- what reads ask ----------------------------------------------------------------------
+
+    def report_failure(self, name: str, error: BaseException) -> None:
+        if name in self.status:
+            self._failed(name, _describe(error))
+
+    def admit(self, name: str) -> None:
+        """Raise at once instead of waiting out the read timeout on an origin known to be down."""
+        st = self.status.get(name)
+        if st is not None and st.state == UNHEALTHY:
+            raise OriginUnavailable(f"origin {name} is unhealthy ({st.error})")
+
+    def order(self, sources):
+        """Sources with usable origins first, keeping priority order within each group."""
+        rank = {HEALTHY: 0, DEGRADED: 1, UNHEALTHY: 2}
+        return sorted(sources, key=lambda s: rank[self.status[s.origin].state] if s.origin in self.status else 3)
+
+    def snapshot(self) -> dict[str, dict]:
+        with self._lock:
+            return {name: self.status[name].as_dict() for name in self.names}
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.strerror} ({error.filename or ''})".replace(" ()", "")
+    return str(error) or type(error).__name__

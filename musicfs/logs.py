@@ -1,0 +1,53 @@
+"""The one logging setup: a rotating log file shared safely by the daemon and the cron probe."""
+from __future__ import annotations
+
+import faulthandler
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from concurrent_log_handler import ConcurrentRotatingFileHandler
+
+from .errors import ConfigError
+
+FORMAT = "%(asctime)s %(process)d %(threadName)s %(levelname)s %(name)s: %(message)s"
+MAX_BYTES = 10 << 20
+BACKUPS = 5
+
+
+def setup(file: Path, level: str = "info", *, verbose: int = 0, stderr: bool = False,
+          max_bytes: int = MAX_BYTES) -> None:
+    """Log to `file` through ConcurrentRotatingFileHandler (several processes may write and rotate it)."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
+    numeric = logging.DEBUG if verbose else getattr(logging, level.upper())
+    root.setLevel(numeric)
+    formatter = logging.Formatter(FORMAT)
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        handler = ConcurrentRotatingFileHandler(str(file), "a", maxBytes=max_bytes, backupCount=BACKUPS,
+                                                use_gzip=False)
+    except OSError as e:
+        raise ConfigError(f"log.file: cannot write {file}: {e.strerror}; set [log].file to a writable path") from None
+    handler.setFormatter(formatter)
+    root.addHandler(handler)
+    if stderr:
+        console = logging.StreamHandler(sys.stderr)
+        console.setFormatter(formatter)
+        root.addHandler(console)
+    # fusepy logs every errno it returns at DEBUG with a traceback; that is noise, not signal.
+    logging.getLogger("fuse").setLevel(logging.WARNING if numeric > logging.DEBUG else logging.INFO)
+    # `kill -USR1 <pid>` dumps every thread's stack into the log: the tool for "where is it stuck?".
+    # Its own descriptor: the handler reopens its stream when it rotates.
+    global _stack_dump_file
+    try:
+        _stack_dump_file = open(file, "a")
+        faulthandler.register(signal.SIGUSR1, file=_stack_dump_file, all_threads=True)
+    except (OSError, AttributeError, ValueError, RuntimeError):
+        pass
+
+
+_stack_dump_file = None

@@ -1,0 +1,58 @@
+"""The origin interface: where the music really lives.
+
+An origin answers four questions about paths relative to its root, given as bytes with b"/"
+separators (b"" is the root): what is in this directory, what is this entry, what are these
+bytes, and are you alive. Nothing here assumes a local filesystem, so SFTP or S3 origins fit
+the same interface; timeouts and worker budgets are imposed by the caller, not the origin.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+KIND_FILE = 1
+KIND_DIR = 2
+
+
+@dataclass(frozen=True, slots=True)
+class OriginEntry:
+    name: bytes          # one path component, raw bytes (non-UTF-8 names survive)
+    kind: int            # KIND_FILE or KIND_DIR
+    size: int
+    mtime_ns: int
+    # A value equal for two entries that are the same directory (e.g. (st_dev, st_ino)), so a
+    # walk can refuse to loop through symlinks; None when the origin cannot tell.
+    identity: tuple | None = None
+
+
+class Origin(ABC):
+    """One source of files. Implementations must be safe to call from several threads."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    @abstractmethod
+    def list_dir(self, relpath: bytes) -> list[OriginEntry]:
+        """Regular files and directories directly in `relpath`; other kinds are left out."""
+
+    @abstractmethod
+    def stat(self, relpath: bytes) -> OriginEntry:
+        """The entry at `relpath` (raises OSError/OriginUnavailable when it is not there)."""
+
+    @abstractmethod
+    def read(self, relpath: bytes, offset: int, size: int) -> bytes:
+        """Up to `size` bytes at `offset`; fewer only at end of file. Never the whole file at once."""
+
+    @abstractmethod
+    def check(self) -> None:
+        """Return if the origin answers, raise OriginUnavailable (or OSError) if not."""
+
+    def describe(self) -> str:
+        return self.name
+
+    def close(self) -> None:
+        """Release what the origin holds (connections); local origins hold nothing."""
+
+
+def join(relpath: bytes, name: bytes) -> bytes:
+    return relpath + b"/" + name if relpath else name

@@ -1,0 +1,95 @@
+"""One shared thread pool for all origin I/O, with a per-origin budget of workers.
+
+A timed-out future does not stop its thread: a read stuck in a dead NFS syscall keeps its
+worker until the kernel gives up. So each origin (and each lane of it: reads, health checks)
+may have at most ``limit`` tasks *running* in the shared pool; further tasks wait in that
+origin's queue without holding any thread. A dead origin can therefore tie up at most its
+budget of workers, and reads of other origins and their health checks always find a worker.
+"""
+from __future__ import annotations
+
+import collections
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+
+READ_LANE = "read"
+CHECK_LANE = "check"
+
+
+class OriginPool:
+    def __init__(self, max_workers: int, per_origin: int, *, per_origin_checks: int = 1):
+        self.executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="io")
+        self.max_workers = max_workers
+        self.limits = {READ_LANE: per_origin, CHECK_LANE: per_origin_checks}
+        self._running: collections.Counter[tuple[str, str]] = collections.Counter()
+        self._queued: dict[tuple[str, str], collections.deque] = collections.defaultdict(collections.deque)
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def submit(self, origin: str, fn, *args, lane: str = READ_LANE) -> Future:
+        """Run fn(*args) in the pool within the origin's budget. Cancel the returned future to
+        drop a task that has not started yet."""
+        future: Future = Future()
+        slot = (origin, lane)
+        with self._lock:
+            if self._closed:
+                future.set_exception(RuntimeError("musicfs is shutting down"))
+                return future
+            if self._running[slot] < self.limits[lane]:
+                self._running[slot] += 1
+                start = True
+            else:
+                self._queued[slot].append((future, fn, args))
+                start = False
+        if start:
+            self._start(slot, future, fn, args)
+        return future
+
+    def busy(self, origin: str, lane: str = READ_LANE) -> int:
+        """Tasks of this origin running now (stuck ones included)."""
+        with self._lock:
+            return self._running[(origin, lane)]
+
+    def _start(self, slot, future, fn, args) -> None:
+        try:
+            self.executor.submit(self._run, slot, future, fn, args)
+        except RuntimeError as e:  # the executor is shut down
+            if future.set_running_or_notify_cancel():
+                future.set_exception(e)
+            self._release(slot)
+
+    def _run(self, slot, future: Future, fn, args) -> None:
+        try:
+            if future.set_running_or_notify_cancel():
+                try:
+                    result = fn(*args)
+                except BaseException as e:
+                    future.set_exception(e)
+                else:
+                    future.set_result(result)
+        finally:
+            self._release(slot)
+
+    def _release(self, slot) -> None:
+        while True:
+            with self._lock:
+                queue = self._queued.get(slot)
+                if not queue:
+                    self._running[slot] -= 1
+                    return
+                future, fn, args = queue.popleft()
+            if future.cancelled():
+                continue  # its waiter gave up before it started: skip without a thread hop
+            self._start(slot, future, fn, args)
+            return
+
+    def shutdown(self) -> None:
+        """Stop accepting work; queued tasks are cancelled, running ones are abandoned (a thread
+        stuck in a dead origin's syscall cannot be interrupted)."""
+        with self._lock:
+            self._closed = True
+            queued = [item for q in self._queued.values() for item in q]
+            self._queued.clear()
+        for future, _, _ in queued:
+            future.cancel()
+        self.executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,233 @@
+"""The read engine: byte ranges of catalog files, from verified chunks or, on a miss, from origins.
+
+* A cached chunk is read and verified in the calling thread: it is local disk work, and a hop
+  through the pool would only add latency.
+* A missing (or corrupt) chunk is fetched by itself - a range read of that chunk, never the
+  whole file - in the shared pool, within the origin's worker budget. The caller waits on the
+  future until the read's deadline ([fuse].read_timeout) and then gives up with ReadTimeout.
+* Concurrent readers of the same missing chunk share one fetch (single flight).
+* Sequential reading prefetches the next chunks.
+* If the preferred origin fails, replicas (other origins with the same path and size) are
+  tried in order; bytes from a replica must match any digest already known for that chunk.
+* If the cache disk refuses a chunk, the bytes are served anyway (passthrough).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import CancelledError, Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+
+from .cas.store import CacheWriteError, ChunkStore, chunk_count, digest_of, manifest_key
+from .catalog import ORIGIN_RECORD, Catalog, CatalogEntry
+from .errors import (ChunkCorrupt, ChunkMissing, NotFound, OriginChanged, OriginUnavailable,
+                     ReadTimeout)
+from .origins import Origin
+from .pool import OriginPool
+
+log = logging.getLogger(__name__)
+
+# Chunks fetched ahead of a sequential reader: enough to hide one origin round trip.
+READAHEAD_CHUNKS = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """One origin's copy of a file, as the catalog last saw it."""
+    origin: str
+    relpath: bytes
+    size: int
+    mtime_ns: int
+    key: bytes          # manifest key
+
+
+@dataclass(slots=True)
+class OpenFile:
+    path: bytes
+    size: int
+    sources: tuple[Source, ...]
+    digests: list            # known chunk digests of the preferred source (None = unknown)
+    next_offset: int = -1    # where a sequential reader will read next
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class Reader:
+    def __init__(self, catalog: Catalog, store: ChunkStore, origins: dict[str, Origin],
+                 pool: OriginPool, read_timeout: float, health=None):
+        self.catalog = catalog
+        self.store = store
+        self.origins = origins
+        self.pool = pool
+        self.read_timeout = read_timeout
+        self.health = health
+        self.chunk_size = store.chunk_size
+        self._inflight: dict[tuple[bytes, int], Future] = {}
+        self._inflight_lock = threading.Lock()
+        self.fetches = 0          # chunk fetches from origins (tests and stats read this)
+        self.passthrough_reads = 0
+
+    # -- open ------------------------------------------------------------------------------
+
+    def open(self, path: bytes) -> OpenFile:
+        entry = self.catalog.lookup(path)
+        if entry is None:
+            raise NotFound(path)
+        if entry.is_dir:
+            raise IsADirectoryError(21, "is a directory")
+        sources = self._sources(entry)
+        primary = sources[0]
+        digests = self.store.manifest(primary.key, primary.size, primary.mtime_ns) if primary.size else []
+        return OpenFile(path, primary.size, tuple(sources), digests)
+
+    def _sources(self, entry: CatalogEntry) -> list[Source]:
+        sources = []
+        storage = self.catalog.storage
+        with storage.env.begin(db=storage.origin_files) as txn:
+            for origin, relpath in entry.sources:
+                if origin not in self.origins:
+                    continue
+                raw = txn.get(origin.encode() + b"\0" + relpath)
+                if raw is None:
+                    continue
+                _, size, mtime_ns, _ = ORIGIN_RECORD.unpack(raw)
+                sources.append(Source(origin, relpath, size, mtime_ns, manifest_key(origin, relpath)))
+        if not sources:
+            raise OriginUnavailable("no configured origin holds this file any more")
+        # Replicas count only when they are the same size as the preferred copy.
+        return [s for s in sources if s.size == sources[0].size]
+
+    # -- read ------------------------------------------------------------------------------
+
+    def read(self, handle: OpenFile, offset: int, size: int) -> bytes:
+        if offset >= handle.size or size <= 0:
+            return b""
+        end = min(offset + size, handle.size)
+        cs = self.chunk_size
+        first, last = offset // cs, (end - 1) // cs
+        deadline = time.monotonic() + self.read_timeout
+        if first == last:
+            data = self._chunk(handle, first, deadline)
+            result = data[offset - first * cs:end - first * cs]
+        else:
+            parts = []
+            for index in range(first, last + 1):
+                data = self._chunk(handle, index, deadline)
+                lo = max(offset - index * cs, 0)
+                hi = min(end - index * cs, len(data))
+                parts.append(data[lo:hi])
+            result = b"".join(parts)
+        if offset == handle.next_offset or offset == 0:
+            self._read_ahead(handle, last + 1)
+        handle.next_offset = end
+        return result
+
+    def _chunk_length(self, size: int, index: int) -> int:
+        return min(self.chunk_size, size - index * self.chunk_size)
+
+    def _chunk(self, handle: OpenFile, index: int, deadline: float) -> bytes:
+        digest = handle.digests[index]
+        if digest is not None:
+            try:
+                with self.store.pinned((digest,)):
+                    return self.store.get(digest, self._chunk_length(handle.size, index))
+            except (ChunkMissing, ChunkCorrupt):
+                handle.digests[index] = None  # dropped by the store; fetch it again below
+        digest, data = self._fetch_with_failover(handle, index, deadline)
+        if digest is not None:
+            handle.digests[index] = digest
+        return data
+
+    def _fetch_with_failover(self, handle: OpenFile, index: int, deadline: float):
+        known = handle.digests[index]
+        errors = []
+        for source in self._ordered(handle.sources):
+            try:
+                future = self._fetch(source, index)
+                digest, data = future.result(timeout=max(deadline - time.monotonic(), 0))
+            except FutureTimeout:
+                if self.health is not None:
+                    self.health.report_failure(source.origin, ReadTimeout("read timed out"))
+                raise ReadTimeout(f"origin {source.origin} did not answer within {self.read_timeout:g}s") from None
+            except CancelledError:
+                raise ReadTimeout("read abandoned while shutting down") from None
+            except (OSError, OriginUnavailable, OriginChanged) as e:
+                errors.append(f"{source.origin}: {e}")
+                if self.health is not None:
+                    self.health.report_failure(source.origin, e)
+                continue
+            if known is not None and digest_of(data) != known:
+                errors.append(f"{source.origin}: bytes differ from the preferred copy")
+                continue
+            return digest, data
+        raise OriginUnavailable("; ".join(errors) or "no origin can serve this file")
+
+    def _ordered(self, sources):
+        if self.health is None or len(sources) == 1:
+            return sources
+        return self.health.order(sources)
+
+    def _fetch(self, source: Source, index: int) -> Future:
+        """The shared fetch of one chunk of one source (started if nobody is fetching it)."""
+        key = (source.key, index)
+        with self._inflight_lock:
+            future = self._inflight.get(key)
+            if future is not None:
+                return future
+            if self.health is not None:
+                self.health.admit(source.origin)  # raises OriginUnavailable when known dead
+            future = self.pool.submit(source.origin, self._fetch_chunk, source, index)
+            self._inflight[key] = future
+
+        def forget(done, key=key):
+            with self._inflight_lock:
+                if self._inflight.get(key) is done:
+                    del self._inflight[key]
+        future.add_done_callback(forget)
+        return future
+
+    def _fetch_chunk(self, source: Source, index: int):
+        """Runs in the pool: one range read of one chunk, stored if the cache takes it."""
+        length = self._chunk_length(source.size, index)
+        known = self.store.manifest(source.key, source.size, source.mtime_ns)[index]
+        if known is not None:  # another handle fetched it meanwhile
+            try:
+                with self.store.pinned((known,)):
+                    return known, self.store.get(known, length)
+            except (ChunkMissing, ChunkCorrupt):
+                pass
+        origin = self.origins[source.origin]
+        data = origin.read(source.relpath, index * self.chunk_size, length)
+        if len(data) != length:
+            raise OriginChanged(f"{source.relpath.decode(errors='replace')} on {source.origin} returned "
+                                f"{len(data)} bytes at chunk {index}, expected {length}; it changed since the "
+                                f"last scan")
+        self.fetches += 1
+        self.store.misses += 1
+        try:
+            digest = self.store.put(data, manifest=(source.key, source.size, source.mtime_ns, index))
+        except CacheWriteError:
+            self.passthrough_reads += 1  # the store logged the transition; serve the bytes anyway
+            return None, data
+        return digest, data
+
+    def _read_ahead(self, handle: OpenFile, index: int) -> None:
+        count = chunk_count(handle.size, self.chunk_size)
+        source = handle.sources[0]
+        for ahead in range(index, min(index + READAHEAD_CHUNKS, count)):
+            if handle.digests[ahead] is not None:
+                continue
+            try:
+                future = self._fetch(source, ahead)
+            except Exception:  # readahead is an optimisation; the real read reports errors
+                return
+            future.add_done_callback(lambda f, ahead=ahead: self._learn(handle, ahead, f))
+
+    @staticmethod
+    def _learn(handle: OpenFile, index: int, future: Future) -> None:
+        if future.cancelled() or future.exception() is not None:
+            return
+        digest = future.result()[0]
+        if digest is not None and handle.digests[index] is None:
+            handle.digests[index] = digest

@@ -1,0 +1,138 @@
+"""Everything a mounted musicfs runs, wired together, with its background threads.
+
+``Service.open`` builds the parts from a Config (no threads yet, so the daemon may still fork);
+``start`` starts the background work (FUSE's ``init``); ``stop`` ends it (FUSE's ``destroy``).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+
+from . import origins as origin_factory
+from .cas import ChunkStore, recover
+from .catalog import Catalog, Scanner
+from .config import Config
+from .health import HealthMonitor
+from .pool import OriginPool
+from .reader import Reader
+from .storage import Storage
+
+log = logging.getLogger(__name__)
+
+# Access times and counters are written this often (and on shutdown): one write transaction
+# per interval instead of one per read.
+MAINTENANCE_INTERVAL = 5.0
+# Enough workers that every origin can use its whole budget and checks still find a thread.
+MIN_POOL_WORKERS = 16
+
+
+class Service:
+    def __init__(self, config: Config, storage: Storage, store: ChunkStore, catalog: Catalog,
+                 scanner: Scanner, origins: dict, pool: OriginPool, reader: Reader, health: HealthMonitor):
+        self.config = config
+        self.storage = storage
+        self.store = store
+        self.catalog = catalog
+        self.scanner = scanner
+        self.origins = origins
+        self.pool = pool
+        self.reader = reader
+        self.health = health
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.rescan_requested = threading.Event()
+        self.scans_completed = 0
+
+    @classmethod
+    def open(cls, config: Config) -> "Service":
+        storage = Storage(config.cache.dir)
+        with storage.begin() as txn:
+            dirty = txn.get(b"dirty", db=storage.meta) == b"1"
+        if dirty or storage.rebuilt:
+            if dirty:
+                log.warning("the last musicfs on %s did not shut down cleanly; checking the cache", config.cache.dir)
+            recover(storage)
+        else:
+            # A clean shutdown leaves no temp files, but a failed write might have.
+            for name in os.listdir(storage.tmp_dir):
+                os.unlink(os.path.join(storage.tmp_dir, name))
+        with storage.begin(write=True) as txn:
+            txn.put(b"dirty", b"1", db=storage.meta)
+        storage.sync()
+        store = ChunkStore(storage, config.cache.max_size)
+        catalog = Catalog(storage)
+        origins = {o.name: origin_factory.build(o) for o in config.origins}
+        scanner = Scanner(storage, store, list(origins.values()), stall_timeout=config.fuse.read_timeout)
+        scanner.reconcile_origins()
+        per_origin = config.health.workers_per_origin
+        pool = OriginPool(max_workers=max(MIN_POOL_WORKERS, (per_origin + 1) * len(origins) + 4),
+                          per_origin=per_origin)
+        health = HealthMonitor(list(origins.values()), pool, config.health, store)
+        reader = Reader(catalog, store, origins, pool, config.fuse.read_timeout, health)
+        return cls(config, storage, store, catalog, scanner, origins, pool, reader, health)
+
+    def never_scanned(self) -> list:
+        return [o for o in self.origins.values() if not self.catalog.last_scan(o.name)]
+
+    def initial_scan(self) -> None:
+        """Before the first mount of an origin there is nothing stored to show: scan it now
+        (bounded by the scan stall timeout) so the mount does not appear empty."""
+        todo = self.never_scanned()
+        if todo:
+            self.scanner.scan(todo)
+
+    def start(self) -> None:
+        self._spawn("maintenance", self._maintenance_loop)
+        self._spawn("rescan", self._rescan_loop)
+        self.health.start()
+
+    def _spawn(self, name: str, target) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _maintenance_loop(self) -> None:
+        while not self._stopping.wait(MAINTENANCE_INTERVAL):
+            try:
+                self.store.flush_access_times()
+                self.store.save_counters()
+                self.storage.sync()
+            except Exception as e:
+                log.warning("cache maintenance failed: %s", e)
+
+    def _rescan_loop(self) -> None:
+        # The first pass refreshes the stored catalog right after mount; later passes run every
+        # [catalog].rescan_interval or when asked.
+        while not self._stopping.is_set():
+            try:
+                self.scanner.scan()
+                self.scans_completed += 1
+            except Exception:
+                log.exception("rescan failed")
+            self.rescan_requested.wait(self.config.catalog.rescan_interval)
+            self.rescan_requested.clear()
+
+    def stop(self) -> None:
+        """Stop background work, abandon in-flight origin I/O, write what is pending, close LMDB."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        self.rescan_requested.set()
+        self.health.stop()
+        self.pool.shutdown()
+        # Scans in progress stop at their next batch; a thread stuck in a dead origin is a
+        # daemon thread and dies with the process.
+        for thread in self._threads:
+            thread.join(timeout=2.0)
+        try:
+            self.store.flush_access_times()
+            self.store.save_counters()
+            with self.storage.begin(write=True) as txn:
+                txn.delete(b"dirty", db=self.storage.meta)
+        finally:
+            self.storage.close()
+            for origin in self.origins.values():
+                origin.close()
+        log.info("musicfs stopped cleanly")

@@ -1,0 +1,185 @@
+"""The on-disk format of a musicfs cache directory. This docstring is its specification.
+
+Layout of ``<cache.dir>``::
+
+    musicfs.lock              flock()ed by the running daemon; holds its PID in decimal
+    index.lmdb/               one LMDB environment (data.mdb, lock.mdb): every record below
+    chunks/<h0h1>/<h2h3>/<hex>  one file per chunk: exactly the chunk's bytes, no header; <hex> is
+                              the 32-digit lowercase hex of the chunk's XXH3-128 digest
+    tmp/                      chunk files being written (renamed into chunks/ when complete);
+                              anything found here at startup is garbage from a crash
+
+Chunks. A file is cut into fixed-size chunks of ``meta.chunk_size`` bytes (the last one
+shorter). A chunk is addressed by XXH3-128 of its bytes: 128 bits make an accidental collision
+negligible at any cache size (64-bit digests reach even odds near 2**32 chunks), and XXH3 is
+the fastest xxhash variant on current CPUs (well above disk and network speed), so verifying
+every chunk on every read from disk is affordable. Equal content has one digest, so it is
+stored once. Chunk files are written to tmp/ then renamed: a chunk file is either absent or
+complete.
+
+LMDB sub-databases. Integers are unsigned big-endian (so keys sort numerically).
+
+==============  =========================================  ========================================
+database        key                                        value
+==============  =========================================  ========================================
+meta            b"format"                                  ASCII decimal FORMAT_VERSION
+                b"chunk_size"                              u64
+                b"total"                                   u64: sum of all chunks.size
+                b"dirty"                                   b"1" while a daemon has the cache open
+                b"hits", b"misses"                         u64 counters of chunk lookups
+                b"scanned:" + origin name                  u64 time_ns of its last complete scan
+chunks          digest (16 bytes)                          u32 size, u64 last access (time_ns)
+lru             u64 last access, digest                    b"" (chunks ordered oldest first)
+manifests       origin name, 0x00, path on the origin      u64 file size, u64 mtime_ns, then one
+                                                           16-byte digest per chunk (all zero =
+                                                           not fetched yet)
+origin_files    origin name, 0x00, path on the origin      u8 kind, u64 size, u64 mtime_ns,
+                                                           u64 scan generation
+entries         shown path (absolute, b"/" = root)         u8 kind, u64 size, u64 mtime_ns, u8 n,
+                                                           n x (u16 len, origin name, u16 len,
+                                                           path on the origin) in priority order
+children        parent shown path, 0x00, name              b""
+==============  =========================================  ========================================
+
+Invariants (checked by startup recovery and ``musicfs cache verify``):
+
+1. ``meta.total`` == sum of ``chunks`` sizes == sum of the sizes of the files under chunks/.
+2. Every ``chunks`` record has a file of that size, whose XXH3-128 is its name, and one ``lru``
+   record with the same access time; every chunk file has a ``chunks`` record.
+3. A manifest is valid only while its (size, mtime_ns) equal the origin file's; a rescan that
+   sees a change deletes it.
+4. ``entries``/``children`` are derived from ``origin_files``: a shown path's sources are the
+   origins holding that relative path, in configuration order; the first one is read.
+
+Paths are raw bytes everywhere: a non-UTF-8 file name is stored and served as it is.
+
+``meta.dirty`` is set when a daemon opens the cache and cleared on a clean shutdown; finding it
+set means the last process was killed, so startup recovery re-establishes invariants 1-2 before
+serving. An environment that cannot be opened, or one with another FORMAT_VERSION, is moved
+aside and rebuilt empty (the catalog is rescanned, chunks are fetched again); nothing is served
+from a cache whose format is not understood.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import struct
+import time
+from pathlib import Path
+
+import lmdb
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+ENV_NAME = "index.lmdb"
+CHUNKS_DIR = "chunks"
+TMP_DIR = "tmp"
+LOCK_NAME = "musicfs.lock"
+
+# The map is virtual address space, not disk: LMDB grows data.mdb only as it is used.
+MAP_SIZE = 64 << 30
+# One reader slot per thread that reads concurrently; FUSE may run many threads.
+MAX_READERS = 1024
+
+U64 = struct.Struct(">Q")
+DATABASES = ("meta", "chunks", "lru", "manifests", "origin_files", "entries", "children")
+
+
+class Storage:
+    """The LMDB environment of one cache directory, with its named sub-databases as attributes."""
+
+    def __init__(self, cache_dir: Path, *, readonly: bool = False):
+        self.cache_dir = Path(cache_dir)
+        self.readonly = readonly
+        self.env_path = self.cache_dir / ENV_NAME
+        self.chunks_dir = self.cache_dir / CHUNKS_DIR
+        self.tmp_dir = self.cache_dir / TMP_DIR
+        self.rebuilt = False
+        self.env = self._open()
+        for name in DATABASES:
+            setattr(self, name, self.env.open_db(name.encode(), create=not readonly))
+
+    def _open_env(self) -> lmdb.Environment:
+        return lmdb.open(str(self.env_path), map_size=MAP_SIZE, max_dbs=len(DATABASES) + 1,
+                         max_readers=MAX_READERS, readonly=self.readonly, create=not self.readonly,
+                         # Durability against a killed process comes from write(2) itself; the
+                         # flusher calls sync() every few seconds and on shutdown. A power loss can
+                         # at worst lose those seconds, which recovery then repairs.
+                         sync=False, metasync=False, readahead=False)
+
+    def _open(self) -> lmdb.Environment:
+        if not self.readonly:
+            self.chunks_dir.mkdir(parents=True, exist_ok=True)
+            self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            env = self._open_env()
+            version = self._read_version(env)
+        except lmdb.Error as e:
+            if self.readonly:
+                raise
+            log.error("cache index %s cannot be opened (%s); rebuilding it empty", self.env_path, e)
+            return self._rebuild()
+        if version is None and not self.readonly:
+            self.rebuilt = True  # a new index: chunk files left from an older one are orphans
+            with env.begin(write=True) as txn:
+                meta = env.open_db(b"meta", txn=txn)
+                txn.put(b"format", str(FORMAT_VERSION).encode(), db=meta)
+            return env
+        if version != FORMAT_VERSION and not self.readonly:
+            log.warning("cache index %s has format %s, this musicfs uses %s; rebuilding it empty",
+                        self.env_path, version, FORMAT_VERSION)
+            env.close()
+            return self._rebuild()
+        return env
+
+    @staticmethod
+    def _read_version(env: lmdb.Environment) -> int | None:
+        with env.begin() as txn:
+            if txn.get(b"meta") is None:  # the named database does not exist yet
+                return None
+        meta = env.open_db(b"meta", create=False)
+        with env.begin(db=meta) as txn:
+            raw = txn.get(b"format")
+        return int(raw) if raw is not None else None
+
+    def _rebuild(self) -> lmdb.Environment:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        if self.env_path.exists():
+            aside = self.env_path.with_name(f"{ENV_NAME}.broken-{stamp}")
+            os.replace(self.env_path, aside)
+            log.warning("moved the unreadable index to %s", aside)
+        # Without the index no chunk can be attributed to a file: start the chunk store empty.
+        shutil.rmtree(self.chunks_dir, ignore_errors=True)
+        shutil.rmtree(self.tmp_dir, ignore_errors=True)
+        self.chunks_dir.mkdir(parents=True, exist_ok=True)
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.rebuilt = True
+        env = self._open_env()
+        with env.begin(write=True) as txn:
+            meta = env.open_db(b"meta", txn=txn)
+            txn.put(b"format", str(FORMAT_VERSION).encode(), db=meta)
+        return env
+
+    # -- meta helpers ----------------------------------------------------------------------
+
+    def get_u64(self, txn: lmdb.Transaction, key: bytes, default: int = 0) -> int:
+        raw = txn.get(key, db=self.meta)
+        return U64.unpack(raw)[0] if raw is not None else default
+
+    def put_u64(self, txn: lmdb.Transaction, key: bytes, value: int) -> None:
+        txn.put(key, U64.pack(value), db=self.meta)
+
+    def begin(self, write: bool = False) -> lmdb.Transaction:
+        return self.env.begin(write=write)
+
+    def sync(self) -> None:
+        if not self.readonly:
+            self.env.sync(True)
+
+    def close(self) -> None:
+        try:
+            self.sync()
+        finally:
+            self.env.close()
