@@ -46,7 +46,8 @@ class Service:
         self.scans_completed = 0
 
     @classmethod
-    def open(cls, config: Config) -> "Service":
+    def open(cls, config: Config, origins: dict | None = None) -> "Service":
+        """Build the parts; `origins` replaces the configured ones (tests inject faulty origins)."""
         storage = Storage(config.cache.dir)
         with storage.begin() as txn:
             dirty = txn.get(b"dirty", db=storage.meta) == b"1"
@@ -63,7 +64,8 @@ class Service:
         storage.sync()
         store = ChunkStore(storage, config.cache.max_size)
         catalog = Catalog(storage)
-        origins = {o.name: origin_factory.build(o) for o in config.origins}
+        if origins is None:
+            origins = {o.name: origin_factory.build(o) for o in config.origins}
         scanner = Scanner(storage, store, list(origins.values()), stall_timeout=config.fuse.read_timeout)
         scanner.reconcile_origins()
         per_origin = config.health.workers_per_origin

@@ -1,0 +1,80 @@
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from musicfs import config as config_module
+from musicfs.origins import LocalOrigin
+from musicfs.service import Service
+
+from .faulty import FaultyOrigin
+from .helpers import FIXTURES, InProcessMount
+
+FUSE_AVAILABLE = os.path.exists("/dev/fuse") and shutil.which("fusermount") is not None
+
+
+def pytest_collection_modifyitems(config, items):
+    if FUSE_AVAILABLE:
+        return
+    skip = pytest.mark.skip(reason="needs /dev/fuse and fusermount (apt-get install fuse libfuse2)")
+    for item in items:
+        if "mount" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def origins_copy(tmp_path):
+    """A writable copy of the two fixture origins."""
+    target = tmp_path / "origins"
+    shutil.copytree(FIXTURES, target)
+    return target / "origin-a", target / "origin-b"
+
+
+def make_config(tmp_path: Path, origins, **overrides) -> config_module.Config:
+    """A Config for tests: origins as (name, path) pairs, cache and log under tmp_path."""
+    document = {
+        "cache": {"dir": str(tmp_path / "cache"), "max_size": overrides.pop("max_size", "1G")},
+        "log": {"file": str(tmp_path / "musicfs.log")},
+        "origins": [{"name": name, "path": str(path)} for name, path in origins],
+    }
+    for section, values in overrides.items():
+        document.setdefault(section, {}).update(values)
+    return config_module.parse(document)
+
+
+@pytest.fixture
+def service_factory(tmp_path):
+    """Build Services over (optionally faulty) local origins; all are stopped at teardown."""
+    services = []
+
+    def build(origins, faulty=(), **overrides):
+        config = make_config(tmp_path, origins, **overrides)
+        built = {}
+        for name, path in origins:
+            origin = LocalOrigin(name, path)
+            built[name] = FaultyOrigin(origin) if name in faulty else origin
+        service = Service.open(config, origins=built)
+        services.append(service)
+        return service
+
+    yield build
+    for service in services:
+        service.stop()
+
+
+@pytest.fixture
+def in_process_mount(tmp_path):
+    """Mount a Service in this process; unmounted at teardown even if the test fails."""
+    mounts = []
+
+    def mount(service, **fuse_options):
+        mountpoint = tmp_path / f"mnt{len(mounts)}"
+        mountpoint.mkdir()
+        m = InProcessMount(service, mountpoint, **fuse_options)
+        mounts.append(m)
+        return m
+
+    yield mount
+    for m in mounts:
+        m.stop()

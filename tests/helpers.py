@@ -1,0 +1,179 @@
+"""Test helpers: configs, a synthetic library, and mounts that are always cleaned up."""
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "music"
+MUSICFS = [sys.executable, "-m", "musicfs.cli"]
+
+
+def toml_config(origins: list[tuple[str, Path]], cache_dir: Path, log_file: Path, **sections) -> str:
+    lines = ["[cache]", f'dir = "{cache_dir}"', f'max_size = "{sections.pop("max_size", "1G")}"',
+             "[log]", f'file = "{log_file}"', f'level = "{sections.pop("level", "debug")}"']
+    for section, values in sections.items():
+        lines.append(f"[{section}]")
+        for key, value in values.items():
+            lines.append(f"{key} = {value!r}" if not isinstance(value, str) else f'{key} = "{value}"')
+    for name, path in origins:
+        lines += ["[[origins]]", f'name = "{name}"', 'type = "local"', f'path = "{path}"']
+    return "\n".join(lines) + "\n"
+
+
+def flac_like(tags: dict[str, str], payload: bytes) -> bytes:
+    """A FLAC container (STREAMINFO + VORBIS_COMMENT) around `payload`: tag readers parse it."""
+    info = struct.pack(">HH", 4096, 4096) + bytes(6) + ((44100 << 44) | (1 << 41) | (15 << 36)).to_bytes(8, "big") + bytes(16)
+    vendor = b"musicfs-tests"
+    comments = struct.pack("<I", len(vendor)) + vendor + struct.pack("<I", len(tags))
+    for key, value in tags.items():
+        entry = f"{key}={value}".encode()
+        comments += struct.pack("<I", len(entry)) + entry
+    return (b"fLaC" + bytes([0]) + len(info).to_bytes(3, "big") + info
+            + bytes([0x84]) + len(comments).to_bytes(3, "big") + comments + payload)
+
+
+def make_library(root: Path, files: int, size: int, *, per_album: int = 12, seed: int = 1) -> list[Path]:
+    """`files` tagged files of about `size` bytes under root/Artist NNNN/Album NN/NN Track.flac."""
+    rng = random.Random(seed)
+    paths = []
+    for i in range(files):
+        album, track = divmod(i, per_album)
+        artist = album // 4
+        folder = root / f"Artist {artist:04d}" / f"Album {album % 4:02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{track + 1:02d} Track.flac"
+        tags = {"ARTIST": f"Artist {artist:04d}", "ALBUM": f"Album {album % 4:02d}", "TITLE": f"Track {track + 1}"}
+        path.write_bytes(flac_like(tags, rng.randbytes(size)))
+        paths.append(path)
+    return paths
+
+
+def wait_until(condition, timeout: float = 10.0, interval: float = 0.02, message: str = "condition") -> None:
+    """Poll a condition (not a sleep standing in for synchronisation: it returns as soon as true)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+def is_mounted(mountpoint: Path) -> bool:
+    target = os.path.abspath(mountpoint)
+    with open("/proc/self/mounts") as f:
+        return any(line.split()[1] == target for line in f)
+
+
+def force_unmount(mountpoint: Path) -> None:
+    subprocess.run(["fusermount", "-u", "-z", str(mountpoint)], capture_output=True)
+
+
+def daemon_pid(cache_dir: Path) -> int | None:
+    try:
+        text = (cache_dir / "musicfs.lock").read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def run_musicfs(*args, timeout: float = 120, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([*MUSICFS, *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          cwd=ROOT, env=env)
+
+
+class Daemon:
+    """`musicfs MOUNTPOINT -c CONFIG` as a user runs it; stop() unmounts and reaps it."""
+
+    def __init__(self, tmp: Path, origins: list[tuple[str, Path]], **sections):
+        self.tmp = tmp
+        self.mountpoint = tmp / "mnt"
+        self.mountpoint.mkdir(exist_ok=True)
+        self.cache_dir = tmp / "cache"
+        self.log_file = tmp / "musicfs.log"
+        self.config = tmp / "config.toml"
+        self.config.write_text(toml_config(origins, self.cache_dir, self.log_file, **sections))
+        self.pid: int | None = None
+
+    def start(self, *extra) -> subprocess.CompletedProcess:
+        result = run_musicfs(self.mountpoint, "-c", self.config, *extra)
+        if result.returncode == 0:
+            self.pid = daemon_pid(self.cache_dir)
+        return result
+
+    def mount(self, *extra) -> "Daemon":
+        result = self.start(*extra)
+        assert result.returncode == 0, f"mount failed: {result.stderr}\n{self.log()}"
+        assert is_mounted(self.mountpoint)
+        return self
+
+    def path(self, relative: str) -> Path:
+        return self.mountpoint / relative
+
+    def log(self) -> str:
+        try:
+            return self.log_file.read_text()
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if is_mounted(self.mountpoint):
+            result = run_musicfs("unmount", self.mountpoint, timeout=60)
+            if result.returncode != 0:
+                force_unmount(self.mountpoint)
+        if self.pid and alive(self.pid):
+            try:
+                wait_until(lambda: not alive(self.pid), timeout=15, message="daemon exit")
+            except AssertionError:
+                os.kill(self.pid, 9)
+        self.pid = None
+
+
+class InProcessMount:
+    """A real FUSE mount of a Service built in this process (so tests can swap in faulty origins).
+    FUSE runs in a thread; stop() unmounts and joins it."""
+
+    def __init__(self, service, mountpoint: Path, **fuse_options):
+        from musicfs.fs import FS_ENCODING, MusicFS
+
+        self.service = service
+        self.mountpoint = mountpoint
+        self.fs = MusicFS(service)
+        ready = threading.Event()
+        self.fs.on_mounted = ready.set
+        self.error: BaseException | None = None
+
+        def serve():
+            from fuse import FUSE
+            try:
+                FUSE(self.fs, str(mountpoint), foreground=True, nothreads=False, encoding=FS_ENCODING,
+                     fsname="musicfs-test", ro=True, **fuse_options)
+            except BaseException as e:  # reported by start()
+                self.error = e
+                ready.set()
+
+        self.thread = threading.Thread(target=serve, name="fuse-test", daemon=True)
+        self.thread.start()
+        if not ready.wait(30) or self.error:
+            raise RuntimeError(f"in-process mount failed: {self.error}")
+        os.stat(mountpoint)  # returns once the kernel has finished INIT
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            force_unmount(self.mountpoint)
+        self.thread.join(timeout=30)
+        self.service.stop()

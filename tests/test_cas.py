@@ -1,0 +1,175 @@
+"""The chunk store without FUSE: put/get/verify, dedup, exact accounting, LRU, recovery."""
+import os
+from pathlib import Path
+
+import pytest
+
+from musicfs.cas import CacheChecker, ChunkStore, digest_of, recover
+from musicfs.errors import ChunkCorrupt, ChunkMissing
+from musicfs.storage import Storage
+
+
+def bytes_on_disk(cache_dir: Path) -> int:
+    return sum(f.stat().st_size for f in (cache_dir / "chunks").rglob("*") if f.is_file())
+
+
+def chunk_files(cache_dir: Path) -> list[Path]:
+    return [f for f in (cache_dir / "chunks").rglob("*") if f.is_file()]
+
+
+@pytest.fixture
+def store(tmp_path):
+    storage = Storage(tmp_path / "cache")
+    s = ChunkStore(storage, max_size=1 << 30)
+    yield s
+    storage.close()
+
+
+def test_put_get_round_trip_and_layout(store, tmp_path):
+    data = os.urandom(5000)
+    digest = store.put(data)
+    assert digest == digest_of(data) and len(digest) == 16
+    h = digest.hex()
+    assert (tmp_path / "cache" / "chunks" / h[:2] / h[2:4] / h).read_bytes() == data
+    store.verified.clear()
+    assert store.get(digest, len(data)) == data
+
+
+def test_identical_content_is_stored_once(store, tmp_path):
+    data = os.urandom(10000)
+    a = store.put(data, manifest=(b"o1\0a.flac", 10000, 1, 0))
+    b = store.put(data, manifest=(b"o2\0b.flac", 10000, 2, 0))
+    assert a == b
+    assert len(chunk_files(tmp_path / "cache")) == 1
+    assert store.total() == 10000
+    assert store.manifest(b"o1\0a.flac", 10000, 1) == [a]
+    assert store.manifest(b"o2\0b.flac", 10000, 2) == [a]
+
+
+def test_index_total_equals_bytes_on_disk_after_put_and_evict_sequences(tmp_path):
+    storage = Storage(tmp_path / "cache")
+    store = ChunkStore(storage, max_size=100_000)
+    sizes = [7000, 13000, 1, 25000, 9999, 31000, 4096, 20000, 17000, 8000] * 3
+    for i, size in enumerate(sizes):
+        store.put(os.urandom(size))
+        assert store.total() == bytes_on_disk(tmp_path / "cache"), f"after put {i}"
+        assert store.total() <= 100_000
+    store.evict(target=0)
+    assert store.total() == 0 == bytes_on_disk(tmp_path / "cache")
+    storage.close()
+
+
+def test_eviction_is_lru_and_skips_pinned(tmp_path):
+    storage = Storage(tmp_path / "cache")
+    store = ChunkStore(storage, max_size=10 * 1000)
+    chunks = [store.put(bytes([i]) * 1000) for i in range(8)]
+    store.verified.clear()
+    store.get(chunks[0], 1000)          # chunk 0 becomes the most recently used
+    store.flush_access_times()
+    with store.pinned([chunks[1]]):     # chunk 1 is in use by a read
+        store.evict(target=5000)
+    remaining = {d for d in chunks if store.contains(d) is not None}
+    assert chunks[0] in remaining and chunks[1] in remaining
+    assert chunks[2] not in remaining and chunks[3] not in remaining and chunks[4] not in remaining
+    assert chunks[7] in remaining
+    assert store.total() == bytes_on_disk(tmp_path / "cache") == 5000
+    storage.close()
+
+
+def test_corrupt_chunk_is_dropped_not_served(store, tmp_path):
+    data = os.urandom(3000)
+    digest = store.put(data)
+    store.verified.clear()
+    path = Path(os.fsdecode(store.path_of(digest)))
+    path.write_bytes(b"X" + data[1:])
+    with pytest.raises(ChunkCorrupt):
+        store.get(digest, len(data))
+    assert store.contains(digest) is None and not path.exists()
+    assert store.total() == 0
+
+
+def test_truncated_and_missing_chunks(store):
+    a, b = os.urandom(3000), os.urandom(4000)
+    da, db = store.put(a), store.put(b)
+    store.verified.clear()
+    Path(os.fsdecode(store.path_of(da))).write_bytes(a[:100])
+    os.unlink(store.path_of(db))
+    with pytest.raises(ChunkCorrupt):
+        store.get(da, 3000)
+    with pytest.raises(ChunkMissing):
+        store.get(db, 4000)
+    assert store.total() == 0
+
+
+def test_manifest_of_a_changed_file_is_empty(store):
+    digest = store.put(b"a" * 100, manifest=(b"o\0f", 100, 5, 0))
+    assert store.manifest(b"o\0f", 100, 5) == [digest]
+    assert store.manifest(b"o\0f", 100, 6) == [None]      # mtime changed
+    assert store.manifest(b"o\0f", 101, 5) == [None]      # size changed
+
+
+def test_recovery_removes_temp_orphan_and_dangling(tmp_path):
+    cache = tmp_path / "cache"
+    storage = Storage(cache)
+    store = ChunkStore(storage, max_size=1 << 30)
+    keep = store.put(os.urandom(2000))
+    gone = store.put(os.urandom(3000))
+    storage.close()
+    (cache / "tmp" / "123.1.1").write_bytes(b"half a chunk")
+    orphan = bytes(range(16))
+    orphan_path = cache / "chunks" / orphan.hex()[:2] / orphan.hex()[2:4] / orphan.hex()
+    orphan_path.parent.mkdir(parents=True, exist_ok=True)
+    orphan_path.write_bytes(b"nobody knows me")
+    os.unlink(os.fsdecode(store.path_of(gone)))
+
+    storage = Storage(cache)
+    report = recover(storage)
+    kinds = sorted(f.invariant for f in report.findings)
+    assert kinds == ["dangling-record", "orphan-file", "temp-file"]
+    store = ChunkStore(storage, max_size=1 << 30)
+    assert store.total() == 2000 == bytes_on_disk(cache)
+    assert store.contains(keep) == 2000 and store.contains(gone) is None
+    assert not orphan_path.exists() and not list((cache / "tmp").iterdir())
+    assert CacheChecker(storage, repair=False).run(digests=True).consistent
+    storage.close()
+
+
+def test_total_drift_is_found_and_repaired(tmp_path):
+    storage = Storage(tmp_path / "cache")
+    store = ChunkStore(storage, max_size=1 << 30)
+    store.put(os.urandom(1234))
+    with storage.begin(write=True) as txn:
+        storage.put_u64(txn, b"total", 999_999)
+    report = CacheChecker(storage, repair=False).run(digests=True)
+    assert [f.invariant for f in report.findings] == ["total-drift"]
+    CacheChecker(storage, repair=True).run(digests=True)
+    assert store.total() == 1234
+    assert CacheChecker(storage, repair=False).run(digests=True).consistent
+    storage.close()
+
+
+def test_unreadable_index_is_rebuilt_not_a_crash(tmp_path):
+    cache = tmp_path / "cache"
+    storage = Storage(cache)
+    ChunkStore(storage, max_size=1 << 30).put(os.urandom(100))
+    storage.close()
+    (cache / "index.lmdb" / "data.mdb").write_bytes(b"this is not an LMDB file" * 1000)
+    storage = Storage(cache)
+    assert storage.rebuilt
+    store = ChunkStore(storage, max_size=1 << 30)
+    assert store.total() == 0 == bytes_on_disk(cache)
+    assert list(cache.glob("index.lmdb.broken-*"))
+    storage.close()
+
+
+def test_other_format_version_is_rebuilt(tmp_path):
+    cache = tmp_path / "cache"
+    storage = Storage(cache)
+    with storage.begin(write=True) as txn:
+        txn.put(b"format", b"999", db=storage.meta)
+    storage.close()
+    storage = Storage(cache)
+    assert storage.rebuilt
+    with storage.begin() as txn:
+        assert txn.get(b"format", db=storage.meta) == b"1"
+    storage.close()

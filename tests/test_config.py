@@ -1,0 +1,91 @@
+"""Config parsing and its errors (no FUSE)."""
+from pathlib import Path
+
+import pytest
+
+from musicfs import config as c
+from musicfs.errors import ConfigError
+
+
+def test_sizes_accept_suffixes():
+    assert c.parse_size("500M") == 500 << 20
+    assert c.parse_size("10G") == 10 << 30
+    assert c.parse_size("1.5K") == 1536
+    assert c.parse_size("2TB") == 2 << 40
+    assert c.parse_size(4096) == 4096
+
+
+@pytest.mark.parametrize("bad", ["ten gigs", "10X", "", "-5M"])
+def test_bad_size_names_the_key(bad):
+    with pytest.raises(ConfigError, match="cache.max_size"):
+        c.parse({"cache": {"max_size": bad}})
+
+
+def test_unknown_key_is_rejected_by_name():
+    with pytest.raises(ConfigError, match=r"cache\.max_sise: unknown key"):
+        c.parse({"cache": {"max_sise": "1G"}})
+    with pytest.raises(ConfigError, match=r"fusee: unknown section"):
+        c.parse({"fusee": {}})
+    with pytest.raises(ConfigError, match=r"origins\[0\]\.pth: unknown key"):
+        c.parse({"origins": [{"pth": "/x"}]})
+
+
+def test_wrong_types_are_rejected_by_name():
+    with pytest.raises(ConfigError, match=r"fuse\.read_timeout: expected"):
+        c.parse({"fuse": {"read_timeout": "soon"}})
+    with pytest.raises(ConfigError, match=r"health\.interval: expected"):
+        c.parse({"health": {"interval": True}})
+    with pytest.raises(ConfigError, match=r"fuse\.read_timeout: must be a positive"):
+        c.parse({"fuse": {"read_timeout": 0}})
+    with pytest.raises(ConfigError, match=r"log\.level"):
+        c.parse({"log": {"level": "loud"}})
+
+
+def test_origin_errors():
+    with pytest.raises(ConfigError, match=r"origins\[0\]\.path: missing"):
+        c.parse({"origins": [{"name": "nas"}]})
+    with pytest.raises(ConfigError, match=r"used twice"):
+        c.parse({"origins": [{"name": "a", "path": "/x"}, {"name": "a", "path": "/y"}]})
+    with pytest.raises(ConfigError, match=r"origins\[0\]\.type: unknown origin type 'ftp'"):
+        c.parse({"origins": [{"path": "/x", "type": "ftp"}]})
+    with pytest.raises(ConfigError, match=r"empty"):
+        c.parse({"origins": []})
+
+
+def test_defaults_follow_xdg(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xc"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xs"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xcfg"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    cfg = c.load()
+    assert cfg.cache.dir == tmp_path / "xc" / "musicfs"
+    assert cfg.log.file == tmp_path / "xs" / "musicfs" / "musicfs.log"
+    assert [o.path for o in cfg.origins] == [tmp_path / "home" / "Music"]
+    assert cfg.fuse.read_timeout == 30 and cfg.health.timeout == 5 and cfg.cache.max_size == 10 << 30
+
+
+def test_xdg_music_dir_from_user_dirs(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "user-dirs.dirs").write_text('XDG_MUSIC_DIR="$HOME/Musik"\n')
+    assert c.xdg_music_dir() == tmp_path / "home" / "Musik"
+
+
+def test_cli_overrides_config(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text('[cache]\nmax_size = "1G"\ndir = "/nowhere"\n[fuse]\nread_timeout = 10\n'
+                    '[[origins]]\nname = "nas"\npath = "/mnt/nas"\n')
+    cfg = c.load(path)
+    assert cfg.cache.max_size == 1 << 30 and cfg.origins[0].name == "nas"
+    cfg = c.load(path, origins=[tmp_path], cache_dir=tmp_path / "cc", cache_size="500M", read_timeout=3)
+    assert [o.path for o in cfg.origins] == [tmp_path]
+    assert cfg.cache.dir == tmp_path / "cc" and cfg.cache.max_size == 500 << 20 and cfg.fuse.read_timeout == 3
+
+
+def test_missing_and_invalid_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        c.load(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[cache\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        c.load(bad)
