@@ -81,6 +81,45 @@ def unmount(mountpoint: Path = typer.Argument(..., help="The mountpoint to unmou
         _fail(str(e), 1)
 
 
+@app.command()
+def health(config: Optional[Path] = ConfigOption,
+           as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the plugin line.")):
+    """The cron probe: check origins (in parallel, bounded by [health].timeout), the cache and
+    the daemon. Exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (Nagios plugin convention)."""
+    import logging
+    import os
+
+    from . import logs
+    from .health.probe import UNKNOWN, probe
+
+    try:
+        cfg = config_module.load(config)
+        verdict = probe(cfg)
+    except ConfigError as e:
+        _probe_exit(f"MUSICFS UNKNOWN - configuration: {e}", UNKNOWN, as_json, str(e))
+    except Exception as e:  # noqa: BLE001 - UNKNOWN is the documented answer to an internal error
+        _probe_exit(f"MUSICFS UNKNOWN - internal error: {type(e).__name__}: {e}", UNKNOWN, as_json, str(e))
+    line = verdict.first_line()
+    try:
+        logs.setup(cfg.log.file, cfg.log.level)
+        level = logging.INFO if verdict.code == 0 else logging.WARNING
+        logging.getLogger("musicfs.health").log(level, "health probe: %s", line)
+        logging.shutdown()
+    except Exception as e:  # noqa: BLE001 - a log that cannot be written must not hide the verdict
+        line += f" (log not written: {e})"
+    typer.echo(json.dumps(verdict.as_dict(), sort_keys=True) if as_json else line)
+    sys.stdout.flush()
+    # Checks still stuck in a dead origin are daemon threads: leave without waiting for them.
+    os._exit(verdict.code)
+
+
+def _probe_exit(line: str, code: int, as_json: bool, error: str) -> None:
+    import os
+    typer.echo(json.dumps({"status": "UNKNOWN", "exit_code": code, "error": error}) if as_json else line)
+    sys.stdout.flush()
+    os._exit(code)
+
+
 @cache_app.command("stats")
 def cache_stats(config: Optional[Path] = ConfigOption, cache_dir: Optional[Path] = CacheDirOption,
                 as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")):

@@ -15,6 +15,7 @@ from .cas import ChunkStore, recover
 from .catalog import Catalog, Scanner
 from .config import Config
 from .health import HealthMonitor
+from .inspect import write_status
 from .pool import OriginPool
 from .reader import Reader
 from .storage import Storage
@@ -24,6 +25,8 @@ log = logging.getLogger(__name__)
 # Access times and counters are written this often (and on shutdown): one write transaction
 # per interval instead of one per read.
 MAINTENANCE_INTERVAL = 5.0
+# The status file (passthrough, origin states) that the cron probe reads is refreshed this often.
+STATUS_INTERVAL = 1.0
 # Enough workers that every origin can use its whole budget and checks still find a thread.
 MIN_POOL_WORKERS = 16
 
@@ -96,13 +99,27 @@ class Service:
         self._threads.append(thread)
 
     def _maintenance_loop(self) -> None:
-        while not self._stopping.wait(MAINTENANCE_INTERVAL):
+        last_flush = time.monotonic()
+        while not self._stopping.wait(STATUS_INTERVAL):
+            self.publish_status()
+            if time.monotonic() - last_flush < MAINTENANCE_INTERVAL or self.store.passthrough:
+                continue
+            last_flush = time.monotonic()
             try:
                 self.store.flush_access_times()
                 self.store.save_counters()
                 self.storage.sync()
             except Exception as e:
                 log.warning("cache maintenance failed: %s", e)
+
+    def publish_status(self) -> None:
+        try:
+            write_status(self.config.cache.dir, {
+                "pid": os.getpid(), "passthrough": self.store.passthrough,
+                "passthrough_reason": self.store.passthrough_reason if self.store.passthrough else None,
+                "origins": self.health.snapshot(), "updated": time.time()})
+        except OSError as e:
+            log.debug("cannot publish status: %s", e)
 
     def _rescan_loop(self) -> None:
         # The first pass refreshes the stored catalog right after mount; later passes run every
@@ -133,6 +150,8 @@ class Service:
             self.store.save_counters()
             with self.storage.begin(write=True) as txn:
                 txn.delete(b"dirty", db=self.storage.meta)
+        except Exception as e:  # a dead cache disk: the next start runs recovery instead
+            log.warning("could not record a clean shutdown (%s); the next start will check the cache", e)
         finally:
             self.storage.close()
             for origin in self.origins.values():

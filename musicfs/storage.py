@@ -181,5 +181,7 @@ class Storage:
     def close(self) -> None:
         try:
             self.sync()
+        except lmdb.Error as e:  # a cache disk gone read-only or away: nothing more to save
+            log.warning("cache index could not be synced on close: %s", e)
         finally:
             self.env.close()

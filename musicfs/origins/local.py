@@ -15,7 +15,9 @@ class LocalOrigin(Origin):
     def __init__(self, name: str, path: os.PathLike | str):
         super().__init__(name)
         self.root = os.fsencode(os.path.abspath(os.fspath(path)))
-        self._real_root = os.path.realpath(self.root)
+        # Resolved on first use, not here: constructing an origin must never touch a NAS that
+        # may hang (the probe builds origins in its main thread).
+        self._real_root: bytes | None = None
 
     def describe(self) -> str:
         return f"{self.name} ({os.fsdecode(self.root)})"
@@ -28,6 +30,8 @@ class LocalOrigin(Origin):
         return self.root + b"/" + relpath if relpath else self.root
 
     def _inside(self, path: bytes) -> bool:
+        if self._real_root is None:
+            self._real_root = os.path.realpath(self.root)
         real = os.path.realpath(path)
         return real == self._real_root or real.startswith(self._real_root + b"/")
 

@@ -1,0 +1,175 @@
+"""Health checks: bounded, parallel, no pile-up; the state machine reads consult; the probe."""
+import json
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from musicfs.config import HealthConfig
+from musicfs.health import DEGRADED, HEALTHY, UNHEALTHY, HealthMonitor
+from musicfs.origins import LocalOrigin
+from musicfs.pool import OriginPool
+
+from .faulty import FaultyOrigin
+from .helpers import ROOT, toml_config, wait_until
+
+
+def monitor_for(origins, timeout=0.3, pool=None):
+    pool = pool or OriginPool(max_workers=16, per_origin=2)
+    return HealthMonitor(origins, pool, HealthConfig(timeout=timeout, interval=60)), pool
+
+
+def test_local_origin_health_check_has_timeout(tmp_path):
+    origin = FaultyOrigin(LocalOrigin("nas", tmp_path))
+    origin.delay(5.0)
+    monitor, pool = monitor_for([origin], timeout=0.5)
+    started = time.monotonic()
+    monitor.check_all()
+    elapsed = time.monotonic() - started
+    assert elapsed < 2.0, f"a 5 s hang took {elapsed:.2f}s to judge"
+    assert monitor.status["nas"].state in (DEGRADED, UNHEALTHY)
+    assert "no answer" in monitor.status["nas"].error
+    monitor.check_all()   # the next round: still stuck -> unhealthy
+    assert monitor.status["nas"].state == UNHEALTHY
+    pool.shutdown()
+
+
+def test_health_checks_run_in_parallel(tmp_path):
+    origins = []
+    for i in range(3):
+        (tmp_path / str(i)).mkdir()
+        origin = FaultyOrigin(LocalOrigin(f"o{i}", tmp_path / str(i)))
+        origin.delay(0.2)
+        origins.append(origin)
+    monitor, pool = monitor_for(origins, timeout=1.0)
+    started = time.monotonic()
+    monitor.check_all()
+    elapsed = time.monotonic() - started
+    assert elapsed < 0.35, f"3 origins of 200 ms took {elapsed:.3f}s: not parallel"
+    assert all(monitor.status[o.name].state == HEALTHY for o in origins)
+    pool.shutdown()
+
+
+def test_stuck_check_is_not_submitted_again(tmp_path):
+    origin = FaultyOrigin(LocalOrigin("nas", tmp_path))
+    origin.hang()
+    monitor, pool = monitor_for([origin], timeout=0.1)
+    for _ in range(5):
+        monitor.check_all()
+    assert origin.calls["check"] == 1, "a stuck check was submitted again"
+    assert pool.busy("nas", "check") == 1
+    assert monitor.status["nas"].state == UNHEALTHY and monitor.status["nas"].consecutive_failures == 5
+    origin.release()
+    wait_until(lambda: monitor.status["nas"].pending.done(), message="the stuck check to return")
+    monitor.check_all()   # the old check finished; a new one runs and succeeds
+    assert monitor.status["nas"].state == HEALTHY
+    pool.shutdown()
+
+
+def test_hung_origin_cannot_starve_other_origins(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    dead = FaultyOrigin(LocalOrigin("dead", tmp_path / "a"))
+    dead.hang()
+    live = LocalOrigin("live", tmp_path / "b")
+    (tmp_path / "b" / "f").write_bytes(b"hello")
+    pool = OriginPool(max_workers=6, per_origin=2)
+    stuck = [pool.submit("dead", dead.read, b"x", 0, 1) for _ in range(50)]
+    assert pool.busy("dead") == 2          # the rest wait in the queue without a thread
+    answers = [pool.submit("live", live.read, b"f", 0, 5) for _ in range(20)]
+    assert [f.result(timeout=5) for f in answers] == [b"hello"] * 20
+    monitor, _ = monitor_for([dead, live], timeout=0.3, pool=pool)
+    monitor.check_all()
+    assert monitor.status["live"].state == HEALTHY
+    for f in stuck:
+        f.cancel()
+    dead.release()
+    pool.shutdown()
+
+
+def test_transitions_are_logged_once(tmp_path, caplog):
+    origin = FaultyOrigin(LocalOrigin("nas", tmp_path))
+    monitor, pool = monitor_for([origin])
+    origin.fail()
+    with caplog.at_level("INFO", logger="musicfs.health.monitor"):
+        for _ in range(6):
+            monitor.check_all()
+        origin.healthy()
+        monitor.check_all()
+        monitor.check_all()
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("is degraded" in m for m in messages) == 1
+    assert sum("is unhealthy" in m for m in messages) == 1
+    assert sum("healthy again" in m for m in messages) == 1
+    pool.shutdown()
+
+
+# -- the cron probe -----------------------------------------------------------------------
+
+def run_probe(config, *args, timeout=30):
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "musicfs.cli", "health", "-c", str(config), *args],
+                            capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    return result, time.monotonic() - started
+
+
+def write_config(tmp_path, origins, timeout=1):
+    config = tmp_path / "config.toml"
+    config.write_text(toml_config(origins, tmp_path / "cache", tmp_path / "probe.log",
+                                  health={"timeout": timeout}))
+    (tmp_path / "cache").mkdir(exist_ok=True)
+    return config
+
+
+def test_probe_ok_warning_critical(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    ok = write_config(tmp_path, [("a", tmp_path / "a"), ("b", tmp_path / "b")])
+    result, _ = run_probe(ok)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith("MUSICFS OK - 2/2 origins healthy") and " | origins_healthy=2" in result.stdout
+    warn = write_config(tmp_path, [("a", tmp_path / "a"), ("gone", tmp_path / "missing")])
+    result, _ = run_probe(warn)
+    assert result.returncode == 1 and result.stdout.startswith("MUSICFS WARNING - 1/2 origins healthy")
+    crit = write_config(tmp_path, [("gone", tmp_path / "missing")])
+    result, _ = run_probe(crit, "--json")
+    assert result.returncode == 2
+    verdict = json.loads(result.stdout)
+    assert verdict["status"] == "CRITICAL"
+    assert verdict["origins"]["gone"]["status"] == "unhealthy" and verdict["origins"]["gone"]["error"]
+    assert {"cache", "daemon", "origins"} <= set(verdict)
+    assert "health probe: MUSICFS CRITICAL" in (tmp_path / "probe.log").read_text()
+
+
+def test_probe_unknown_on_bad_config(tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text("[health]\ntimeout = 'five'\n")
+    result, _ = run_probe(config)
+    assert result.returncode == 3 and result.stdout.startswith("MUSICFS UNKNOWN - configuration: health.timeout")
+
+
+@pytest.mark.slow
+def test_probe_finishes_within_timeout_plus_one_second_with_hung_origins(tmp_path):
+    """Real hangs: origins whose path is on a FUSE mount that never answers (a stopped daemon)."""
+    from .helpers import Daemon, force_unmount
+    import os
+    import signal
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "x.flac").write_bytes(b"x")
+    hung = Daemon(tmp_path, [("lib", tmp_path / "lib")]).mount()
+    os.kill(hung.pid, signal.SIGSTOP)      # the mount now hangs every syscall, like a dead NAS
+    try:
+        probe_dir = tmp_path / "probe"
+        probe_dir.mkdir()
+        (probe_dir / "ok").mkdir()
+        config = write_config(probe_dir, [("ok", probe_dir / "ok"), ("dead1", hung.mountpoint),
+                                          ("dead2", hung.mountpoint / "sub")], timeout=2)
+        result, elapsed = run_probe(config)
+        assert elapsed < 2 + 1.0, f"probe took {elapsed:.2f}s"
+        assert result.returncode == 1 and "1/3 origins healthy" in result.stdout
+    finally:
+        os.kill(hung.pid, signal.SIGCONT)
+        hung.stop()
+        force_unmount(hung.mountpoint)
