@@ -13,6 +13,7 @@
 """
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 import time
@@ -29,6 +30,8 @@ from .pool import OriginPool
 
 log = logging.getLogger(__name__)
 
+# Errors that say this process is short of resources, not that the origin is failing.
+LOCAL_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM}
 # Chunks fetched ahead of a sequential reader: enough to hide one origin round trip.
 READAHEAD_CHUNKS = 2
 
@@ -145,23 +148,38 @@ class Reader:
         for source in self._ordered(handle.sources):
             try:
                 future = self._fetch(source, index)
-                digest, data = future.result(timeout=max(deadline - time.monotonic(), 0))
+            except OriginUnavailable as e:  # known to be down: next replica, without waiting
+                errors.append(str(e))
+                continue
+            try:
+                # A fetch gets read_timeout in total, however many reads wait on it: the kernel
+                # retries a failed readahead page by page, and each retry must not wait anew.
+                until = min(deadline, future.started + self.read_timeout)
+                digest, data = future.result(timeout=max(until - time.monotonic(), 0))
             except FutureTimeout:
-                if self.health is not None:
-                    self.health.report_failure(source.origin, ReadTimeout("read timed out"))
+                self._report(source.origin, ReadTimeout("read timed out"))
                 raise ReadTimeout(f"origin {source.origin} did not answer within {self.read_timeout:g}s") from None
             except CancelledError:
                 raise ReadTimeout("read abandoned while shutting down") from None
-            except (OSError, OriginUnavailable, OriginChanged) as e:
+            except OSError as e:
+                if e.errno in LOCAL_ERRNOS:
+                    raise  # this process is out of descriptors or memory: not the origin's fault
+                self._report(source.origin, e)
+                errors.append(f"{source.origin}: {e.strerror or e}")
+                continue
+            except (OriginUnavailable, OriginChanged) as e:
+                self._report(source.origin, e)
                 errors.append(f"{source.origin}: {e}")
-                if self.health is not None:
-                    self.health.report_failure(source.origin, e)
                 continue
             if known is not None and digest_of(data) != known:
                 errors.append(f"{source.origin}: bytes differ from the preferred copy")
                 continue
             return digest, data
         raise OriginUnavailable("; ".join(errors) or "no origin can serve this file")
+
+    def _report(self, origin: str, error: BaseException) -> None:
+        if self.health is not None:
+            self.health.report_failure(origin, error)
 
     def _ordered(self, sources):
         if self.health is None or len(sources) == 1:
@@ -178,6 +196,7 @@ class Reader:
             if self.health is not None:
                 self.health.admit(source.origin)  # raises OriginUnavailable when known dead
             future = self.pool.submit(source.origin, self._fetch_chunk, source, index)
+            future.started = time.monotonic()
             self._inflight[key] = future
 
         def forget(done, key=key):

@@ -6,8 +6,9 @@ Layout of ``<cache.dir>``::
     index.lmdb/               one LMDB environment (data.mdb, lock.mdb): every record below
     chunks/<h0h1>/<h2h3>/<hex>  one file per chunk: exactly the chunk's bytes, no header; <hex> is
                               the 32-digit lowercase hex of the chunk's XXH3-128 digest
-    tmp/                      chunk files being written (renamed into chunks/ when complete);
-                              anything found here at startup is garbage from a crash
+    chunks/.tmp/              chunk files being written, renamed into place when complete (inside
+                              chunks/ so the rename never crosses filesystems even when chunks/
+                              is a mount of its own); anything here at startup is crash garbage
 
 Chunks. A file is cut into fixed-size chunks of ``meta.chunk_size`` bytes (the last one
 shorter). A chunk is addressed by XXH3-128 of its bytes: 128 bits make an accidental collision
@@ -75,7 +76,7 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 ENV_NAME = "index.lmdb"
 CHUNKS_DIR = "chunks"
-TMP_DIR = "tmp"
+TMP_DIR = "chunks/.tmp"
 LOCK_NAME = "musicfs.lock"
 
 # The map is virtual address space, not disk: LMDB grows data.mdb only as it is used.

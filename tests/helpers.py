@@ -177,3 +177,8 @@ class InProcessMount:
             force_unmount(self.mountpoint)
         self.thread.join(timeout=30)
         self.service.stop()
+
+
+def chunk_bytes_on_disk(chunks_dir: Path) -> int:
+    """Sum of the sizes of the chunk files (chunks/aa/bb/<hex>), temp files excluded."""
+    return sum(f.stat().st_size for f in Path(chunks_dir).glob("??/??/*") if f.is_file())

@@ -10,11 +10,11 @@ from musicfs.storage import Storage
 
 
 def bytes_on_disk(cache_dir: Path) -> int:
-    return sum(f.stat().st_size for f in (cache_dir / "chunks").rglob("*") if f.is_file())
+    return sum(f.stat().st_size for f in (cache_dir / "chunks").glob("??/??/*") if f.is_file())
 
 
 def chunk_files(cache_dir: Path) -> list[Path]:
-    return [f for f in (cache_dir / "chunks").rglob("*") if f.is_file()]
+    return [f for f in (cache_dir / "chunks").glob("??/??/*") if f.is_file()]
 
 
 @pytest.fixture
@@ -115,7 +115,7 @@ def test_recovery_removes_temp_orphan_and_dangling(tmp_path):
     keep = store.put(os.urandom(2000))
     gone = store.put(os.urandom(3000))
     storage.close()
-    (cache / "tmp" / "123.1.1").write_bytes(b"half a chunk")
+    (cache / "chunks" / ".tmp" / "123.1.1").write_bytes(b"half a chunk")
     orphan = bytes(range(16))
     orphan_path = cache / "chunks" / orphan.hex()[:2] / orphan.hex()[2:4] / orphan.hex()
     orphan_path.parent.mkdir(parents=True, exist_ok=True)
@@ -129,7 +129,7 @@ def test_recovery_removes_temp_orphan_and_dangling(tmp_path):
     store = ChunkStore(storage, max_size=1 << 30)
     assert store.total() == 2000 == bytes_on_disk(cache)
     assert store.contains(keep) == 2000 and store.contains(gone) is None
-    assert not orphan_path.exists() and not list((cache / "tmp").iterdir())
+    assert not orphan_path.exists() and not list((cache / "chunks" / ".tmp").iterdir())
     assert CacheChecker(storage, repair=False).run(digests=True).consistent
     storage.close()
 

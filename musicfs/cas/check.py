@@ -86,6 +86,8 @@ class CacheChecker:
     def _scan_chunk_files(self) -> None:
         root = self.storage.chunks_dir
         for level1 in _scandir(root):
+            if level1.name.startswith("."):
+                continue  # .tmp: see check_temp_files
             for level2 in _scandir(level1.path):
                 for entry in _scandir(level2.path):
                     try:

@@ -2,7 +2,7 @@
 
 Format and invariants: see :mod:`musicfs.storage`. The rules this class keeps:
 
-* A chunk file is written to tmp/ and renamed; only then is it recorded, and its size added to
+* A chunk file is written to chunks/.tmp/ and renamed; only then is it recorded, and its size added to
   ``meta.total``, in ONE write transaction (together with the manifest slot that uses it).
 * Everything that creates or deletes one digest's file and record holds that digest's lock, so
   the record and the file never disagree for longer than a crash.

@@ -154,5 +154,5 @@ class HealthMonitor:
 
 def _describe(error: BaseException) -> str:
     if isinstance(error, OSError) and error.strerror:
-        return f"{error.strerror} ({error.filename or ''})".replace(" ()", "")
+        return error.strerror
     return str(error) or type(error).__name__

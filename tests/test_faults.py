@@ -1,0 +1,306 @@
+"""Fault injection on real mounts: hung, failing, corrupting origins; a dying cache disk."""
+import errno
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from musicfs.cas import CacheChecker
+
+from .helpers import Daemon, chunk_bytes_on_disk, run_musicfs, wait_until
+
+pytestmark = pytest.mark.mount
+
+MiB = 1 << 20
+
+
+def library(tmp_path, name="o", files=None):
+    root = tmp_path / name
+    root.mkdir()
+    for rel, data in (files or {}).items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    return root
+
+
+def read_file(path: Path) -> bytes:
+    with open(path, "rb", buffering=0) as f:
+        return f.read()
+
+
+def expect_errno(path: Path, expected: set[int]) -> float:
+    started = time.monotonic()
+    with pytest.raises(OSError) as info:
+        read_file(path)
+    assert info.value.errno in expected, info.value
+    return time.monotonic() - started
+
+
+def test_fuse_read_timeout_returns_eio(tmp_path, service_factory, in_process_mount):
+    slow = library(tmp_path, "slow", {"a/hung.flac": os.urandom(100_000)})
+    fast_data = os.urandom(300_000)
+    fast = library(tmp_path, "fast", {"b/ok.flac": fast_data})
+    service = service_factory([("slow", slow), ("fast", fast)], faulty={"slow"},
+                              fuse={"read_timeout": 1.5}, health={"interval": 60})
+    service.initial_scan()
+    mount = in_process_mount(service)
+    service.origins["slow"].hang(only={"read"})
+    outcome = {}
+
+    def hung_reader():
+        outcome["elapsed"] = expect_errno(mount.mountpoint / "a/hung.flac", {errno.EIO})
+    thread = threading.Thread(target=hung_reader)
+    thread.start()
+    # while the hung read waits, the other origin's files read normally
+    assert read_file(mount.mountpoint / "b/ok.flac") == fast_data
+    thread.join(10)
+    assert not thread.is_alive()
+    assert outcome["elapsed"] < 1.5 + 1.0, outcome
+    service.origins["slow"].release()
+
+
+def test_unhealthy_origin_fails_fast_and_recovers(tmp_path, service_factory, in_process_mount):
+    data = os.urandom(200_000)
+    root = library(tmp_path, "nas", {"x.flac": data, "y.flac": data[:1000]})
+    service = service_factory([("nas", root)], faulty={"nas"}, fuse={"read_timeout": 20},
+                              health={"interval": 0.2, "timeout": 0.3})
+    service.initial_scan()
+    mount = in_process_mount(service)
+    status = service.health.status["nas"]
+    service.origins["nas"].hang()
+    wait_until(lambda: status.state == "unhealthy", message="the monitor to judge the hung origin")
+    elapsed = expect_errno(mount.mountpoint / "x.flac", {errno.EIO})
+    assert elapsed < 1.5, f"a read of a known-dead origin took {elapsed:.2f}s"
+    service.origins["nas"].release()
+    wait_until(lambda: status.state == "healthy", message="the origin to be judged healthy again")
+    assert read_file(mount.mountpoint / "x.flac") == data     # reads resume without a restart
+
+
+def test_failover_to_a_replica(tmp_path, service_factory, in_process_mount):
+    data = os.urandom(2 * MiB + 5)
+    primary = library(tmp_path, "primary", {"al/t.flac": data})
+    replica = library(tmp_path, "replica", {"al/t.flac": data})
+    service = service_factory([("primary", primary), ("replica", replica)], faulty={"primary", "replica"},
+                              health={"interval": 0.2, "timeout": 0.3})
+    service.initial_scan()
+    mount = in_process_mount(service)
+    service.origins["primary"].fail(errno.EIO, only={"read", "check"})
+    assert read_file(mount.mountpoint / "al/t.flac") == data
+    assert service.origins["replica"].calls["read"] >= 3
+    # once the primary is judged unhealthy, reads go to the replica without asking it
+    wait_until(lambda: service.health.status["primary"].state == "unhealthy", message="primary judged unhealthy")
+    before = service.origins["primary"].calls["read"]
+    service.store.evict(target=0)
+    service.store.verified.clear()
+    with open(mount.mountpoint / "al/t.flac", "rb", buffering=0) as f:
+        f.seek(MiB)
+        assert f.read(100) == data[MiB:MiB + 100]
+    assert service.origins["primary"].calls["read"] == before
+
+
+def test_offline_playback_of_cached_files_with_every_origin_hung(tmp_path, service_factory, in_process_mount):
+    a_data, b_data = os.urandom(3 * MiB), os.urandom(500_000)
+    a = library(tmp_path, "a", {"one.flac": a_data})
+    b = library(tmp_path, "b", {"two.flac": b_data, "uncached.flac": b"zz"})
+    service = service_factory([("a", a), ("b", b)], faulty={"a", "b"}, fuse={"read_timeout": 1})
+    service.initial_scan()
+    mount = in_process_mount(service)
+    assert read_file(mount.mountpoint / "one.flac") == a_data
+    assert read_file(mount.mountpoint / "two.flac") == b_data
+    service.origins["a"].hang()
+    service.origins["b"].hang()
+    service.store.verified.clear()
+    for _ in range(3):
+        assert read_file(mount.mountpoint / "one.flac") == a_data
+        assert read_file(mount.mountpoint / "two.flac") == b_data
+    assert sorted(os.listdir(mount.mountpoint)) == ["one.flac", "two.flac", "uncached.flac"]
+    expect_errno(mount.mountpoint / "uncached.flac", {errno.EIO})
+    service.origins["a"].release()
+    service.origins["b"].release()
+
+
+def test_corrupt_chunk_auto_refetched(tmp_path, service_factory, in_process_mount):
+    data = os.urandom(3 * MiB + 777)
+    root = library(tmp_path, "o", {"f.flac": data})
+    service = service_factory([("o", root)], faulty={"o"})
+    service.initial_scan()
+    mount = in_process_mount(service, direct_io=True)   # no page cache: every read reaches us
+    assert read_file(mount.mountpoint / "f.flac") == data
+    reads_before = service.origins["o"].calls["read"]
+    # corrupt the second chunk on disk (flip bytes in place, keep its size)
+    digest = service.store.manifest(b"o\0f.flac", len(data), os.stat(root / "f.flac").st_mtime_ns)[1]
+    path = Path(os.fsdecode(service.store.path_of(digest)))
+    chunk = bytearray(path.read_bytes())
+    chunk[1000:1010] = bytes(b ^ 0x55 for b in chunk[1000:1010])
+    path.write_bytes(bytes(chunk))
+    service.store.verified.clear()
+    assert read_file(mount.mountpoint / "f.flac") == data
+    assert service.origins["o"].calls["read"] == reads_before + 1, "only the bad chunk is fetched again"
+    assert CacheChecker(service.storage, repair=False).run(digests=True).consistent
+
+
+def test_missing_chunk_triggers_origin_fetch(tmp_path, service_factory, in_process_mount):
+    data = os.urandom(2 * MiB + 10)
+    root = library(tmp_path, "o", {"f.flac": data})
+    service = service_factory([("o", root)], faulty={"o"})
+    service.initial_scan()
+    mount = in_process_mount(service, direct_io=True)
+    assert read_file(mount.mountpoint / "f.flac") == data
+    reads_before = service.origins["o"].calls["read"]
+    digest = service.store.manifest(b"o\0f.flac", len(data), os.stat(root / "f.flac").st_mtime_ns)[0]
+    os.unlink(service.store.path_of(digest))
+    service.store.verified.clear()
+    assert read_file(mount.mountpoint / "f.flac") == data
+    assert service.origins["o"].calls["read"] == reads_before + 1
+    assert service.store.total() == chunk_bytes_on_disk(service.storage.chunks_dir)
+
+
+def test_chunk_no_origin_can_supply_is_eio_never_wrong_bytes(tmp_path, service_factory, in_process_mount):
+    data = os.urandom(MiB + 10)
+    root = library(tmp_path, "o", {"f.flac": data})
+    service = service_factory([("o", root)], faulty={"o"})
+    service.initial_scan()
+    mount = in_process_mount(service, direct_io=True)
+    service.origins["o"].corrupt()
+    first = read_file(mount.mountpoint / "f.flac")   # no known digest yet: the origin is trusted
+    assert len(first) == len(data)
+    service.origins["o"].partial()                    # a truncated answer is never served
+    service.store.evict(target=0)
+    service.store.verified.clear()
+    expect_errno(mount.mountpoint / "f.flac", {errno.EIO})
+
+
+def test_cas_size_tracking_is_correct(tmp_path, service_factory, in_process_mount):
+    files = {f"{i}.flac": os.urandom(MiB // 2 + i * 100_003) for i in range(12)}
+    root = library(tmp_path, "o", files)
+    service = service_factory([("o", root)], max_size="3M")
+    service.initial_scan()
+    mount = in_process_mount(service, direct_io=True)
+    for name, data in files.items():
+        assert read_file(mount.mountpoint / name) == data
+        on_disk = chunk_bytes_on_disk(service.storage.chunks_dir)
+        assert service.store.total() == on_disk
+        assert service.store.total() <= 3 * MiB
+    assert CacheChecker(service.storage, repair=False).run(digests=True).consistent
+
+
+@pytest.fixture
+def chunk_disk(tmp_path):
+    """Put a cache's chunks/ on a small tmpfs of its own, so a test can make that
+    disk read-only or full for real (the LMDB index, open for writing, would keep the kernel
+    from remounting its filesystem read-only)."""
+    mounted = []
+
+    def make(cache_dir: Path, size: str) -> Path:
+        disk = tmp_path / f"disk{len(mounted)}"
+        disk.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)], check=True)
+        mounted.append(disk)
+        (cache_dir / "chunks").mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", "--bind", str(disk), str(cache_dir / "chunks")], check=True)
+        mounted.append(cache_dir / "chunks")
+        return disk
+    yield make
+    for path in reversed(mounted):
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def test_passthrough_mode_when_cache_disk_dead(tmp_path, chunk_disk, service_factory, in_process_mount):
+    disk = chunk_disk(tmp_path / "cache", "64M")
+    files = {f"{i}.flac": os.urandom(MiB + i) for i in range(4)}
+    root = library(tmp_path, "o", files)
+    service = service_factory([("o", root)], health={"interval": 0.2})
+    service.initial_scan()
+    mount = in_process_mount(service, direct_io=True)
+    assert read_file(mount.mountpoint / "0.flac") == files["0.flac"]
+    subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+    try:
+        assert read_file(mount.mountpoint / "1.flac") == files["1.flac"]   # from the origin
+        assert service.store.passthrough
+        service.store.verified.clear()
+        assert read_file(mount.mountpoint / "0.flac") == files["0.flac"]   # cached still served
+        assert read_file(mount.mountpoint / "2.flac") == files["2.flac"]
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(disk)], check=True)
+    wait_until(lambda: not service.store.passthrough, timeout=10, message="caching to resume")
+    assert read_file(mount.mountpoint / "3.flac") == files["3.flac"]
+    digest = service.store.manifest(b"o\x003.flac", MiB + 3, os.stat(root / "3.flac").st_mtime_ns)[0]
+    assert digest is not None and service.store.contains(digest) == MiB   # its first chunk, cached again
+    assert CacheChecker(service.storage, repair=False).run(digests=True).consistent
+
+
+def test_full_cache_disk_evicts_then_passes_through(tmp_path, chunk_disk, service_factory, in_process_mount):
+    chunk_disk(tmp_path / "cache", "6M")   # smaller than max_size: the disk fills before the limit
+    files = {f"{i}.flac": os.urandom(MiB + i) for i in range(10)}
+    root = library(tmp_path, "o", files)
+    service = service_factory([("o", root)], max_size="100M")
+    service.initial_scan()
+    mount = in_process_mount(service, direct_io=True)
+    for name, data in files.items():
+        assert read_file(mount.mountpoint / name) == data
+    on_disk = chunk_bytes_on_disk(service.storage.chunks_dir)
+    assert service.store.total() == on_disk
+
+
+def test_pid_file_prevents_concurrent_mount(tmp_path):
+    root = library(tmp_path, "o", {"f.flac": b"x"})
+    first = Daemon(tmp_path, [("o", root)])
+    try:
+        first.mount()
+        assert (first.cache_dir / "musicfs.lock").read_text().strip() == str(first.pid)
+        second_mnt = tmp_path / "mnt-second"
+        second_mnt.mkdir()
+        result = run_musicfs(second_mnt, "-c", first.config)
+        assert result.returncode == 1
+        assert result.stderr.strip() == (f"musicfs: cache {first.cache_dir} is in use by another musicfs "
+                                         f"(PID {first.pid}); unmount it first or give this one another --cache-dir")
+        assert read_file(first.path("f.flac")) == b"x"
+    finally:
+        first.stop()
+
+
+def test_fd_exhaustion_handling(tmp_path):
+    files = {f"{i}.flac": os.urandom(200_000 + i) for i in range(20)}
+    root = library(tmp_path, "o", files)
+    d = Daemon(tmp_path, [("o", root)])
+    try:
+        d.mount("-o", "direct_io")
+        assert read_file(d.path("0.flac")) == files["0.flac"]
+        open_fds = len(os.listdir(f"/proc/{d.pid}/fd"))
+        # lower the soft limit only: raising a hard limit again needs CAP_SYS_RESOURCE
+        subprocess.run(["prlimit", f"--pid={d.pid}", f"--nofile={open_fds}:"], check=True)
+        failures = 0
+        for i in range(1, 11):
+            try:
+                assert read_file(d.path(f"{i}.flac")) == files[f"{i}.flac"]
+            except OSError as e:
+                assert e.errno in (errno.EMFILE, errno.EIO), e
+                failures += 1
+        assert failures > 0, "the lowered limit did not bite"
+        subprocess.run(["prlimit", f"--pid={d.pid}", "--nofile=1024:"], check=True)
+        for i in range(1, 20):
+            assert read_file(d.path(f"{i}.flac")) == files[f"{i}.flac"]
+        log = d.log()
+        assert "Traceback" not in log
+        assert log.count("Too many open files") < 10, "EMFILE was not rate-limited"
+        assert len(os.listdir(f"/proc/{d.pid}/fd")) <= open_fds + 2, "descriptors leaked"
+    finally:
+        d.stop()
+
+
+def test_no_descriptor_leak_over_many_reads(tmp_path, service_factory, in_process_mount):
+    files = {f"{i}.flac": os.urandom(300_000) for i in range(30)}
+    root = library(tmp_path, "o", files)
+    service = service_factory([("o", root)], max_size="2M")
+    service.initial_scan()
+    mount = in_process_mount(service, direct_io=True)
+    for name in files:
+        read_file(mount.mountpoint / name)
+    baseline = len(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        for name, data in files.items():
+            assert read_file(mount.mountpoint / name) == data
+    assert len(os.listdir("/proc/self/fd")) == baseline
