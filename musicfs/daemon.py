@@ -77,13 +77,15 @@ class CacheLock:
 def check_mountpoint(mountpoint: Path) -> None:
     """Refuse a missing or busy mountpoint; clean up one left by a killed daemon."""
     try:
-        st = os.stat(mountpoint)
+        # statfs always reaches the filesystem (a stat may be answered from the kernel's
+        # attribute cache), so a FUSE mount whose daemon died answers ENOTCONN here.
+        os.statvfs(mountpoint)
     except OSError as e:
         if e.errno == errno.ENOTCONN:
             log.warning("%s was left mounted by a daemon that died; unmounting it", mountpoint)
             lazy_unmount(mountpoint)
             try:
-                st = os.stat(mountpoint)
+                os.statvfs(mountpoint)
             except OSError as again:
                 raise StartupError(f"{mountpoint} is a stale mount that could not be cleaned up "
                                    f"({again.strerror}); run: fusermount -uz {mountpoint}") from None
@@ -95,7 +97,6 @@ def check_mountpoint(mountpoint: Path) -> None:
         raise StartupError(f"mountpoint {mountpoint} is not a directory")
     if os.path.ismount(mountpoint):
         raise StartupError(f"{mountpoint} is already a mount point; unmount it first (musicfs unmount {mountpoint})")
-    del st
 
 
 def lazy_unmount(mountpoint: Path) -> None:

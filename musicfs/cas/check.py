@@ -47,6 +47,7 @@ class CacheChecker:
         self.progress = progress or (lambda done, total: None)
         self.report = Report()
         self._files: dict[bytes, tuple[int, float]] = {}  # digest -> (size, mtime)
+        self._reported: set[bytes] = set()  # digests with a finding already: one finding each
 
     def _found(self, invariant: str, detail: str) -> None:
         self.report.findings.append(Finding(invariant, detail, self.repair))
@@ -143,6 +144,7 @@ class CacheChecker:
                 if on_disk is not None and on_disk[0] != size:
                     wrong.append((digest, size, on_disk[0]))
         for digest, size, actual in wrong:
+            self._reported.add(digest)
             self._found("size-mismatch", f"{digest.hex()}: recorded {size}, file has {actual}")
             if self.repair:
                 self._drop_record(digest)
@@ -154,6 +156,8 @@ class CacheChecker:
             digests = [d for d, _ in txn.cursor(db=self.storage.chunks)]
         for done, digest in enumerate(digests, 1):
             self.progress(done, len(digests))
+            if digest in self._reported:
+                continue
             try:
                 with open(self._path(digest), "rb") as f:
                     data = f.read()
