@@ -27,6 +27,15 @@ log = logging.getLogger(__name__)
 # first (bounded by the scan stall timeout), so this is generous.
 READY_TIMEOUT = 600.0
 
+# Kernel caching for a read-only library that changes only when a rescan says so:
+# - auto_cache keeps file pages in the page cache across opens, and drops them when an open
+#   sees a different size or mtime (which is what a rescan changes): safe and fast.
+# - attr_timeout/entry_timeout let the kernel reuse attributes and lookups for a while; a file
+#   changed on the origin shows its new attributes at most this long after the rescan saw it.
+# - negative_timeout caches "no such file" (players probe for cover.jpg, .cue, lyrics...).
+DEFAULT_FUSE_OPTIONS = {"fsname": "musicfs", "subtype": "musicfs", "ro": True, "default_permissions": True,
+                        "auto_cache": True, "attr_timeout": 30, "entry_timeout": 30, "negative_timeout": 10}
+
 
 class CacheLock:
     """flock() on <cache.dir>/musicfs.lock, holding the PID of the daemon that owns the cache."""
@@ -217,7 +226,7 @@ def _run(config: Config, mountpoint: Path, fuse_options: dict, notify) -> None:
         raise
     filesystem = MusicFS(service)
     filesystem.on_mounted = lambda: notify("ready")
-    options = {"fsname": "musicfs", "subtype": "musicfs", "ro": True, "default_permissions": True}
+    options = dict(DEFAULT_FUSE_OPTIONS)
     options.update(fuse_options)
     try:
         FUSE(filesystem, str(mountpoint), foreground=True, nothreads=False, encoding=FS_ENCODING, **options)

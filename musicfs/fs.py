@@ -128,6 +128,8 @@ class MusicFS(Operations):
 
     @translated
     def getxattr(self, path, name, position=0):
+        if not name.startswith("user.musicfs."):
+            raise FuseOSError(errno.ENODATA)  # `ls -l` asks for ACLs and labels on every file
         entry = self.catalog.lookup(_fsencode(path))
         if entry is None:
             raise FuseOSError(errno.ENOENT)
