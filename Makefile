@@ -35,8 +35,8 @@ bench: install
 demo: install
 	@mkdir -p $(DEMO_MNT)
 	@if mountpoint -q $(DEMO_MNT); then $(BIN)/musicfs unmount $(DEMO_MNT); fi
-	@[ -d $(DEMO_DIR)/library ] || $(PYTHON) ../shared/tools/make-library $(DEMO_DIR)/library --artists 5 --albums 2 --tracks 6 --size 256K 2>/dev/null \
-		|| $(BIN)/python -m tests.synthetic $(DEMO_DIR)/library
+	@[ -d $(DEMO_DIR)/library ] || $(BIN)/python -c 'import sys, pathlib; from tests.helpers import make_library; \
+		make_library(pathlib.Path(sys.argv[1]), 60, 256 * 1024)' $(DEMO_DIR)/library
 	$(BIN)/musicfs $(DEMO_MNT) -O $(DEMO_DIR)/library --cache-dir $(DEMO_DIR)/cache --cache-size 200M
 	@echo "mounted: ls $(DEMO_MNT)   (stop with: make demo-stop)"
 	@ls $(DEMO_MNT) | head
