@@ -12,7 +12,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -267,12 +266,3 @@ def _alive(pid: int) -> bool:
             return f.read().split(") ", 1)[1][0] != "Z"
     except (OSError, IndexError):
         return False
-
-
-def main_guard(fn):
-    """Run a CLI action: expected failures print one line and exit non-zero, no traceback."""
-    try:
-        fn()
-    except MusicfsError as e:
-        print(f"musicfs: {e}", file=sys.stderr)
-        raise SystemExit(2 if e.__class__.__name__ == "ConfigError" else 1) from None
