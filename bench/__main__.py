@@ -131,7 +131,7 @@ class Rclone(Peer):
 
     def mount(self, fresh_cache=False):
         self.mnt.mkdir(parents=True, exist_ok=True)
-        cache = WORK / "cache" / f"rclone-{self.origin.name}"
+        cache = WORK / "cache" / f"rclone-{self.origin.parent.name}"
         if fresh_cache:
             shutil.rmtree(cache, ignore_errors=True)
         self.proc = subprocess.Popen(["rclone", "mount", str(self.origin), str(self.mnt), "--read-only",
@@ -151,8 +151,8 @@ class Musicfs(Peer):
     name = "musicfs"
 
     def config(self):
-        cache = WORK / "cache" / f"musicfs-{self.origin.name}"
-        path = WORK / f"musicfs-{self.origin.name}.toml"
+        cache = WORK / "cache" / f"musicfs-{self.origin.parent.name}"
+        path = WORK / f"musicfs-{self.origin.parent.name}.toml"
         path.write_text(toml_config([("lib", self.origin)], cache, WORK / "musicfs.log", max_size="10G", level="warning"))
         return path, cache
 

@@ -190,14 +190,18 @@ class Scanner:
 
     def reconcile_origins(self) -> bool:
         """Make the merged view match the configured origins and their order. Records of origins
-        no longer configured are dropped. Returns True if anything had to be rebuilt."""
-        fingerprint = b"\0".join(n.encode() for n in self.order)
+        no longer configured, or whose identity changed (same name, another path), are dropped.
+        Returns True if anything had to be rebuilt."""
+        identities = [o.describe().encode() for o in self.origins]
+        fingerprint = b"\0".join(identities)
         with self.storage.begin() as txn:
-            if txn.get(b"origins", db=self.storage.meta) == fingerprint:
-                return False
+            previous = txn.get(b"origins", db=self.storage.meta)
+        if previous == fingerprint:
+            return False
+        before = set(previous.split(b"\0")) if previous else set()
         started = time.monotonic()
         with self._write_lock, self.storage.begin(write=True) as txn:
-            known = set(self.order)
+            known = {o.name for o, identity in zip(self.origins, identities) if identity in before}
             cursor = txn.cursor(db=self.storage.origin_files)
             relpaths = set()
             stale = []

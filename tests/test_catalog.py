@@ -139,3 +139,19 @@ def test_changing_origins_rebuilds_the_merged_view(tmp_path):
     assert catalog.lookup(b"/same.flac").sources == (("b", b"same.flac"),)
     assert catalog.lookup(b"/same.flac").size == 2
     storage.close()
+
+
+def test_same_origin_name_with_another_path_drops_the_old_records(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    write(a / "old.flac", b"old")
+    write(b / "new.flac", b"new")
+    storage, store, catalog, scanner = build(tmp_path, [LocalOrigin("lib", a)])
+    scanner.scan()
+    assert catalog.lookup(b"/old.flac") is not None
+    scanner = Scanner(storage, store, [LocalOrigin("lib", b)], stall_timeout=5)
+    assert scanner.reconcile_origins()
+    assert catalog.lookup(b"/old.flac") is None
+    assert catalog.last_scan("lib") == 0     # never scanned at its new path: the first mount scans it
+    scanner.scan()
+    assert catalog.list(b"/") == [b"new.flac"]
+    storage.close()
