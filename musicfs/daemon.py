@@ -217,6 +217,7 @@ def _run(config: Config, mountpoint: Path, fuse_options: dict, notify) -> None:
     log.info("musicfs starting: %s on %s (origins: %s; cache %s, max %d bytes)", os.getpid(), mountpoint,
              ", ".join(f"{o.name}={o.path}" for o in config.origins), config.cache.dir, config.cache.max_size)
     service = Service.open(config)
+    service.mountpoint = str(mountpoint)
     try:
         check_origins(service)
         service.initial_scan()
@@ -240,11 +241,8 @@ def _run(config: Config, mountpoint: Path, fuse_options: dict, notify) -> None:
 def unmount(mountpoint: Path, *, wait: float = 30.0) -> None:
     """Unmount and wait until the daemon has written its state and exited."""
     mountpoint = Path(os.path.abspath(mountpoint))
-    pid = None
-    try:
-        pid = int(os.getxattr(mountpoint, "user.musicfs.pid"))
-    except (OSError, ValueError):
-        pass
+    from .inspect import daemon_of_mountpoint
+    pid = daemon_of_mountpoint(mountpoint)
     result = subprocess.run(["fusermount", "-u", str(mountpoint)], capture_output=True, text=True)
     if result.returncode != 0:
         reason = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "fusermount failed"

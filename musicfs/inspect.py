@@ -41,6 +41,21 @@ def write_status(cache_dir: Path, status: dict) -> None:
     os.replace(tmp, path)
 
 
+def daemon_of_mountpoint(mountpoint: Path) -> int | None:
+    """PID of the live daemon serving `mountpoint`, from the status files daemons publish."""
+    base = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir())
+    target = os.path.abspath(mountpoint)
+    for path in base.glob("musicfs-*.status.json"):
+        try:
+            status = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        pid = status.get("pid")
+        if status.get("mountpoint") == target and isinstance(pid, int) and os.path.exists(f"/proc/{pid}"):
+            return pid
+    return None
+
+
 def read_status(cache_dir: Path) -> dict | None:
     """The daemon's last published state, or None when no daemon holds the cache."""
     pid = CacheLock.holder(cache_dir)

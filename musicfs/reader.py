@@ -13,6 +13,7 @@
 """
 from __future__ import annotations
 
+import collections
 import errno
 import logging
 import threading
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 
 # Errors that say this process is short of resources, not that the origin is failing.
 LOCAL_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM}
+# Files whose read state (known chunk digests, sequential position) is kept between reads.
+OPEN_FILES = 1024
 # Chunks fetched ahead of a sequential reader: enough to hide one origin round trip.
 READAHEAD_CHUNKS = 2
 
@@ -50,9 +53,11 @@ class Source:
 class OpenFile:
     path: bytes
     size: int
-    sources: tuple[Source, ...]
-    digests: list            # known chunk digests of the preferred source (None = unknown)
+    entry: CatalogEntry
+    sources: tuple[Source, ...] | None = None   # resolved on the first read
+    digests: list | None = None  # known chunk digests of the preferred source (None = unknown)
     next_offset: int = -1    # where a sequential reader will read next
+    warmed: int = -1         # highest cached chunk already asked into the page cache
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -68,21 +73,41 @@ class Reader:
         self.chunk_size = store.chunk_size
         self._inflight: dict[tuple[bytes, int], Future] = {}
         self._inflight_lock = threading.Lock()
+        self._files: collections.OrderedDict[bytes, OpenFile] = collections.OrderedDict()
+        self._files_lock = threading.Lock()
         self.fetches = 0          # chunk fetches from origins (tests and stats read this)
         self.passthrough_reads = 0
 
     # -- open ------------------------------------------------------------------------------
 
-    def open(self, path: bytes) -> OpenFile:
+    def read_path(self, path: bytes, offset: int, size: int) -> bytes:
+        """Read by path: the per-file state lives in a small LRU keyed by path, checked against
+        the catalog on every read so a rescan that changed the file is seen at once."""
         entry = self.catalog.lookup(path)
         if entry is None:
             raise NotFound(path)
         if entry.is_dir:
             raise IsADirectoryError(21, "is a directory")
-        sources = self._sources(entry)
-        primary = sources[0]
-        digests = self.store.manifest(primary.key, primary.size, primary.mtime_ns) if primary.size else []
-        return OpenFile(path, primary.size, tuple(sources), digests)
+        with self._files_lock:
+            handle = self._files.get(path)
+            if handle is not None and handle.entry == entry:
+                self._files.move_to_end(path)
+            else:
+                handle = OpenFile(path, entry.size, entry)
+                self._files[path] = handle
+                if len(self._files) > OPEN_FILES:
+                    self._files.popitem(last=False)
+        return self.read(handle, offset, size)
+
+    def _resolve(self, handle: OpenFile) -> None:
+        with handle.lock:
+            if handle.sources is not None:
+                return
+            sources = self._sources(handle.entry)
+            primary = sources[0]
+            handle.digests = self.store.manifest(primary.key, primary.size, primary.mtime_ns)
+            handle.size = primary.size
+            handle.sources = tuple(sources)
 
     def _sources(self, entry: CatalogEntry) -> list[Source]:
         sources = []
@@ -104,6 +129,8 @@ class Reader:
     # -- read ------------------------------------------------------------------------------
 
     def read(self, handle: OpenFile, offset: int, size: int) -> bytes:
+        if handle.sources is None:
+            self._resolve(handle)
         if offset >= handle.size or size <= 0:
             return b""
         end = min(offset + size, handle.size)
@@ -121,7 +148,8 @@ class Reader:
                 hi = min(end - index * cs, len(data))
                 parts.append(data[lo:hi])
             result = b"".join(parts)
-        if offset == handle.next_offset or offset == 0:
+        # FUSE threads may deliver a sequential reader's requests slightly out of order.
+        if offset == 0 or abs(offset - handle.next_offset) <= cs:
             self._read_ahead(handle, last + 1)
         handle.next_offset = end
         return result
@@ -235,7 +263,13 @@ class Reader:
         count = chunk_count(handle.size, self.chunk_size)
         source = handle.sources[0]
         for ahead in range(index, min(index + READAHEAD_CHUNKS, count)):
-            if handle.digests[ahead] is not None:
+            digest = handle.digests[ahead]
+            if digest is not None:
+                # Cached: have the kernel read the chunk file in the background, as it would
+                # read ahead within one file, so the next chunk is not a synchronous disk read.
+                if ahead > handle.warmed:
+                    handle.warmed = ahead
+                    self.store.warm(digest)
                 continue
             try:
                 future = self._fetch(source, ahead)

@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -15,7 +16,7 @@ from .cas import ChunkStore, recover
 from .catalog import Catalog, Scanner
 from .config import Config
 from .health import HealthMonitor
-from .inspect import write_status
+from .inspect import status_path, write_status
 from .pool import OriginPool
 from .reader import Reader
 from .storage import Storage
@@ -47,6 +48,7 @@ class Service:
         self._threads: list[threading.Thread] = []
         self.rescan_requested = threading.Event()
         self.scans_completed = 0
+        self.mountpoint: str | None = None  # set by the daemon; published for `musicfs unmount`
 
     @classmethod
     def open(cls, config: Config, origins: dict | None = None) -> "Service":
@@ -89,6 +91,7 @@ class Service:
             self.scanner.scan(todo)
 
     def start(self) -> None:
+        self.publish_status()
         self._spawn("maintenance", self._maintenance_loop)
         self._spawn("rescan", self._rescan_loop)
         self.health.start()
@@ -115,7 +118,7 @@ class Service:
     def publish_status(self) -> None:
         try:
             write_status(self.config.cache.dir, {
-                "pid": os.getpid(), "passthrough": self.store.passthrough,
+                "pid": os.getpid(), "mountpoint": self.mountpoint, "passthrough": self.store.passthrough,
                 "passthrough_reason": self.store.passthrough_reason if self.store.passthrough else None,
                 "origins": self.health.snapshot(), "updated": time.time()})
         except OSError as e:
@@ -156,4 +159,6 @@ class Service:
             self.storage.close()
             for origin in self.origins.values():
                 origin.close()
+        with contextlib.suppress(OSError):
+            status_path(self.config.cache.dir).unlink()
         log.info("musicfs stopped cleanly")

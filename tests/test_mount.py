@@ -48,7 +48,6 @@ def test_first_origin_wins_duplicate_path(tmp_path):
     try:
         d.mount()
         assert d.path("Al/t.flac").read_bytes() == b"A" * 5000
-        assert os.getxattr(d.path("Al/t.flac"), "user.musicfs.origin") == b"a"
         assert d.path("Al/only-b.flac").read_bytes() == b"b"
     finally:
         d.stop()
@@ -208,3 +207,14 @@ def test_help_everywhere():
     for args in ([], ["mount"], ["unmount"], ["cache"], ["cache", "stats"], ["cache", "verify"]):
         result = run_musicfs(*args, "--help")
         assert result.returncode == 0 and "Usage" in result.stdout, args
+
+
+def test_unmount_command_returns_after_the_daemon_exited(daemon):
+    daemon.mount()
+    pid = daemon.pid
+    result = run_musicfs("unmount", daemon.mountpoint)
+    assert result.returncode == 0, result.stderr
+    assert not alive(pid) and not is_mounted(daemon.mountpoint)
+    assert "stopped cleanly" in daemon.log()
+    again = run_musicfs("unmount", daemon.mountpoint)
+    assert again.returncode == 1 and again.stderr.startswith("musicfs: cannot unmount")

@@ -112,6 +112,7 @@ class ChunkStore:
         self._chunks_dir = os.fsencode(storage.chunks_dir)
         self._tmp_dir = os.fsencode(storage.tmp_dir)
         self._locks = [threading.Lock() for _ in range(LOCK_STRIPES)]
+        self._load_locks = [threading.Lock() for _ in range(LOCK_STRIPES)]
         self._pins: collections.Counter[bytes] = collections.Counter()
         self._pins_lock = threading.Lock()
         self._evict_lock = threading.Lock()
@@ -164,10 +165,18 @@ class ChunkStore:
     def get(self, digest: bytes, size: int) -> bytes:
         """The verified bytes of a chunk; ChunkMissing/ChunkCorrupt (chunk dropped) otherwise."""
         data = self.verified.get(digest)
-        if data is not None:
-            self._touched[digest] = time.time_ns()
-            self.hits += 1
-            return data
+        if data is None:
+            # Single flight for loads: the kernel sends several 128 KiB reads of one chunk at
+            # once; only one of them reads and hashes the chunk file, the others wait for it.
+            with self._load_locks[digest[1] % LOCK_STRIPES]:
+                data = self.verified.get(digest)
+                if data is None:
+                    data = self._load(digest, size)
+        self._touched[digest] = time.time_ns()
+        self.hits += 1
+        return data
+
+    def _load(self, digest: bytes, size: int) -> bytes:
         try:
             fd = os.open(self.path_of(digest), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -187,8 +196,6 @@ class ChunkStore:
             self._drop_quietly(digest, f"it failed verification ({len(data)} bytes, expected {size})")
             raise ChunkCorrupt(f"chunk {digest.hex()} failed verification; fetching it again")
         self.verified.add(digest, data)
-        self._touched[digest] = time.time_ns()
-        self.hits += 1
         return data
 
     def _drop_quietly(self, digest: bytes, reason: str) -> None:
@@ -196,6 +203,21 @@ class ChunkStore:
             self.delete(digest, reason=reason)
         except Exception as e:  # a read-only cache disk cannot drop it; the read goes on
             log.warning("could not drop chunk %s (%s): %s", digest.hex(), reason, e)
+
+    def warm(self, digest: bytes) -> None:
+        """Ask the kernel to start reading a chunk file into the page cache (no waiting)."""
+        if self.verified.get(digest) is not None:
+            return
+        try:
+            fd = os.open(self.path_of(digest), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return  # a missing chunk is handled (fetched again) when it is really read
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
     def contains(self, digest: bytes) -> int | None:
         """The recorded size of a chunk, or None."""
