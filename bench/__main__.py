@@ -225,12 +225,14 @@ def timed(fn, repeat=REPEAT, before=None):
     return min(results), statistics.median(results), value
 
 
-def rss_mb(pid):
+def rss_mb(pid, field="VmRSS"):
+    """Resident memory in MB. RssAnon leaves out file-backed pages such as LMDB's memory map,
+    which the kernel can drop at any time; VmRSS counts them."""
     if not pid:
         return None
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return None
 
@@ -321,10 +323,12 @@ def main():
             root = peer.mount()
             os.listdir(root)
             times.append(time.perf_counter() - started)
-            rss = rss_mb(peer.pid())
+            sh("ls", "-lR", root)      # the whole catalog through the daemon once
+            rss, anon = rss_mb(peer.pid()), rss_mb(peer.pid(), "RssAnon")
             peer.unmount()
         rows["musicfs"][f"f_mount_{files}_s"] = (min(times), statistics.median(times))
         rows["musicfs"][f"f_rss_{files}_MB"] = (rss, rss)
+        rows["musicfs"][f"f_rss_anon_{files}_MB"] = (anon, anon)
 
     report(rows, mb)
 

@@ -105,20 +105,25 @@ class Catalog:
 
     def list(self, path: bytes) -> list[bytes] | None:
         """Names in a directory, sorted; None if `path` is not a directory."""
+        children = self.children(path)
+        return None if children is None else [name for name, _ in children]
+
+    def children(self, path: bytes) -> list[tuple[bytes, int]] | None:
+        """(name, kind) of each entry of a directory, sorted; None if `path` is not a directory."""
         attrs = self.attrs(path)
         if attrs is None or attrs[0] != KIND_DIR:
             return None
         prefix = path + b"\0"
         cut = len(prefix)
-        names = []
+        found = []
         with self.storage.env.begin(db=self.storage.children) as txn:
             cursor = txn.cursor()
             if cursor.set_range(prefix):
-                for key in cursor.iternext(keys=True, values=False):
+                for key, value in cursor:
                     if not key.startswith(prefix):
                         break
-                    names.append(key[cut:])
-        return names
+                    found.append((key[cut:], value[0]))
+        return found
 
     def counts(self) -> tuple[int, int]:
         """(files, directories) in the merged tree."""
@@ -186,7 +191,7 @@ class Scanner:
             return
         kind, size, mtime_ns, _ = winner
         txn.put(path, encode_entry(kind, size, mtime_ns, sources), db=self.storage.entries)
-        txn.put(parent + b"\0" + name, b"", db=self.storage.children)
+        txn.put(parent + b"\0" + name, bytes((kind,)), db=self.storage.children)
 
     def reconcile_origins(self) -> bool:
         """Make the merged view match the configured origins and their order. Records of origins

@@ -38,6 +38,8 @@ codecs.register(_lookup_codec)
 _DIR_MODE = stat.S_IFDIR | 0o555
 _FILE_MODE = stat.S_IFREG | 0o444
 _BLOCK = 512
+_DIR_TYPE = {"st_mode": _DIR_MODE}
+_FILE_TYPE = {"st_mode": _FILE_MODE}
 
 
 def _fsencode(path: str) -> bytes:
@@ -102,10 +104,13 @@ class MusicFS(Operations):
 
     @translated
     def readdir(self, path, fh):
-        names = self.catalog.list(_fsencode(path))
-        if names is None:
+        children = self.catalog.children(_fsencode(path))
+        if children is None:
             raise FuseOSError(errno.ENOTDIR)
-        return [".", "..", *(n.decode("utf-8", "surrogateescape") for n in names)]
+        # Giving each entry its type lets `find` and friends walk the tree without a lookup
+        # (a round trip into Python) per file.
+        return [".", "..", *((name.decode("utf-8", "surrogateescape"),
+                              _DIR_TYPE if kind == KIND_DIR else _FILE_TYPE, 0) for name, kind in children)]
 
     @translated
     def access(self, path, mode):

@@ -39,7 +39,7 @@ origin_files    origin name, 0x00, path on the origin      u8 kind, u64 size, u6
 entries         shown path (absolute, b"/" = root)         u8 kind, u64 size, u64 mtime_ns, u8 n,
                                                            n x (u16 len, origin name, u16 len,
                                                            path on the origin) in priority order
-children        parent shown path, 0x00, name              b""
+children        parent shown path, 0x00, name              u8 kind (gives readdir the entry type)
 ==============  =========================================  ========================================
 
 Invariants (checked by startup recovery and ``musicfs cache verify``):
@@ -73,7 +73,7 @@ import lmdb
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 ENV_NAME = "index.lmdb"
 CHUNKS_DIR = "chunks"
 TMP_DIR = "chunks/.tmp"

@@ -6,7 +6,7 @@ import pytest
 
 from musicfs.cas import CacheChecker, ChunkStore, digest_of, recover
 from musicfs.errors import ChunkCorrupt, ChunkMissing
-from musicfs.storage import Storage
+from musicfs.storage import FORMAT_VERSION, Storage
 
 
 def bytes_on_disk(cache_dir: Path) -> int:
@@ -171,5 +171,5 @@ def test_other_format_version_is_rebuilt(tmp_path):
     storage = Storage(cache)
     assert storage.rebuilt
     with storage.begin() as txn:
-        assert txn.get(b"format", db=storage.meta) == b"1"
+        assert txn.get(b"format", db=storage.meta) == str(FORMAT_VERSION).encode()
     storage.close()
