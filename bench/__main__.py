@@ -241,7 +241,7 @@ def rss_mb(pid, field="VmRSS"):
 
 def prepare():
     WORK.mkdir(exist_ok=True)
-    big = WORK / "big"
+    big = WORK / f"big-{BIG_MB}"
     if not big.exists():
         print(f"writing {BIG_MB} MB of large files ...")
         make_library(big / "tmp", BIG_MB // BIG_FILE_MB, size=BIG_FILE_MB << 20, per_album=8, seed=2)
