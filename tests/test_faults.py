@@ -304,3 +304,22 @@ def test_no_descriptor_leak_over_many_reads(tmp_path, service_factory, in_proces
         for name, data in files.items():
             assert read_file(mount.mountpoint / name) == data
     assert len(os.listdir("/proc/self/fd")) == baseline
+
+
+def test_file_changed_on_origin_is_served_new_after_rescan(tmp_path, service_factory, in_process_mount):
+    """With the daemon's kernel caching (auto_cache, attribute timeouts), a rescan that sees a
+    change makes the mount serve the new bytes, not stale pages or stale chunks."""
+    from musicfs.daemon import DEFAULT_FUSE_OPTIONS
+    root = library(tmp_path, "o", {"song.flac": b"old" * 100_000})
+    service = service_factory([("o", root)])
+    service.initial_scan()
+    options = {k: v for k, v in DEFAULT_FUSE_OPTIONS.items() if k not in ("fsname", "ro")}
+    options.update(attr_timeout=0.2, entry_timeout=0.2)
+    mount = in_process_mount(service, **options)
+    path = mount.mountpoint / "song.flac"
+    assert read_file(path) == b"old" * 100_000
+    new = b"new!" * 120_000
+    (root / "song.flac").write_bytes(new)
+    assert read_file(path) == b"old" * 100_000      # not rescanned yet: the catalogued version
+    service.scanner.scan()
+    wait_until(lambda: read_file(path) == new, timeout=5, message="the new bytes after the rescan")
