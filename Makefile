@@ -45,8 +45,8 @@ demo-stop:
 	$(BIN)/musicfs unmount $(DEMO_MNT)
 
 lint: install
-	$(BIN)/python -m compileall -q musicfs tests bench
-	@if $(BIN)/python -m ruff --version >/dev/null 2>&1; then $(BIN)/python -m ruff check musicfs tests bench; fi
+	$(BIN)/pip install -q pyflakes
+	$(BIN)/python -m pyflakes musicfs tests bench
 
 clean:
 	rm -rf $(VENV) build *.egg-info $(DEMO_DIR)

@@ -21,9 +21,9 @@ import threading
 import time
 from dataclasses import dataclass
 
-from .cas.store import ChunkStore, manifest_key
+from .cas.store import ChunkStore
 from .origins import KIND_DIR, KIND_FILE, Origin, join
-from .storage import U64, Storage
+from .storage import Storage
 
 log = logging.getLogger(__name__)
 

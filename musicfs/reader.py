@@ -75,8 +75,6 @@ class Reader:
         self._inflight_lock = threading.Lock()
         self._files: collections.OrderedDict[bytes, OpenFile] = collections.OrderedDict()
         self._files_lock = threading.Lock()
-        self.fetches = 0          # chunk fetches from origins (tests and stats read this)
-        self.passthrough_reads = 0
 
     # -- open ------------------------------------------------------------------------------
 
@@ -238,7 +236,7 @@ class Reader:
         """Runs in the pool: one range read of one chunk, stored if the cache takes it."""
         length = self._chunk_length(source.size, index)
         known = self.store.manifest(source.key, source.size, source.mtime_ns)[index]
-        if known is not None:  # another handle fetched it meanwhile
+        if known is not None:  # cached meanwhile (a readahead, or a read that waited elsewhere)
             try:
                 with self.store.pinned((known,)):
                     return known, self.store.get(known, length)
@@ -250,13 +248,11 @@ class Reader:
             raise OriginChanged(f"{source.relpath.decode(errors='replace')} on {source.origin} returned "
                                 f"{len(data)} bytes at chunk {index}, expected {length}; it changed since the "
                                 f"last scan")
-        self.fetches += 1
         self.store.misses += 1
         try:
             digest = self.store.put(data, manifest=(source.key, source.size, source.mtime_ns, index))
         except CacheWriteError:
-            self.passthrough_reads += 1  # the store logged the transition; serve the bytes anyway
-            return None, data
+            return None, data  # passthrough: the store logged the transition; serve the bytes anyway
         return digest, data
 
     def _read_ahead(self, handle: OpenFile, index: int) -> None:

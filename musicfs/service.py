@@ -46,8 +46,6 @@ class Service:
         self.health = health
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
-        self.rescan_requested = threading.Event()
-        self.scans_completed = 0
         self.mountpoint: str | None = None  # set by the daemon; published for `musicfs unmount`
 
     @classmethod
@@ -126,22 +124,19 @@ class Service:
 
     def _rescan_loop(self) -> None:
         # The first pass refreshes the stored catalog right after mount; later passes run every
-        # [catalog].rescan_interval or when asked.
+        # [catalog].rescan_interval.
         while not self._stopping.is_set():
             try:
                 self.scanner.scan()
-                self.scans_completed += 1
             except Exception:
                 log.exception("rescan failed")
-            self.rescan_requested.wait(self.config.catalog.rescan_interval)
-            self.rescan_requested.clear()
+            self._stopping.wait(self.config.catalog.rescan_interval)
 
     def stop(self) -> None:
         """Stop background work, abandon in-flight origin I/O, write what is pending, close LMDB."""
         if self._stopping.is_set():
             return
         self._stopping.set()
-        self.rescan_requested.set()
         self.health.stop()
         self.pool.shutdown()
         # Scans in progress stop at their next batch; a thread stuck in a dead origin is a

@@ -1,5 +1,4 @@
 """Config parsing and its errors (no FUSE)."""
-from pathlib import Path
 
 import pytest
 
