@@ -27,7 +27,7 @@ from .catalog import ORIGIN_RECORD, Catalog, CatalogEntry
 from .errors import (ChunkCorrupt, ChunkMissing, NotFound, OriginChanged, OriginUnavailable,
                      ReadTimeout)
 from .origins import Origin
-from .pool import CACHE_LANE, CACHE_SLOT, OriginPool
+from .pool import OriginPool
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +37,6 @@ LOCAL_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM}
 OPEN_FILES = 1024
 # Chunks fetched ahead of a sequential reader: enough to hide one origin round trip.
 READAHEAD_CHUNKS = 2
-# Cached chunks loaded ahead of a sequential reader: the disk queue stays busy while the
-# current chunk is served (bounded by the 16 MiB verified-chunk LRU and two loader threads).
-PRELOAD_CHUNKS = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +57,7 @@ class OpenFile:
     sources: tuple[Source, ...] | None = None   # resolved on the first read
     digests: list | None = None  # known chunk digests of the preferred source (None = unknown)
     next_offset: int = -1    # where a sequential reader will read next
-    preloaded: int = -1      # highest cached chunk already queued for loading ahead
+    warmed: int = -1         # highest cached chunk already asked into the page cache
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -261,17 +258,14 @@ class Reader:
     def _read_ahead(self, handle: OpenFile, index: int) -> None:
         count = chunk_count(handle.size, self.chunk_size)
         source = handle.sources[0]
-        for ahead in range(index, min(index + max(READAHEAD_CHUNKS, PRELOAD_CHUNKS), count)):
+        for ahead in range(index, min(index + READAHEAD_CHUNKS, count)):
             digest = handle.digests[ahead]
             if digest is not None:
-                # Cached: load and verify it in the background (cache lane of the pool), so the
-                # next chunk's disk read overlaps with serving this one.
-                if ahead > handle.preloaded:
-                    handle.preloaded = ahead
-                    self.pool.submit(CACHE_SLOT, self.store.preload, digest,
-                                     self._chunk_length(handle.size, ahead), lane=CACHE_LANE)
-                continue
-            if ahead >= index + READAHEAD_CHUNKS:
+                # Cached: have the kernel read the chunk file in the background, as it would
+                # read ahead within one file, so the next chunk is not a synchronous disk read.
+                if ahead > handle.warmed:
+                    handle.warmed = ahead
+                    self.store.warm(digest)
                 continue
             try:
                 future = self._fetch(source, ahead)

@@ -42,7 +42,7 @@ CHUNK_RECORD = struct.Struct(">IQ")      # size, last access ns
 MANIFEST_HEAD = struct.Struct(">QQ")     # file size, mtime_ns
 # Evict down to this fraction of max_size, so a full cache does not evict on every write.
 LOW_WATERMARK = 0.9
-VERIFIED_CACHE_BYTES = 16 << 20
+VERIFIED_CACHE_BYTES = 8 << 20
 LOCK_STRIPES = 64
 # Errors that mean "the cache disk cannot take writes", as opposed to a bug.
 DISK_ERRNOS = {errno.EROFS, errno.ENOSPC, errno.EIO, errno.EACCES, errno.EPERM, errno.ENOENT,
@@ -204,17 +204,20 @@ class ChunkStore:
         except Exception as e:  # a read-only cache disk cannot drop it; the read goes on
             log.warning("could not drop chunk %s (%s): %s", digest.hex(), reason, e)
 
-    def preload(self, digest: bytes, size: int) -> None:
-        """Load and verify a chunk into the in-memory LRU ahead of a sequential reader, so its
-        disk read overlaps with serving the current chunk. Failures are left to the real read."""
+    def warm(self, digest: bytes) -> None:
+        """Ask the kernel to start reading a chunk file into the page cache (no waiting)."""
         if self.verified.get(digest) is not None:
             return
-        with self._load_locks[digest[1] % LOCK_STRIPES]:
-            if self.verified.get(digest) is None:
-                try:
-                    self._load(digest, size)
-                except (ChunkMissing, ChunkCorrupt):
-                    pass
+        try:
+            fd = os.open(self.path_of(digest), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return  # a missing chunk is handled (fetched again) when it is really read
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
     def contains(self, digest: bytes) -> int | None:
         """The recorded size of a chunk, or None."""
