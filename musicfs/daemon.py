@@ -42,9 +42,19 @@ class CacheLock:
     def __init__(self, cache_dir: Path):
         self.path = Path(cache_dir) / LOCK_NAME
         self.fd: int | None = None
+        self.writable = True
 
     def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            self.writable = True
+        except OSError as e:
+            if e.errno != errno.EROFS or not self.path.exists():
+                raise
+            # A read-only cache disk: flock works on a read-only descriptor; the PID cannot be
+            # recorded in the file (the status file still has it).
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            self.writable = False
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -56,6 +66,8 @@ class CacheLock:
         self.write_pid(os.getpid())
 
     def write_pid(self, pid: int) -> None:
+        if not self.writable:
+            return
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, f"{pid}\n".encode(), 0)
 

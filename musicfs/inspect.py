@@ -64,7 +64,10 @@ def read_status(cache_dir: Path) -> dict | None:
         status = json.loads(status_path(cache_dir).read_text())
     except (OSError, ValueError):
         return {"pid": pid}
-    return status if status.get("pid") == pid else {"pid": pid}
+    # The status file names the live daemon even when a read-only cache disk kept it from
+    # writing its PID into the lock file.
+    live = isinstance(status.get("pid"), int) and os.path.exists(f"/proc/{status['pid']}")
+    return status if live else {"pid": pid}
 
 
 def open_existing(cache_dir: Path, *, readonly: bool) -> Storage:

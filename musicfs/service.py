@@ -6,10 +6,13 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import threading
 import time
+
+import lmdb
 
 from . import origins as origin_factory
 from .cas import ChunkStore, recover
@@ -19,7 +22,7 @@ from .health import HealthMonitor
 from .inspect import status_path, write_status
 from .pool import OriginPool
 from .reader import Reader
-from .storage import Storage
+from .storage import ENV_NAME, Storage
 
 log = logging.getLogger(__name__)
 
@@ -51,26 +54,32 @@ class Service:
     @classmethod
     def open(cls, config: Config, origins: dict | None = None) -> "Service":
         """Build the parts; `origins` replaces the configured ones (tests inject faulty origins)."""
-        storage = Storage(config.cache.dir)
-        with storage.begin() as txn:
-            dirty = txn.get(b"dirty", db=storage.meta) == b"1"
-        if dirty or storage.rebuilt:
-            if dirty:
-                log.warning("the last musicfs on %s did not shut down cleanly; checking the cache", config.cache.dir)
-            recover(storage)
-        else:
-            # A clean shutdown leaves no temp files, but a failed write might have.
-            for name in os.listdir(storage.tmp_dir):
-                os.unlink(os.path.join(storage.tmp_dir, name))
-        with storage.begin(write=True) as txn:
-            txn.put(b"dirty", b"1", db=storage.meta)
-        storage.sync()
+        storage, refused = cls._open_storage(config)
+        if not storage.readonly:
+            with storage.begin() as txn:
+                dirty = txn.get(b"dirty", db=storage.meta) == b"1"
+            if dirty or storage.rebuilt:
+                if dirty:
+                    log.warning("the last musicfs on %s did not shut down cleanly; checking the cache",
+                                config.cache.dir)
+                recover(storage)
+            else:
+                # A clean shutdown leaves no temp files, but a failed write might have.
+                for name in os.listdir(storage.tmp_dir):
+                    os.unlink(os.path.join(storage.tmp_dir, name))
+            with storage.begin(write=True) as txn:
+                txn.put(b"dirty", b"1", db=storage.meta)
+            storage.sync()
         store = ChunkStore(storage, config.cache.max_size)
+        if refused is not None:
+            store.passthrough = True
+            store.passthrough_reason = f"cache disk read-only at start ({refused}); restart musicfs once it is writable"
         catalog = Catalog(storage)
         if origins is None:
             origins = {o.name: origin_factory.build(o) for o in config.origins}
         scanner = Scanner(storage, store, list(origins.values()), stall_timeout=config.fuse.read_timeout)
-        scanner.reconcile_origins()
+        if not storage.readonly:
+            scanner.reconcile_origins()
         per_origin = config.health.workers_per_origin
         pool = OriginPool(max_workers=max(MIN_POOL_WORKERS, (per_origin + 1) * len(origins) + 4),
                           per_origin=per_origin)
@@ -78,12 +87,28 @@ class Service:
         reader = Reader(catalog, store, origins, pool, config.fuse.read_timeout, health)
         return cls(config, storage, store, catalog, scanner, origins, pool, reader, health)
 
+    @staticmethod
+    def _open_storage(config: Config) -> tuple[Storage, str | None]:
+        """The cache index, writable if the disk allows. On a read-only cache disk the stored
+        catalog and chunks are still served (read-only, no rescans) and misses pass through."""
+        try:
+            return Storage(config.cache.dir), None
+        except (OSError, lmdb.Error) as e:
+            reason = getattr(e, "strerror", None) or str(e)
+            if not (config.cache.dir / ENV_NAME).is_dir() or not _disk_refuses_writes(config.cache.dir):
+                raise
+        log.warning("cache disk %s refuses writes (%s): serving the stored catalog read-only, passing "
+                    "misses through to origins, no rescans", config.cache.dir, reason)
+        return Storage(config.cache.dir, disk_readonly=True), reason
+
     def never_scanned(self) -> list:
         return [o for o in self.origins.values() if not self.catalog.last_scan(o.name)]
 
     def initial_scan(self) -> None:
         """Before the first mount of an origin there is nothing stored to show: scan it now
         (bounded by the scan stall timeout) so the mount does not appear empty."""
+        if self.storage.readonly:
+            return
         todo = self.never_scanned()
         if todo:
             self.scanner.scan(todo)
@@ -91,7 +116,8 @@ class Service:
     def start(self) -> None:
         self.publish_status()
         self._spawn("maintenance", self._maintenance_loop)
-        self._spawn("rescan", self._rescan_loop)
+        if not self.storage.readonly:
+            self._spawn("rescan", self._rescan_loop)
         self.health.start()
 
     def _spawn(self, name: str, target) -> None:
@@ -157,3 +183,15 @@ class Service:
         with contextlib.suppress(OSError):
             status_path(self.config.cache.dir).unlink()
         log.info("musicfs stopped cleanly")
+
+
+def _disk_refuses_writes(path) -> bool:
+    """True if creating a file in `path` fails because its filesystem is read-only."""
+    probe = os.path.join(path, f".musicfs-write-probe.{os.getpid()}")
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as e:
+        return e.errno == errno.EROFS
+    os.close(fd)
+    os.unlink(probe)
+    return False

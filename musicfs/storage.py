@@ -91,20 +91,25 @@ DATABASES = ("meta", "chunks", "lru", "manifests", "origin_files", "entries", "c
 class Storage:
     """The LMDB environment of one cache directory, with its named sub-databases as attributes."""
 
-    def __init__(self, cache_dir: Path, *, readonly: bool = False):
+    def __init__(self, cache_dir: Path, *, readonly: bool = False, disk_readonly: bool = False):
+        """`readonly`: open for reading only (cache stats/verify beside a daemon). `disk_readonly`:
+        the cache disk itself refuses writes; LMDB's lock file cannot be written either, so the
+        environment is opened without it (safe: the daemon's flock keeps other writers out)."""
         self.cache_dir = Path(cache_dir)
-        self.readonly = readonly
+        self.readonly = readonly or disk_readonly
+        self.disk_readonly = disk_readonly
         self.env_path = self.cache_dir / ENV_NAME
         self.chunks_dir = self.cache_dir / CHUNKS_DIR
         self.tmp_dir = self.cache_dir / TMP_DIR
         self.rebuilt = False
         self.env = self._open()
         for name in DATABASES:
-            setattr(self, name, self.env.open_db(name.encode(), create=not readonly))
+            setattr(self, name, self.env.open_db(name.encode(), create=not self.readonly))
 
     def _open_env(self) -> lmdb.Environment:
         return lmdb.open(str(self.env_path), map_size=MAP_SIZE, max_dbs=len(DATABASES) + 1,
                          max_readers=MAX_READERS, readonly=self.readonly, create=not self.readonly,
+                         lock=not self.disk_readonly,
                          # Durability against a killed process comes from write(2) itself; the
                          # flusher calls sync() every few seconds and on shutdown. A power loss can
                          # at worst lose those seconds, which recovery then repairs.

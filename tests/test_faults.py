@@ -323,3 +323,31 @@ def test_file_changed_on_origin_is_served_new_after_rescan(tmp_path, service_fac
     assert read_file(path) == b"old" * 100_000      # not rescanned yet: the catalogued version
     service.scanner.scan()
     wait_until(lambda: read_file(path) == new, timeout=5, message="the new bytes after the rescan")
+
+
+def test_cache_disk_read_only_at_start_serves_catalog_cache_and_passthrough(tmp_path):
+    """After a reboot with the cache disk read-only (fsck, a failing SSD), musicfs still mounts:
+    the stored catalog, cached chunks, and misses straight from the origin."""
+    files = {"cached.flac": os.urandom(MiB + 7), "uncached.flac": os.urandom(300_000)}
+    root = library(tmp_path, "o", files)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64M", "tmpfs", str(cache)], check=True)
+    d = Daemon(tmp_path, [("o", root)])
+    try:
+        d.mount()
+        assert read_file(d.path("cached.flac")) == files["cached.flac"]
+        d.stop()
+        subprocess.run(["mount", "-o", "remount,ro", str(cache)], check=True)
+        d.mount()
+        assert sorted(os.listdir(d.mountpoint)) == ["cached.flac", "uncached.flac"]
+        assert read_file(d.path("cached.flac")) == files["cached.flac"]
+        assert read_file(d.path("uncached.flac")) == files["uncached.flac"]
+        assert "refuses writes" in d.log()
+        stats = run_musicfs("cache", "stats", "--json", "-c", d.config)
+        assert stats.returncode == 0 and '"passthrough": true' in stats.stdout, stats.stdout + stats.stderr
+        probe = run_musicfs("health", "-c", d.config)
+        assert probe.returncode == 1 and "passthrough" in probe.stdout, probe.stdout
+    finally:
+        d.stop()
+        subprocess.run(["umount", "-l", str(cache)], capture_output=True)
