@@ -48,10 +48,6 @@ class ChunkMissing(MusicfsError):
     """A chunk recorded in the index has no file on disk."""
 
 
-class ReadOnly(MusicfsError):
-    errno = errno.EROFS
-
-
 class NotFound(MusicfsError):
     errno = errno.ENOENT
 
@@ -91,7 +87,7 @@ rate_limited = RateLimitedLog()
 def to_errno(exc: BaseException, operation: str = "", path: str = "") -> int:
     """Map an exception to a positive errno, logging it once in a rate-limited way."""
     if isinstance(exc, MusicfsError):
-        if not isinstance(exc, (ReadOnly, NotFound)):
+        if not isinstance(exc, NotFound):
             rate_limited(logging.WARNING, (type(exc).__name__, operation, path),
                          "%s %s: %s", operation, path, exc)
         return exc.errno

@@ -15,7 +15,7 @@ import time
 import lmdb
 
 from . import origins as origin_factory
-from .cas import ChunkStore, recover
+from .cas import CacheChecker, ChunkStore, recover
 from .catalog import Catalog, Scanner
 from .config import Config
 from .health import HealthMonitor
@@ -65,8 +65,7 @@ class Service:
                 recover(storage)
             else:
                 # A clean shutdown leaves no temp files, but a failed write might have.
-                for name in os.listdir(storage.tmp_dir):
-                    os.unlink(os.path.join(storage.tmp_dir, name))
+                CacheChecker(storage, repair=True).check_temp_files()
             with storage.begin(write=True) as txn:
                 txn.put(b"dirty", b"1", db=storage.meta)
             storage.sync()

@@ -12,8 +12,8 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from ..storage import U64, Storage
-from .store import CHUNK_RECORD, DIGEST_SIZE, digest_of
+from ..storage import Storage
+from .store import CHUNK_RECORD, DIGEST_SIZE, digest_of, forget_chunk, lru_key
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ class CacheChecker:
     def check_lru(self) -> None:
         """Exactly one lru record per chunk, with the chunk's access time."""
         with self.storage.begin() as txn:
-            expected = {U64.pack(CHUNK_RECORD.unpack(raw)[1]) + d
+            expected = {lru_key(CHUNK_RECORD.unpack(raw)[1], d)
                         for d, raw in txn.cursor(db=self.storage.chunks)}
             actual = {k for k, _ in txn.cursor(db=self.storage.lru)}
         if expected == actual:
@@ -213,13 +213,7 @@ class CacheChecker:
 
     def _drop_record(self, digest: bytes) -> None:
         with self.storage.begin(write=True) as txn:
-            raw = txn.get(digest, db=self.storage.chunks)
-            if raw is None:
-                return
-            size, when = CHUNK_RECORD.unpack(raw)
-            txn.delete(digest, db=self.storage.chunks)
-            txn.delete(U64.pack(when) + digest, db=self.storage.lru)
-            self.storage.put_u64(txn, b"total", self.storage.get_u64(txn, b"total") - size)
+            forget_chunk(self.storage, txn, digest)
 
 
 def _scandir(path):

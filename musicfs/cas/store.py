@@ -61,6 +61,30 @@ def manifest_key(origin: str, relpath: bytes) -> bytes:
     return origin.encode() + b"\0" + relpath
 
 
+def lru_key(last_access: int, digest: bytes) -> bytes:
+    return U64.pack(last_access) + digest
+
+
+def record_chunk(storage: Storage, txn, digest: bytes, size: int, now: int) -> None:
+    """Add a chunk's record, its lru entry and its size to the total (one transaction)."""
+    txn.put(digest, CHUNK_RECORD.pack(size, now), db=storage.chunks)
+    txn.put(lru_key(now, digest), b"", db=storage.lru)
+    storage.put_u64(txn, b"total", storage.get_u64(txn, b"total") + size)
+
+
+def forget_chunk(storage: Storage, txn, digest: bytes) -> int:
+    """Remove a chunk's record and lru entry and take its size off the total; returns the size
+    (0 if it was not recorded). The caller removes the file."""
+    raw = txn.get(digest, db=storage.chunks)
+    if raw is None:
+        return 0
+    size, when = CHUNK_RECORD.unpack(raw)
+    txn.delete(digest, db=storage.chunks)
+    txn.delete(lru_key(when, digest), db=storage.lru)
+    storage.put_u64(txn, b"total", storage.get_u64(txn, b"total") - size)
+    return size
+
+
 class VerifiedChunks:
     """A byte-bounded LRU of chunks that passed verification since they were read from disk."""
 
@@ -241,12 +265,8 @@ class ChunkStore:
             slots.append(d if d and d != NO_DIGEST else None)
         return slots
 
-    def drop_manifest(self, key: bytes, txn=None) -> None:
-        if txn is not None:
-            txn.delete(key, db=self.storage.manifests)
-            return
-        with self.storage.begin(write=True) as txn:
-            txn.delete(key, db=self.storage.manifests)
+    def drop_manifest(self, key: bytes, txn) -> None:
+        txn.delete(key, db=self.storage.manifests)
 
     def _set_manifest_slot(self, txn, key: bytes, file_size: int, mtime_ns: int, index: int, digest: bytes):
         count = chunk_count(file_size, self.chunk_size)
@@ -292,10 +312,7 @@ class ChunkStore:
                     if known and txn.get(digest, db=self.storage.chunks) is not None:
                         self._retouch(txn, digest, now)
                     else:
-                        txn.put(digest, CHUNK_RECORD.pack(len(data), now), db=self.storage.chunks)
-                        txn.put(U64.pack(now) + digest, b"", db=self.storage.lru)
-                        total = self.storage.get_u64(txn, b"total") + len(data)
-                        self.storage.put_u64(txn, b"total", total)
+                        record_chunk(self.storage, txn, digest, len(data), now)
                     if manifest is not None:
                         self._set_manifest_slot(txn, *manifest, digest)
             except Exception as e:
@@ -367,8 +384,8 @@ class ChunkStore:
         size, old = CHUNK_RECORD.unpack(raw)
         if old == now:
             return
-        txn.delete(U64.pack(old) + digest, db=self.storage.lru)
-        txn.put(U64.pack(now) + digest, b"", db=self.storage.lru)
+        txn.delete(lru_key(old, digest), db=self.storage.lru)
+        txn.put(lru_key(now, digest), b"", db=self.storage.lru)
         txn.put(digest, CHUNK_RECORD.pack(size, now), db=self.storage.chunks)
 
     def flush_access_times(self) -> None:
@@ -385,13 +402,7 @@ class ChunkStore:
         self.verified.discard(digest)
         with self._lock_for(digest):
             with self.storage.begin(write=True) as txn:
-                raw = txn.get(digest, db=self.storage.chunks)
-                size = 0
-                if raw is not None:
-                    size, when = CHUNK_RECORD.unpack(raw)
-                    txn.delete(digest, db=self.storage.chunks)
-                    txn.delete(U64.pack(when) + digest, db=self.storage.lru)
-                    self.storage.put_u64(txn, b"total", self.storage.get_u64(txn, b"total") - size)
+                size = forget_chunk(self.storage, txn, digest)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path_of(digest))
         if reason:

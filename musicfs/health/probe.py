@@ -18,7 +18,7 @@ from .. import origins as origin_factory
 from ..config import Config
 from ..daemon import CacheLock
 from ..inspect import read_status
-from ..storage import ENV_NAME, TMP_DIR, U64
+from ..storage import ENV_NAME, TMP_DIR, Storage
 from .monitor import DEGRADED, HEALTHY, UNHEALTHY
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
@@ -108,18 +108,17 @@ def check_cache(config: Config, daemon: dict | None) -> dict:
 def _index_total(cache_dir) -> int | None:
     if not (cache_dir / ENV_NAME).is_dir():
         return None
-    import lmdb
     try:
-        env = lmdb.open(str(cache_dir / ENV_NAME), readonly=True, lock=False, max_dbs=16)
-        try:
-            meta = env.open_db(b"meta", create=False)
-            with env.begin(db=meta) as txn:
-                raw = txn.get(b"total")
-            return U64.unpack(raw)[0] if raw else 0
-        finally:
-            env.close()
+        # Without LMDB's lock file: the probe must work on a read-only cache disk too, and one
+        # integer read beside a live writer is at worst a moment old.
+        storage = Storage(cache_dir, disk_readonly=True)
     except Exception:  # noqa: BLE001 - the cache check reports what it can
         return None
+    try:
+        with storage.begin() as txn:
+            return storage.get_u64(txn, b"total")
+    finally:
+        storage.env.close()
 
 
 def probe(config: Config) -> Verdict:
