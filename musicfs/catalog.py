@@ -89,11 +89,15 @@ class Catalog:
         self._root_entry = CatalogEntry(KIND_DIR, 0, time.time_ns(), ())
 
     def lookup(self, path: bytes) -> CatalogEntry | None:
-        with self.storage.env.begin(db=self.storage.entries) as txn:
-            raw = txn.get(path)
+        raw = self.raw(path)
         if raw is None:
             return self._root_entry if path == ROOT else None
         return decode_entry(raw)
+
+    def raw(self, path: bytes) -> bytes | None:
+        """The stored entry of `path`, undecoded: equal bytes mean an unchanged entry."""
+        with self.storage.env.begin(db=self.storage.entries) as txn:
+            return txn.get(path)
 
     def attrs(self, path: bytes) -> tuple[int, int, int] | None:
         """(kind, size, mtime_ns) without decoding sources: the getattr fast path."""

@@ -23,7 +23,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
 from .cas.store import CacheWriteError, ChunkStore, chunk_count, digest_of, manifest_key
-from .catalog import ORIGIN_RECORD, Catalog, CatalogEntry
+from .catalog import ORIGIN_RECORD, Catalog, CatalogEntry, decode_entry
 from .errors import (ChunkCorrupt, ChunkMissing, NotFound, OriginChanged, OriginUnavailable,
                      ReadTimeout)
 from .origins import Origin
@@ -54,6 +54,7 @@ class OpenFile:
     path: bytes
     size: int
     entry: CatalogEntry
+    raw: bytes               # the catalog's stored entry this state belongs to
     sources: tuple[Source, ...] | None = None   # resolved on the first read
     digests: list | None = None  # known chunk digests of the preferred source (None = unknown)
     next_offset: int = -1    # where a sequential reader will read next
@@ -81,17 +82,23 @@ class Reader:
     def read_path(self, path: bytes, offset: int, size: int) -> bytes:
         """Read by path: the per-file state lives in a small LRU keyed by path, checked against
         the catalog on every read so a rescan that changed the file is seen at once."""
-        entry = self.catalog.lookup(path)
-        if entry is None:
-            raise NotFound(path)
-        if entry.is_dir:
-            raise IsADirectoryError(21, "is a directory")
+        # Comparing the stored bytes keeps decoding out of the per-read path: an entry is
+        # decoded only when a file is first read or has changed.
+        raw = self.catalog.raw(path)
         with self._files_lock:
             handle = self._files.get(path)
-            if handle is not None and handle.entry == entry:
+            if handle is not None and handle.raw == raw:
                 self._files.move_to_end(path)
             else:
-                handle = OpenFile(path, entry.size, entry)
+                handle = None
+        if handle is None:
+            if raw is None:
+                raise NotFound(path)
+            entry = decode_entry(raw)
+            if entry.is_dir:
+                raise IsADirectoryError(21, "is a directory")
+            handle = OpenFile(path, entry.size, entry, raw)
+            with self._files_lock:
                 self._files[path] = handle
                 if len(self._files) > OPEN_FILES:
                     self._files.popitem(last=False)
