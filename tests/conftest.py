@@ -78,3 +78,14 @@ def in_process_mount(tmp_path):
     yield mount
     for m in mounts:
         m.stop()
+
+
+@pytest.fixture
+def mounted(service_factory, in_process_mount):
+    """A Service over (optionally faulty) origins, scanned once and mounted in this process."""
+
+    def build(origins, faulty=(), fuse_options=None, **overrides):
+        service = service_factory(origins, faulty=faulty, **overrides)
+        service.initial_scan()
+        return service, in_process_mount(service, **(fuse_options or {}))
+    return build

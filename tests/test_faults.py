@@ -39,14 +39,12 @@ def expect_errno(path: Path, expected: set[int]) -> float:
     return time.monotonic() - started
 
 
-def test_fuse_read_timeout_returns_eio(tmp_path, service_factory, in_process_mount):
+def test_fuse_read_timeout_returns_eio(tmp_path, mounted):
     slow = library(tmp_path, "slow", {"a/hung.flac": os.urandom(100_000)})
     fast_data = os.urandom(300_000)
     fast = library(tmp_path, "fast", {"b/ok.flac": fast_data})
-    service = service_factory([("slow", slow), ("fast", fast)], faulty={"slow"},
+    service, mount = mounted([("slow", slow), ("fast", fast)], faulty={"slow"},
                               fuse={"read_timeout": 1.5}, health={"interval": 60})
-    service.initial_scan()
-    mount = in_process_mount(service)
     service.origins["slow"].hang(only={"read"})
     outcome = {}
 
@@ -62,13 +60,11 @@ def test_fuse_read_timeout_returns_eio(tmp_path, service_factory, in_process_mou
     service.origins["slow"].release()
 
 
-def test_unhealthy_origin_fails_fast_and_recovers(tmp_path, service_factory, in_process_mount):
+def test_unhealthy_origin_fails_fast_and_recovers(tmp_path, mounted):
     data = os.urandom(200_000)
     root = library(tmp_path, "nas", {"x.flac": data, "y.flac": data[:1000]})
-    service = service_factory([("nas", root)], faulty={"nas"}, fuse={"read_timeout": 20},
+    service, mount = mounted([("nas", root)], faulty={"nas"}, fuse={"read_timeout": 20},
                               health={"interval": 0.2, "timeout": 0.3})
-    service.initial_scan()
-    mount = in_process_mount(service)
     status = service.health.status["nas"]
     service.origins["nas"].hang()
     wait_until(lambda: status.state == "unhealthy", message="the monitor to judge the hung origin")
@@ -79,14 +75,12 @@ def test_unhealthy_origin_fails_fast_and_recovers(tmp_path, service_factory, in_
     assert read_file(mount.mountpoint / "x.flac") == data     # reads resume without a restart
 
 
-def test_failover_to_a_replica(tmp_path, service_factory, in_process_mount):
+def test_failover_to_a_replica(tmp_path, mounted):
     data = os.urandom(2 * MiB + 5)
     primary = library(tmp_path, "primary", {"al/t.flac": data})
     replica = library(tmp_path, "replica", {"al/t.flac": data})
-    service = service_factory([("primary", primary), ("replica", replica)], faulty={"primary", "replica"},
+    service, mount = mounted([("primary", primary), ("replica", replica)], faulty={"primary", "replica"},
                               health={"interval": 0.2, "timeout": 0.3})
-    service.initial_scan()
-    mount = in_process_mount(service)
     service.origins["primary"].fail(errno.EIO, only={"read", "check"})
     assert read_file(mount.mountpoint / "al/t.flac") == data
     assert service.origins["replica"].calls["read"] >= 3
@@ -101,13 +95,11 @@ def test_failover_to_a_replica(tmp_path, service_factory, in_process_mount):
     assert service.origins["primary"].calls["read"] == before
 
 
-def test_offline_playback_of_cached_files_with_every_origin_hung(tmp_path, service_factory, in_process_mount):
+def test_offline_playback_of_cached_files_with_every_origin_hung(tmp_path, mounted):
     a_data, b_data = os.urandom(3 * MiB), os.urandom(500_000)
     a = library(tmp_path, "a", {"one.flac": a_data})
     b = library(tmp_path, "b", {"two.flac": b_data, "uncached.flac": b"zz"})
-    service = service_factory([("a", a), ("b", b)], faulty={"a", "b"}, fuse={"read_timeout": 1})
-    service.initial_scan()
-    mount = in_process_mount(service)
+    service, mount = mounted([("a", a), ("b", b)], faulty={"a", "b"}, fuse={"read_timeout": 1})
     assert read_file(mount.mountpoint / "one.flac") == a_data
     assert read_file(mount.mountpoint / "two.flac") == b_data
     service.origins["a"].hang()
@@ -122,12 +114,10 @@ def test_offline_playback_of_cached_files_with_every_origin_hung(tmp_path, servi
     service.origins["b"].release()
 
 
-def test_corrupt_chunk_auto_refetched(tmp_path, service_factory, in_process_mount):
+def test_corrupt_chunk_auto_refetched(tmp_path, mounted):
     data = os.urandom(3 * MiB + 777)
     root = library(tmp_path, "o", {"f.flac": data})
-    service = service_factory([("o", root)], faulty={"o"})
-    service.initial_scan()
-    mount = in_process_mount(service, direct_io=True)   # no page cache: every read reaches us
+    service, mount = mounted([("o", root)], faulty={"o"}, fuse_options={"direct_io": True})   # no page cache: every read reaches us
     assert read_file(mount.mountpoint / "f.flac") == data
     reads_before = service.origins["o"].calls["read"]
     # corrupt the second chunk on disk (flip bytes in place, keep its size)
@@ -142,12 +132,10 @@ def test_corrupt_chunk_auto_refetched(tmp_path, service_factory, in_process_moun
     assert CacheChecker(service.storage, repair=False).run(digests=True).consistent
 
 
-def test_missing_chunk_triggers_origin_fetch(tmp_path, service_factory, in_process_mount):
+def test_missing_chunk_triggers_origin_fetch(tmp_path, mounted):
     data = os.urandom(2 * MiB + 10)
     root = library(tmp_path, "o", {"f.flac": data})
-    service = service_factory([("o", root)], faulty={"o"})
-    service.initial_scan()
-    mount = in_process_mount(service, direct_io=True)
+    service, mount = mounted([("o", root)], faulty={"o"}, fuse_options={"direct_io": True})
     assert read_file(mount.mountpoint / "f.flac") == data
     reads_before = service.origins["o"].calls["read"]
     digest = service.store.manifest(b"o\0f.flac", len(data), os.stat(root / "f.flac").st_mtime_ns)[0]
@@ -158,12 +146,10 @@ def test_missing_chunk_triggers_origin_fetch(tmp_path, service_factory, in_proce
     assert service.store.total() == chunk_bytes_on_disk(service.storage.chunks_dir)
 
 
-def test_chunk_no_origin_can_supply_is_eio_never_wrong_bytes(tmp_path, service_factory, in_process_mount):
+def test_chunk_no_origin_can_supply_is_eio_never_wrong_bytes(tmp_path, mounted):
     data = os.urandom(MiB + 10)
     root = library(tmp_path, "o", {"f.flac": data})
-    service = service_factory([("o", root)], faulty={"o"})
-    service.initial_scan()
-    mount = in_process_mount(service, direct_io=True)
+    service, mount = mounted([("o", root)], faulty={"o"}, fuse_options={"direct_io": True})
     service.origins["o"].corrupt()
     first = read_file(mount.mountpoint / "f.flac")   # no known digest yet: the origin is trusted
     assert len(first) == len(data)
@@ -173,12 +159,10 @@ def test_chunk_no_origin_can_supply_is_eio_never_wrong_bytes(tmp_path, service_f
     expect_errno(mount.mountpoint / "f.flac", {errno.EIO})
 
 
-def test_cas_size_tracking_is_correct(tmp_path, service_factory, in_process_mount):
+def test_cas_size_tracking_is_correct(tmp_path, mounted):
     files = {f"{i}.flac": os.urandom(MiB // 2 + i * 100_003) for i in range(12)}
     root = library(tmp_path, "o", files)
-    service = service_factory([("o", root)], max_size="3M")
-    service.initial_scan()
-    mount = in_process_mount(service, direct_io=True)
+    service, mount = mounted([("o", root)], max_size="3M", fuse_options={"direct_io": True})
     for name, data in files.items():
         assert read_file(mount.mountpoint / name) == data
         on_disk = chunk_bytes_on_disk(service.storage.chunks_dir)
@@ -208,13 +192,11 @@ def chunk_disk(tmp_path):
         subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
-def test_passthrough_mode_when_cache_disk_dead(tmp_path, chunk_disk, service_factory, in_process_mount):
+def test_passthrough_mode_when_cache_disk_dead(tmp_path, chunk_disk, mounted):
     disk = chunk_disk(tmp_path / "cache", "64M")
     files = {f"{i}.flac": os.urandom(MiB + i) for i in range(4)}
     root = library(tmp_path, "o", files)
-    service = service_factory([("o", root)], health={"interval": 0.2})
-    service.initial_scan()
-    mount = in_process_mount(service, direct_io=True)
+    service, mount = mounted([("o", root)], health={"interval": 0.2}, fuse_options={"direct_io": True})
     assert read_file(mount.mountpoint / "0.flac") == files["0.flac"]
     subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
     try:
@@ -232,13 +214,11 @@ def test_passthrough_mode_when_cache_disk_dead(tmp_path, chunk_disk, service_fac
     assert CacheChecker(service.storage, repair=False).run(digests=True).consistent
 
 
-def test_full_cache_disk_evicts_then_passes_through(tmp_path, chunk_disk, service_factory, in_process_mount):
+def test_full_cache_disk_evicts_then_passes_through(tmp_path, chunk_disk, mounted):
     chunk_disk(tmp_path / "cache", "6M")   # smaller than max_size: the disk fills before the limit
     files = {f"{i}.flac": os.urandom(MiB + i) for i in range(10)}
     root = library(tmp_path, "o", files)
-    service = service_factory([("o", root)], max_size="100M")
-    service.initial_scan()
-    mount = in_process_mount(service, direct_io=True)
+    service, mount = mounted([("o", root)], max_size="100M", fuse_options={"direct_io": True})
     for name, data in files.items():
         assert read_file(mount.mountpoint / name) == data
     on_disk = chunk_bytes_on_disk(service.storage.chunks_dir)
@@ -291,12 +271,10 @@ def test_fd_exhaustion_handling(tmp_path):
         d.stop()
 
 
-def test_no_descriptor_leak_over_many_reads(tmp_path, service_factory, in_process_mount):
+def test_no_descriptor_leak_over_many_reads(tmp_path, mounted):
     files = {f"{i}.flac": os.urandom(300_000) for i in range(30)}
     root = library(tmp_path, "o", files)
-    service = service_factory([("o", root)], max_size="2M")
-    service.initial_scan()
-    mount = in_process_mount(service, direct_io=True)
+    service, mount = mounted([("o", root)], max_size="2M", fuse_options={"direct_io": True})
     for name in files:
         read_file(mount.mountpoint / name)
     baseline = len(os.listdir("/proc/self/fd"))
@@ -306,16 +284,14 @@ def test_no_descriptor_leak_over_many_reads(tmp_path, service_factory, in_proces
     assert len(os.listdir("/proc/self/fd")) == baseline
 
 
-def test_file_changed_on_origin_is_served_new_after_rescan(tmp_path, service_factory, in_process_mount):
+def test_file_changed_on_origin_is_served_new_after_rescan(tmp_path, mounted):
     """With the daemon's kernel caching (auto_cache, attribute timeouts), a rescan that sees a
     change makes the mount serve the new bytes, not stale pages or stale chunks."""
     from musicfs.daemon import DEFAULT_FUSE_OPTIONS
     root = library(tmp_path, "o", {"song.flac": b"old" * 100_000})
-    service = service_factory([("o", root)])
-    service.initial_scan()
     options = {k: v for k, v in DEFAULT_FUSE_OPTIONS.items() if k not in ("fsname", "ro")}
     options.update(attr_timeout=0.2, entry_timeout=0.2)
-    mount = in_process_mount(service, **options)
+    service, mount = mounted([("o", root)], fuse_options=options)
     path = mount.mountpoint / "song.flac"
     assert read_file(path) == b"old" * 100_000
     new = b"new!" * 120_000
