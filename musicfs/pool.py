@@ -14,13 +14,18 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 READ_LANE = "read"
 CHECK_LANE = "check"
+# Loads of cached chunks ahead of a sequential reader: cache-disk work, budgeted like an
+# origin's so a slow or hung cache disk can hold at most this many workers.
+PRELOAD_LANE = "preload"
+CACHE_DISK = "(cache disk)"
+PRELOAD_WORKERS = 2
 
 
 class OriginPool:
     def __init__(self, max_workers: int, per_origin: int, *, per_origin_checks: int = 1):
         self.executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="io")
         self.max_workers = max_workers
-        self.limits = {READ_LANE: per_origin, CHECK_LANE: per_origin_checks}
+        self.limits = {READ_LANE: per_origin, CHECK_LANE: per_origin_checks, PRELOAD_LANE: PRELOAD_WORKERS}
         self._running: collections.Counter[tuple[str, str]] = collections.Counter()
         self._queued: dict[tuple[str, str], collections.deque] = collections.defaultdict(collections.deque)
         self._lock = threading.Lock()

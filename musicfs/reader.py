@@ -27,7 +27,7 @@ from .catalog import ORIGIN_RECORD, Catalog, CatalogEntry, decode_entry
 from .errors import (ChunkCorrupt, ChunkMissing, NotFound, OriginChanged, OriginUnavailable,
                      ReadTimeout)
 from .origins import Origin
-from .pool import OriginPool
+from .pool import CACHE_DISK, PRELOAD_LANE, OriginPool
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class OpenFile:
     sources: tuple[Source, ...] | None = None   # resolved on the first read
     digests: list | None = None  # known chunk digests of the preferred source (None = unknown)
     next_offset: int = -1    # where a sequential reader will read next
-    warmed: int = -1         # highest cached chunk already asked into the page cache
+    preloaded: int = -1      # highest cached chunk already handed to a background load
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -268,11 +268,12 @@ class Reader:
         for ahead in range(index, min(index + READAHEAD_CHUNKS, count)):
             digest = handle.digests[ahead]
             if digest is not None:
-                # Cached: have the kernel read the chunk file in the background, as it would
-                # read ahead within one file, so the next chunk is not a synchronous disk read.
-                if ahead > handle.warmed:
-                    handle.warmed = ahead
-                    self.store.warm(digest)
+                # Cached: load and verify it in the background, so the reader does not wait
+                # for one chunk file after another (the kernel reads ahead only within a file).
+                if ahead > handle.preloaded:
+                    handle.preloaded = ahead
+                    self.pool.submit(CACHE_DISK, self.store.preload, digest,
+                                     self._chunk_length(handle.size, ahead), lane=PRELOAD_LANE)
                 continue
             try:
                 future = self._fetch(source, ahead)

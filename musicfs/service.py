@@ -20,7 +20,7 @@ from .catalog import Catalog, Scanner
 from .config import Config
 from .health import HealthMonitor
 from .inspect import status_path, write_status
-from .pool import OriginPool
+from .pool import PRELOAD_WORKERS, OriginPool
 from .reader import Reader
 from .storage import ENV_NAME, Storage
 
@@ -80,7 +80,7 @@ class Service:
         if not storage.readonly:
             scanner.reconcile_origins()
         per_origin = config.health.workers_per_origin
-        pool = OriginPool(max_workers=max(MIN_POOL_WORKERS, (per_origin + 1) * len(origins) + 4),
+        pool = OriginPool(max_workers=max(MIN_POOL_WORKERS, (per_origin + 1) * len(origins) + PRELOAD_WORKERS + 4),
                           per_origin=per_origin)
         health = HealthMonitor(list(origins.values()), pool, config.health, store)
         reader = Reader(catalog, store, origins, pool, config.fuse.read_timeout, health)

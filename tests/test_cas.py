@@ -173,3 +173,32 @@ def test_other_format_version_is_rebuilt(tmp_path):
     with storage.begin() as txn:
         assert txn.get(b"format", db=storage.meta) == str(FORMAT_VERSION).encode()
     storage.close()
+
+
+def test_sequential_read_of_a_cached_file_loads_the_next_chunks_in_background(tmp_path, service_factory):
+    from musicfs.reader import READAHEAD_CHUNKS
+
+    from .helpers import wait_until
+    chunk = 1 << 20
+    data = os.urandom(5 * chunk)
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "f.flac").write_bytes(data)
+    service = service_factory([("o", tmp_path / "o")], faulty={"o"})
+    service.initial_scan()
+    reader, store = service.reader, service.store
+    assert reader.read_path(b"/f.flac", 0, len(data)) == data   # fetched and cached
+    wait_until(lambda: not reader._inflight)
+    digests = store.manifest(b"o\0f.flac", len(data), (tmp_path / "o" / "f.flac").stat().st_mtime_ns)
+    assert None not in digests
+    store.verified.clear()
+    reader._files.clear()     # a new reader of the file, as after a remount
+    origin_reads = service.origins["o"].calls["read"]
+
+    assert reader.read_path(b"/f.flac", 0, 4096) == data[:4096]
+    ahead = digests[1:1 + READAHEAD_CHUNKS]
+    # The next chunks come off the cache disk into memory without anyone reading them...
+    wait_until(lambda: all(store.verified.get(d) is not None for d in ahead))
+    # ...and no further than the read-ahead, and never from the origin.
+    assert store.verified.get(digests[1 + READAHEAD_CHUNKS]) is None
+    assert service.origins["o"].calls["read"] == origin_reads
+    assert reader.read_path(b"/f.flac", chunk, 4096) == data[chunk:chunk + 4096]

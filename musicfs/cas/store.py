@@ -24,6 +24,7 @@ import os
 import struct
 import threading
 import time
+from concurrent.futures import Future
 
 import xxhash
 
@@ -136,7 +137,8 @@ class ChunkStore:
         self._chunks_dir = os.fsencode(storage.chunks_dir)
         self._tmp_dir = os.fsencode(storage.tmp_dir)
         self._locks = [threading.Lock() for _ in range(LOCK_STRIPES)]
-        self._load_locks = [threading.Lock() for _ in range(LOCK_STRIPES)]
+        self._loading: dict[bytes, Future] = {}
+        self._loading_lock = threading.Lock()
         self._pins: collections.Counter[bytes] = collections.Counter()
         self._pins_lock = threading.Lock()
         self._evict_lock = threading.Lock()
@@ -190,15 +192,45 @@ class ChunkStore:
         """The verified bytes of a chunk; ChunkMissing/ChunkCorrupt (chunk dropped) otherwise."""
         data = self.verified.get(digest)
         if data is None:
-            # Single flight for loads: the kernel sends several 128 KiB reads of one chunk at
-            # once; only one of them reads and hashes the chunk file, the others wait for it.
-            with self._load_locks[digest[1] % LOCK_STRIPES]:
-                data = self.verified.get(digest)
-                if data is None:
-                    data = self._load(digest, size)
+            data = self._load_once(digest, size)
         self._touched[digest] = time.time_ns()
         self.hits += 1
         return data
+
+    def preload(self, digest: bytes, size: int) -> None:
+        """Load and verify a chunk into memory ahead of its read (run by a background worker:
+        the reader of the previous chunk does not wait for it). Errors are left to the read."""
+        if self.verified.get(digest) is None:
+            with contextlib.suppress(ChunkMissing, ChunkCorrupt), self.pinned((digest,)):
+                self._load_once(digest, size)
+
+    def _load_once(self, digest: bytes, size: int) -> bytes:
+        """Single flight for loads: the kernel sends several 128 KiB reads of one chunk at once,
+        and a preload may be under way; only one of them reads and hashes the chunk file, the
+        others wait for its result."""
+        with self._loading_lock:
+            loading = self._loading.get(digest)
+            if loading is None:
+                data = self.verified.get(digest)
+                if data is not None:
+                    return data
+                loading = self._loading[digest] = Future()
+                owner = True
+            else:
+                owner = False
+        if not owner:
+            return loading.result()
+        try:
+            data = self._load(digest, size)
+        except BaseException as e:
+            loading.set_exception(e)
+            raise
+        else:
+            loading.set_result(data)
+            return data
+        finally:
+            with self._loading_lock:
+                del self._loading[digest]
 
     def _load(self, digest: bytes, size: int) -> bytes:
         try:
@@ -227,21 +259,6 @@ class ChunkStore:
             self.delete(digest, reason=reason)
         except Exception as e:  # a read-only cache disk cannot drop it; the read goes on
             log.warning("could not drop chunk %s (%s): %s", digest.hex(), reason, e)
-
-    def warm(self, digest: bytes) -> None:
-        """Ask the kernel to start reading a chunk file into the page cache (no waiting)."""
-        if self.verified.get(digest) is not None:
-            return
-        try:
-            fd = os.open(self.path_of(digest), os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            return  # a missing chunk is handled (fetched again) when it is really read
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
 
     def contains(self, digest: bytes) -> int | None:
         """The recorded size of a chunk, or None."""
