@@ -18,6 +18,9 @@ from .errors import ConfigError
 # Why 30 s: long enough for a NAS waking its disks from spin-down (10-20 s is common), short
 # enough that a player stuck on a dead origin gets EIO and moves on instead of hanging forever.
 DEFAULT_READ_TIMEOUT = 30.0
+# The kernel reads a FUSE file ahead by 128 KiB unless told otherwise; 1 MiB (one chunk) keeps
+# several 128 KiB requests in flight, which is what lets the daemon's threads overlap work.
+DEFAULT_READ_AHEAD = 1 << 20
 # Why 5 s: a healthy origin answers a stat in milliseconds; 5 s tolerates a busy NAS without
 # letting one dead origin stall the cron probe (which must finish within timeout + 1 s).
 DEFAULT_HEALTH_TIMEOUT = 5.0
@@ -88,6 +91,7 @@ class CacheConfig:
 @dataclass(frozen=True)
 class FuseConfig:
     read_timeout: float = DEFAULT_READ_TIMEOUT
+    read_ahead: int = DEFAULT_READ_AHEAD
 
 
 @dataclass(frozen=True)
@@ -148,7 +152,7 @@ def _level(value, key):
 
 _SCHEMA = {
     "cache": {"dir": ((str,), _path), "max_size": ((str, int), parse_size)},
-    "fuse": {"read_timeout": (_Number, _seconds)},
+    "fuse": {"read_timeout": (_Number, _seconds), "read_ahead": ((str, int), parse_size)},
     "health": {"timeout": (_Number, _seconds), "interval": (_Number, _seconds),
                "workers_per_origin": ((int,), _positive_int)},
     "catalog": {"rescan_interval": (_Number, _seconds)},
@@ -257,5 +261,6 @@ def load(path: Path | None = None, *, origins: list[Path] | None = None, cache_d
         config = dataclasses.replace(config, cache=dataclasses.replace(
             config.cache, max_size=parse_size(cache_size, "--cache-size")))
     if read_timeout is not None:
-        config = dataclasses.replace(config, fuse=FuseConfig(read_timeout=_seconds(read_timeout, "--read-timeout")))
+        config = dataclasses.replace(config, fuse=dataclasses.replace(
+            config.fuse, read_timeout=_seconds(read_timeout, "--read-timeout")))
     return config

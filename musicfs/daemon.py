@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -237,7 +238,13 @@ def _run(config: Config, mountpoint: Path, fuse_options: dict, notify) -> None:
         service.stop()
         raise
     filesystem = MusicFS(service)
-    filesystem.on_mounted = lambda: notify("ready")
+
+    def tune_and_report_ready():
+        set_read_ahead(mountpoint, config.fuse.read_ahead)
+        notify("ready")
+    # init() runs before the kernel has the INIT reply; the rest happens once it has.
+    filesystem.on_mounted = lambda: threading.Thread(target=tune_and_report_ready, name="ready",
+                                                     daemon=True).start()
     options = dict(DEFAULT_FUSE_OPTIONS)
     options.update(fuse_options)
     try:
@@ -248,6 +255,24 @@ def _run(config: Config, mountpoint: Path, fuse_options: dict, notify) -> None:
                            f"and the 'fuse' package installed?") from None
     finally:
         service.stop()  # no-op when destroy() already stopped it
+
+
+def set_read_ahead(mountpoint: Path, size: int) -> None:
+    """Set the kernel's read-ahead for this FUSE mount (its backing device's read_ahead_kb).
+
+    FUSE mounts start at 128 KiB and the INIT reply can only lower that, so the sysfs knob is
+    the one way up; it needs root, and without it the mount works at the kernel's default.
+    Call it once INIT is answered: the kernel applies the INIT reply's limit after our init()
+    returns. The stat() below is answered by this daemon, so it also waits for exactly that."""
+    if not size:
+        return
+    try:
+        device = os.stat(mountpoint).st_dev
+        knob = f"/sys/class/bdi/{os.major(device)}:{os.minor(device)}/read_ahead_kb"
+        with open(knob, "w") as f:
+            f.write(f"{max(size // 1024, 4)}\n")
+    except OSError as e:
+        log.info("kernel read-ahead left at its default (%s: %s)", e.filename, e.strerror)
 
 
 def unmount(mountpoint: Path, *, wait: float = 30.0) -> None:

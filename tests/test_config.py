@@ -81,6 +81,17 @@ def test_cli_overrides_config(tmp_path):
     assert cfg.cache.dir == tmp_path / "cc" and cfg.cache.max_size == 500 << 20 and cfg.fuse.read_timeout == 3
 
 
+def test_read_ahead_is_a_size_and_survives_a_read_timeout_override(tmp_path):
+    assert c.parse({}).fuse.read_ahead == 1 << 20
+    assert c.parse({"fuse": {"read_ahead": "4M"}}).fuse.read_ahead == 4 << 20
+    assert c.parse({"fuse": {"read_ahead": 0}}).fuse.read_ahead == 0
+    with pytest.raises(ConfigError, match=r"fuse\.read_ahead: cannot read size"):
+        c.parse({"fuse": {"read_ahead": "lots"}})
+    path = tmp_path / "config.toml"
+    path.write_text('[fuse]\nread_ahead = "2M"\n')
+    assert c.load(path, read_timeout=3).fuse.read_ahead == 2 << 20
+
+
 def test_missing_and_invalid_files(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         c.load(tmp_path / "nope.toml")

@@ -218,3 +218,20 @@ def test_unmount_command_returns_after_the_daemon_exited(daemon):
     assert "stopped cleanly" in daemon.log()
     again = run_musicfs("unmount", daemon.mountpoint)
     assert again.returncode == 1 and again.stderr.startswith("musicfs: cannot unmount")
+
+
+def read_ahead_kb(mountpoint) -> int:
+    device = os.stat(mountpoint).st_dev
+    with open(f"/sys/class/bdi/{os.major(device)}:{os.minor(device)}/read_ahead_kb") as f:
+        return int(f.read())
+
+
+def test_kernel_read_ahead_is_set_before_mount_returns(tmp_path, origins_copy):
+    a, _ = origins_copy
+    d = Daemon(tmp_path, [("a", a)], fuse={"read_ahead": "2M"})
+    try:
+        d.mount()
+        # FUSE mounts start at 128 KiB; the daemon raises it once the kernel has its INIT reply.
+        assert read_ahead_kb(d.mountpoint) == 2048
+    finally:
+        d.stop()
