@@ -154,7 +154,12 @@ class Reader:
                 parts.append(data[lo:hi])
             result = b"".join(parts)
         # FUSE threads may deliver a sequential reader's requests slightly out of order.
-        if offset == 0 or abs(offset - handle.next_offset) <= cs:
+        sequential = abs(offset - handle.next_offset) <= cs
+        if not sequential:
+            # A new run (a re-read from the start, a seek): chunks preloaded for an earlier
+            # run may long be gone from memory.
+            handle.preloaded = last
+        if sequential or offset == 0:
             self._read_ahead(handle, last + 1)
         handle.next_offset = end
         return result
