@@ -222,9 +222,7 @@ def _wait_for_child(read_end: int, pid: int) -> str:
 
 def _run(config: Config, mountpoint: Path, fuse_options: dict, notify) -> None:
     """Open the cache, mount, serve until unmounted. Runs in the daemon (or in the foreground)."""
-    from fuse import FUSE
-
-    from .fs import FS_ENCODING, MusicFS
+    from .fs import FS_ENCODING, MusicFS, MusicFuse
     from .service import Service
 
     log.info("musicfs starting: %s on %s (origins: %s; cache %s, max %d bytes)", os.getpid(), mountpoint,
@@ -248,7 +246,7 @@ def _run(config: Config, mountpoint: Path, fuse_options: dict, notify) -> None:
     options = dict(DEFAULT_FUSE_OPTIONS)
     options.update(fuse_options)
     try:
-        FUSE(filesystem, str(mountpoint), foreground=True, nothreads=False, encoding=FS_ENCODING, **options)
+        MusicFuse(filesystem, str(mountpoint), foreground=True, nothreads=False, encoding=FS_ENCODING, **options)
     except RuntimeError as e:
         service.stop()
         raise StartupError(f"cannot mount {mountpoint}: FUSE failed ({e}); is /dev/fuse available "

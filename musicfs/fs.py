@@ -8,12 +8,14 @@ EROFS. Paths arrive as str decoded with surrogateescape, so non-UTF-8 names roun
 from __future__ import annotations
 
 import codecs
+import ctypes
 import errno
 import functools
 import os
 import stat
+import threading
 
-from fuse import FuseOSError, Operations
+from fuse import FUSE, FuseOSError, Operations, c_stat
 
 from .errors import to_errno
 from .origins import KIND_DIR
@@ -38,8 +40,48 @@ codecs.register(_lookup_codec)
 _DIR_MODE = stat.S_IFDIR | 0o555
 _FILE_MODE = stat.S_IFREG | 0o444
 _BLOCK = 512
-_DIR_TYPE = {"st_mode": _DIR_MODE}
-_FILE_TYPE = {"st_mode": _FILE_MODE}
+
+
+# libfuse calls into Python from threads it created itself. For each call, ctypes creates a
+# Python thread state and destroys it on return (with an mmap/munmap of its frame stack, a TLB
+# shootdown across CPUs): measured, that was most of the cost of a small request. Taking one
+# extra PyGILState reference per libfuse thread, never given back, keeps its thread state alive
+# between calls; ctypes' own Ensure/Release around each call then only takes and drops the GIL.
+_threads_with_state: set[int] = set()
+_ensure_thread_state = ctypes.pythonapi.PyGILState_Ensure
+
+
+def _keep_thread_state() -> None:
+    ident = threading.get_ident()
+    if ident not in _threads_with_state:
+        _ensure_thread_state()
+        _threads_with_state.add(ident)
+
+
+def _prebuilt_stat(mode: int):
+    st = c_stat()
+    st.st_mode = mode
+    return ctypes.pointer(st)
+
+
+# A listing's stat only tells the kernel each entry's type (st_mode), so two shared structs
+# serve every entry.
+_DIR_STAT = _prebuilt_stat(_DIR_MODE)
+_FILE_STAT = _prebuilt_stat(_FILE_MODE)
+
+
+class MusicFuse(FUSE):
+    """fusepy's FUSE with a leaner directory listing: fusepy builds a ctypes stat from a dict
+    and re-encodes the name for every entry; here names stay the catalog's bytes and each
+    entry gets one of two prebuilt structs."""
+
+    def readdir(self, path, buf, filler, offset, fip):
+        filler(buf, b".", _DIR_STAT, 0)
+        filler(buf, b"..", _DIR_STAT, 0)
+        for name, kind in self.operations("readdir", path, None):
+            if filler(buf, name, _DIR_STAT if kind == KIND_DIR else _FILE_STAT, 0):
+                break  # the kernel's buffer is full
+        return 0
 
 
 def _fsencode(path: str) -> bytes:
@@ -67,6 +109,10 @@ def _read_only(self, *args):
 
 class MusicFS(Operations):
     use_ns = True  # fusepy: times in integer nanoseconds
+
+    def __call__(self, op, *args):
+        _keep_thread_state()
+        return getattr(self, op)(*args)
 
     def __init__(self, service):
         self.service = service
@@ -103,14 +149,14 @@ class MusicFS(Operations):
         }
 
     @translated
-    def readdir(self, path, fh):
-        children = self.catalog.children(_fsencode(path))
+    def readdir(self, path: bytes, fh):
+        """[(name, kind)] of a directory, names as bytes; MusicFuse.readdir hands them to the
+        kernel with their type, which lets `find` and friends walk the tree without a lookup
+        (a round trip into Python) per file."""
+        children = self.catalog.children(path)
         if children is None:
             raise FuseOSError(errno.ENOTDIR)
-        # Giving each entry its type lets `find` and friends walk the tree without a lookup
-        # (a round trip into Python) per file.
-        return [".", "..", *((name.decode("utf-8", "surrogateescape"),
-                              _DIR_TYPE if kind == KIND_DIR else _FILE_TYPE, 0) for name, kind in children)]
+        return children
 
     @translated
     def access(self, path, mode):

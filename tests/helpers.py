@@ -148,7 +148,7 @@ class InProcessMount:
     FUSE runs in a thread; stop() unmounts and joins it."""
 
     def __init__(self, service, mountpoint: Path, **fuse_options):
-        from musicfs.fs import FS_ENCODING, MusicFS
+        from musicfs.fs import FS_ENCODING, MusicFS, MusicFuse
 
         self.service = service
         self.mountpoint = mountpoint
@@ -158,9 +158,8 @@ class InProcessMount:
         self.error: BaseException | None = None
 
         def serve():
-            from fuse import FUSE
             try:
-                FUSE(self.fs, str(mountpoint), foreground=True, nothreads=False, encoding=FS_ENCODING,
+                MusicFuse(self.fs, str(mountpoint), foreground=True, nothreads=False, encoding=FS_ENCODING,
                      fsname="musicfs-test", ro=True, **fuse_options)
             except BaseException as e:  # reported by start()
                 self.error = e
@@ -182,3 +181,29 @@ class InProcessMount:
 def chunk_bytes_on_disk(chunks_dir: Path) -> int:
     """Sum of the sizes of the chunk files (chunks/aa/bb/<hex>), temp files excluded."""
     return sum(f.stat().st_size for f in Path(chunks_dir).glob("??/??/*") if f.is_file())
+
+
+DT_DIR, DT_REG = 4, 8
+
+
+def dirent_types(directory: Path) -> dict[bytes, int]:
+    """name -> d_type straight from getdents64(2): what a listing told the kernel, no stat."""
+    import ctypes
+    import struct
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    types = {}
+    try:
+        buf = ctypes.create_string_buffer(65536)
+        while (n := libc.syscall(217, fd, buf, len(buf))) > 0:   # 217 = SYS_getdents64 (x86-64)
+            pos = 0
+            while pos < n:
+                _, _, reclen, dtype = struct.unpack_from("<QqHB", buf.raw, pos)
+                name = buf.raw[pos + 19:pos + reclen].split(b"\0", 1)[0]
+                types[name] = dtype
+                pos += reclen
+        if n < 0:
+            raise OSError(ctypes.get_errno(), "getdents64")
+    finally:
+        os.close(fd)
+    return types

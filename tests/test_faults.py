@@ -10,7 +10,7 @@ import pytest
 
 from musicfs.cas import CacheChecker
 
-from .helpers import Daemon, chunk_bytes_on_disk, run_musicfs, wait_until
+from .helpers import DT_DIR, DT_REG, Daemon, chunk_bytes_on_disk, dirent_types, run_musicfs, wait_until
 
 pytestmark = pytest.mark.mount
 
@@ -327,3 +327,16 @@ def test_cache_disk_read_only_at_start_serves_catalog_cache_and_passthrough(tmp_
     finally:
         d.stop()
         subprocess.run(["umount", "-l", str(cache)], capture_output=True)
+
+
+def test_listing_gives_raw_names_and_entry_types(tmp_path, mounted):
+    raw_name = b"caf\xe9.flac"  # Latin-1, not UTF-8
+    root = library(tmp_path, "o", {"Album/1.flac": b"one"})
+    with open(os.path.join(os.fsencode(root), raw_name), "wb") as f:
+        f.write(b"latin1")
+    _, mount = mounted([("o", root)])
+    # Each entry's type comes with the listing (d_type), so walkers need no lookup per entry.
+    assert dirent_types(mount.mountpoint) == {b".": DT_DIR, b"..": DT_DIR, b"Album": DT_DIR, raw_name: DT_REG}
+    with open(os.path.join(os.fsencode(mount.mountpoint), raw_name), "rb") as f:
+        assert f.read() == b"latin1"
+    assert os.listdir(mount.mountpoint / "Album") == ["1.flac"]
