@@ -113,7 +113,9 @@ class Storage:
                          # Durability against a killed process comes from write(2) itself; the
                          # flusher calls sync() every few seconds and on shutdown. A power loss can
                          # at worst lose those seconds, which recovery then repairs.
-                         sync=False, metasync=False, readahead=False)
+                         # Read-ahead stays on: the index is far smaller than RAM, and after a
+                         # reboot a tag scan otherwise faults it in one 4 KiB page at a time.
+                         sync=False, metasync=False, readahead=True)
 
     def _open(self) -> lmdb.Environment:
         if not self.readonly:
