@@ -17,8 +17,10 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from musicfs.pool import PRELOAD_WORKERS
 from tests.helpers import make_library, toml_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -184,6 +186,18 @@ def read_tree(root: Path, block=1 << 20) -> int:
     return total
 
 
+def chunk_files(peer) -> list[Path]:
+    return sorted((peer.config()[1] / "chunks").glob("??/??/*"))
+
+
+def read_chunk_files(peer, threads: int) -> int:
+    def read(path):
+        with open(path, "rb", buffering=0) as f:
+            return len(f.read())
+    with ThreadPoolExecutor(threads) as pool:
+        return sum(pool.map(read, chunk_files(peer)))
+
+
 def header_scan(root: Path) -> int:
     count = 0
     for dirpath, _, files in os.walk(root):
@@ -285,6 +299,12 @@ def main():
         read_tree(root)  # make sure everything is in the peer's cache
         best, med, _ = timed(lambda: read_tree(root), before=drop_caches)
         r["b_cached_cold_MBps"] = (mb / best, mb / med)
+        if isinstance(peer, Musicfs):
+            # The floor under (b): the same chunk files read by plain Python, no FUSE, with as
+            # many threads as musicfs preloads with.
+            chunk_mb = sum(p.stat().st_size for p in chunk_files(peer)) / 1e6
+            best, med, _ = timed(lambda: read_chunk_files(peer, PRELOAD_WORKERS), before=drop_caches)
+            r["b_chunk_files_raw_MBps"] = (chunk_mb / best, chunk_mb / med)
         read_tree(root)
         best, med, _ = timed(lambda: read_tree(root))
         r["c_cached_warm_MBps"] = (mb / best, mb / med)
@@ -359,6 +379,9 @@ def report(rows, mb):
         for metric in ("d_scan_cold_s", "d_scan_warm_s", "e_find_s", "e_lsR_s"):
             ratio(metric, "musicfs", peer, higher_is_better=False)
     m = rows["musicfs"]
+    if "b_chunk_files_raw_MBps" in m:
+        print(f"  b_cached_cold_MBps     musicfs vs its chunk files read without FUSE "
+              f"({PRELOAD_WORKERS} threads): {m['b_cached_cold_MBps'][0] / m['b_chunk_files_raw_MBps'][0]:.2f}x")
     if f"f_mount_{CATALOG_FILES}_s" in m:
         print(f"  mount {CATALOG_FILES} / mount 1000 files: "
               f"{m[f'f_mount_{CATALOG_FILES}_s'][0] / m['f_mount_1000_s'][0]:.2f}x")

@@ -235,3 +235,27 @@ def test_kernel_read_ahead_is_set_before_mount_returns(tmp_path, origins_copy):
         assert read_ahead_kb(d.mountpoint) == 2048
     finally:
         d.stop()
+
+
+def test_libfuse_threads_keep_their_python_thread_state_between_calls(tmp_path, origins_copy, service_factory,
+                                                                       in_process_mount):
+    """Thread-local data lives in the Python thread state: if it survives from one request to
+    the next on the same libfuse thread, the state was not torn down and rebuilt in between."""
+    a, _ = origins_copy
+    service = service_factory([("a", a)])
+    service.initial_scan()
+    mount = in_process_mount(service)
+    local = threading.local()
+    calls = {"fresh": 0, "kept": 0}
+    statfs = mount.fs.statfs
+
+    def counting_statfs(path):
+        calls["kept" if getattr(local, "seen", False) else "fresh"] += 1
+        local.seen = True
+        return statfs(path)
+    mount.fs.statfs = counting_statfs
+    for _ in range(50):
+        os.statvfs(mount.mountpoint)
+    assert calls["kept"] + calls["fresh"] == 50
+    # A handful of libfuse threads served the 50 requests: most found their state from before.
+    assert calls["kept"] > calls["fresh"]
