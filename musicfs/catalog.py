@@ -114,19 +114,20 @@ class Catalog:
 
     def children(self, path: bytes) -> list[tuple[bytes, int]] | None:
         """(name, kind) of each entry of a directory, sorted; None if `path` is not a directory."""
-        attrs = self.attrs(path)
-        if attrs is None or attrs[0] != KIND_DIR:
-            return None
         prefix = path + b"\0"
         cut = len(prefix)
-        found = []
-        with self.storage.env.begin(db=self.storage.children) as txn:
-            cursor = txn.cursor()
-            if cursor.set_range(prefix):
-                for key, value in cursor:
-                    if not key.startswith(prefix):
-                        break
-                    found.append((key[cut:], value[0]))
+        with self.storage.env.begin() as txn:   # one transaction: this is the readdir hot path
+            raw = txn.get(path, db=self.storage.entries)
+            if raw is None and path != ROOT or raw is not None and raw[0] != KIND_DIR:
+                return None
+            cursor = txn.cursor(db=self.storage.children)
+            if not cursor.set_range(prefix):
+                return []
+            found = []
+            for key, value in cursor:
+                if not key.startswith(prefix):
+                    break
+                found.append((key[cut:], value[0]))
         return found
 
     def counts(self) -> tuple[int, int]:
