@@ -84,6 +84,15 @@ class MusicFuse(FUSE):
         return 0
 
 
+    def read(self, path, buf, size, offset, fip):
+        # The path stays bytes, and the piece of the chunk is copied straight from the chunk's
+        # buffer into libfuse's: fusepy would decode the path and copy the slice twice.
+        data, start, length = self.operations("read", path, size, offset, None)
+        if length:
+            ctypes.memmove(buf, ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value + start, length)
+        return length
+
+
 def _fsencode(path: str) -> bytes:
     return path.encode("utf-8", "surrogateescape")
 
@@ -191,8 +200,9 @@ class MusicFS(Operations):
     open = release = None
 
     @translated
-    def read(self, path, size, offset, fh):
-        return self.reader.read_path(_fsencode(path), offset, size)
+    def read(self, path: bytes, size, offset, fh):
+        """(buffer, start, length): MusicFuse.read copies buffer[start:start+length] out."""
+        return self.reader.read_span(path, offset, size)
 
     # -- everything that would modify: read-only filesystem ------------------------------------
 

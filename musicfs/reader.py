@@ -82,6 +82,12 @@ class Reader:
     def read_path(self, path: bytes, offset: int, size: int) -> bytes:
         """Read by path: the per-file state lives in a small LRU keyed by path, checked against
         the catalog on every read so a rescan that changed the file is seen at once."""
+        data, start, length = self.read_span(path, offset, size)
+        return data[start:start + length]
+
+    def read_span(self, path: bytes, offset: int, size: int) -> tuple[bytes, int, int]:
+        """Like read_path, as (buffer, start, length): the bytes are buffer[start:start+length].
+        Lets the FUSE layer copy a piece of a cached chunk straight into the kernel's buffer."""
         # Comparing the stored bytes keeps decoding out of the per-read path: an entry is
         # decoded only when a file is first read or has changed.
         raw = self.catalog.raw(path)
@@ -133,18 +139,19 @@ class Reader:
 
     # -- read ------------------------------------------------------------------------------
 
-    def read(self, handle: OpenFile, offset: int, size: int) -> bytes:
+    def read(self, handle: OpenFile, offset: int, size: int) -> tuple[bytes, int, int]:
+        """(buffer, start, length) of the bytes at offset; see read_span."""
         if handle.sources is None:
             self._resolve(handle)
         if offset >= handle.size or size <= 0:
-            return b""
+            return b"", 0, 0
         end = min(offset + size, handle.size)
         cs = self.chunk_size
         first, last = offset // cs, (end - 1) // cs
         deadline = time.monotonic() + self.read_timeout
         if first == last:
-            data = self._chunk(handle, first, deadline)
-            result = data[offset - first * cs:end - first * cs]
+            # No copy: the caller copies this piece of the chunk where it is needed.
+            result = (self._chunk(handle, first, deadline), offset - first * cs, end - offset)
         else:
             parts = []
             for index in range(first, last + 1):
@@ -152,7 +159,8 @@ class Reader:
                 lo = max(offset - index * cs, 0)
                 hi = min(end - index * cs, len(data))
                 parts.append(data[lo:hi])
-            result = b"".join(parts)
+            joined = b"".join(parts)
+            result = (joined, 0, len(joined))
         # FUSE threads may deliver a sequential reader's requests slightly out of order.
         sequential = abs(offset - handle.next_offset) <= cs
         if not sequential:
