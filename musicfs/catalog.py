@@ -118,7 +118,10 @@ class Catalog:
         cut = len(prefix)
         with self.storage.env.begin() as txn:   # one transaction: this is the readdir hot path
             raw = txn.get(path, db=self.storage.entries)
-            if raw is None and path != ROOT or raw is not None and raw[0] != KIND_DIR:
+            if raw is None:
+                if path != ROOT:   # the root exists before the first scan has stored it
+                    return None
+            elif raw[0] != KIND_DIR:
                 return None
             cursor = txn.cursor(db=self.storage.children)
             if not cursor.set_range(prefix):

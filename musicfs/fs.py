@@ -1,9 +1,10 @@
 """The FUSE face of musicfs: translates fusepy callbacks into catalog and reader calls.
 
-Nothing here decides anything: paths become catalog lookups, open/read/release become reader
-calls on a handle table, every exception becomes an errno in :func:`musicfs.errors.to_errno`
-(never escaping into fusepy, which would turn it into EINVAL), and every write-type call is
-EROFS. Paths arrive as str decoded with surrogateescape, so non-UTF-8 names round-trip.
+Nothing here decides anything: paths become catalog lookups, reads become reader calls by
+path, every exception becomes an errno in :func:`musicfs.errors.to_errno` (never escaping
+into fusepy, which would turn it into EINVAL), and every write-type call is EROFS. Paths
+arrive as str decoded with surrogateescape, so non-UTF-8 names round-trip; readdir and read,
+the hot calls, get them as bytes through :class:`MusicFuse`.
 """
 from __future__ import annotations
 
@@ -71,8 +72,10 @@ _FILE_STAT = _prebuilt_stat(_FILE_MODE)
 
 
 class MusicFuse(FUSE):
-    """fusepy's FUSE with a leaner directory listing: fusepy builds a ctypes stat from a dict
-    and re-encodes the name for every entry; here names stay the catalog's bytes and each
+    """fusepy's FUSE with leaner readdir and read, the two calls that come by the thousand.
+
+    fusepy builds a ctypes stat from a dict and re-encodes the name for every directory
+    entry, and decodes every path; here paths and names stay the catalog's bytes and each
     entry gets one of two prebuilt structs."""
 
     def readdir(self, path, buf, filler, offset, fip):
@@ -82,7 +85,6 @@ class MusicFuse(FUSE):
             if filler(buf, name, _DIR_STAT if kind == KIND_DIR else _FILE_STAT, 0):
                 break  # the kernel's buffer is full
         return 0
-
 
     def read(self, path, buf, size, offset, fip):
         # The path stays bytes, and the piece of the chunk is copied straight from the chunk's
@@ -119,16 +121,17 @@ def _read_only(self, *args):
 class MusicFS(Operations):
     use_ns = True  # fusepy: times in integer nanoseconds
 
-    def __call__(self, op, *args):
-        _keep_thread_state()
-        return getattr(self, op)(*args)
-
     def __init__(self, service):
         self.service = service
         self.catalog = service.catalog
         self.reader = service.reader
         self._uid, self._gid = os.getuid(), os.getgid()
         self.on_mounted = None  # called once the kernel has answered INIT (the daemon's readiness)
+
+    def __call__(self, op, *args):
+        """fusepy's entry into every callback."""
+        _keep_thread_state()
+        return getattr(self, op)(*args)
 
     # -- lifecycle -----------------------------------------------------------------------------
 

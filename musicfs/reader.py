@@ -6,7 +6,8 @@
   whole file - in the shared pool, within the origin's worker budget. The caller waits on the
   future until the read's deadline ([fuse].read_timeout) and then gives up with ReadTimeout.
 * Concurrent readers of the same missing chunk share one fetch (single flight).
-* Sequential reading prefetches the next chunks.
+* Sequential reading fetches the next chunks ahead from origins, or, where they are cached,
+  loads them into memory ahead in the pool's preload lane (a few workers for the cache disk).
 * If the preferred origin fails, replicas (other origins with the same path and size) are
   tried in order; bytes from a replica must match any digest already known for that chunk.
 * If the cache disk refuses a chunk, the bytes are served anyway (passthrough).
