@@ -20,7 +20,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from musicfs.config import load as load_config
 from musicfs.pool import PRELOAD_WORKERS
+from musicfs.service import Service
 from tests.helpers import make_library, toml_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -198,6 +200,18 @@ def read_chunk_files(peer, threads: int) -> int:
         return sum(pool.map(read, chunk_files(peer)))
 
 
+def read_without_fuse(service, origin: Path, piece=128 << 10) -> int:
+    """Every file through musicfs's Reader in this process, in the kernel's 128 KiB pieces."""
+    total = 0
+    for path in sorted(origin.rglob("*.flac")):
+        name = b"/" + os.fsencode(path.relative_to(origin))
+        offset = 0
+        while data := service.reader.read_path(name, offset, piece):
+            offset += len(data)
+        total += offset
+    return total
+
+
 def header_scan(root: Path) -> int:
     count = 0
     for dirpath, _, files in os.walk(root):
@@ -312,6 +326,15 @@ def main():
         r["g_8readers_MBps"] = (total / 1e6 / best, total / 1e6 / med)
         r["g_slowest_reader_s"] = (max(times), max(times))
         peer.unmount()
+        if isinstance(peer, Musicfs):
+            # The same cached read path called directly, without FUSE: what (b) could reach if
+            # FUSE cost nothing.
+            service = Service.open(load_config(peer.config()[0]))
+            try:
+                best, med, _ = timed(lambda: read_without_fuse(service, big), before=drop_caches)
+            finally:
+                service.stop()
+            r["b_without_fuse_MBps"] = (mb / best, mb / med)
 
         peer = cls(small)
         root = peer.mount(fresh_cache=True)
@@ -379,6 +402,9 @@ def report(rows, mb):
         for metric in ("d_scan_cold_s", "d_scan_warm_s", "e_find_s", "e_lsR_s"):
             ratio(metric, "musicfs", peer, higher_is_better=False)
     m = rows["musicfs"]
+    if "b_without_fuse_MBps" in m:
+        print(f"  b_cached_cold_MBps     musicfs vs its own read path called without FUSE: "
+              f"{m['b_cached_cold_MBps'][0] / m['b_without_fuse_MBps'][0]:.2f}x")
     if "b_chunk_files_raw_MBps" in m:
         print(f"  b_cached_cold_MBps     musicfs vs its chunk files read without FUSE "
               f"({PRELOAD_WORKERS} threads): {m['b_cached_cold_MBps'][0] / m['b_chunk_files_raw_MBps'][0]:.2f}x")
