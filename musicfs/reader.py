@@ -180,8 +180,7 @@ class Reader:
         digest = handle.digests[index]
         if digest is not None:
             try:
-                with self.store.pinned((digest,)):
-                    return self.store.get(digest, self._chunk_length(handle.size, index))
+                return self.store.get(digest, self._chunk_length(handle.size, index))
             except (ChunkMissing, ChunkCorrupt):
                 handle.digests[index] = None  # dropped by the store; fetch it again below
         digest, data = self._fetch_with_failover(handle, index, deadline)
@@ -259,8 +258,7 @@ class Reader:
         known = self.store.manifest(source.key, source.size, source.mtime_ns)[index]
         if known is not None:  # cached meanwhile (a readahead, or a read that waited elsewhere)
             try:
-                with self.store.pinned((known,)):
-                    return known, self.store.get(known, length)
+                return known, self.store.get(known, length)
             except (ChunkMissing, ChunkCorrupt):
                 pass
         origin = self.origins[source.origin]

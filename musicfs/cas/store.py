@@ -12,7 +12,7 @@ Format and invariants: see :mod:`musicfs.storage`. The rules this class keeps:
 * Last-access times are collected in memory and written in one transaction every few seconds
   (and before eviction), not once per read.
 * Eviction removes least recently used chunks down to a low watermark, skipping pinned chunks
-  (those an in-flight read is using).
+  (those being loaded from disk right now; a chunk already in memory needs no pin).
 """
 from __future__ import annotations
 
@@ -173,7 +173,7 @@ class ChunkStore:
 
     @contextlib.contextmanager
     def pinned(self, digests):
-        """Keep these chunks from eviction while a read uses them."""
+        """Keep these chunks from eviction meanwhile."""
         with self._pins_lock:
             for d in digests:
                 self._pins[d] += 1
@@ -201,7 +201,7 @@ class ChunkStore:
         """Load and verify a chunk into memory ahead of its read (run by a background worker:
         the reader of the previous chunk does not wait for it). Errors are left to the read."""
         if self.verified.get(digest) is None:
-            with contextlib.suppress(ChunkMissing, ChunkCorrupt), self.pinned((digest,)):
+            with contextlib.suppress(ChunkMissing, ChunkCorrupt):
                 self._load_once(digest, size)
 
     def _load_once(self, digest: bytes, size: int) -> bytes:
@@ -221,7 +221,9 @@ class ChunkStore:
         if not owner:
             return loading.result()
         try:
-            data = self._load(digest, size)
+            # Pinned while its file is read: eviction must not delete it from under the load.
+            with self.pinned((digest,)):
+                data = self._load(digest, size)
         except BaseException as e:
             loading.set_exception(e)
             raise
