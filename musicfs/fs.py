@@ -48,15 +48,16 @@ _BLOCK = 512
 # shootdown across CPUs): measured, that was most of the cost of a small request. Taking one
 # extra PyGILState reference per libfuse thread, never given back, keeps its thread state alive
 # between calls; ctypes' own Ensure/Release around each call then only takes and drops the GIL.
-_threads_with_state: set[int] = set()
+# The marker is thread-local data, which lives in the thread state itself: a new libfuse thread
+# (even one reusing a dead thread's id) starts without it.
+_thread_state = threading.local()
 _ensure_thread_state = ctypes.pythonapi.PyGILState_Ensure
 
 
 def _keep_thread_state() -> None:
-    ident = threading.get_ident()
-    if ident not in _threads_with_state:
+    if not getattr(_thread_state, "kept", False):
         _ensure_thread_state()
-        _threads_with_state.add(ident)
+        _thread_state.kept = True
 
 
 def _prebuilt_stat(mode: int):
