@@ -23,7 +23,7 @@ from pathlib import Path
 from musicfs.config import load as load_config
 from musicfs.pool import PRELOAD_WORKERS
 from musicfs.service import Service
-from tests.helpers import make_library, toml_config
+from tests.helpers import chunk_bytes_on_disk, chunk_files, make_library, toml_config
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / ".bench"
@@ -188,16 +188,12 @@ def read_tree(root: Path, block=1 << 20) -> int:
     return total
 
 
-def chunk_files(peer) -> list[Path]:
-    return sorted((peer.config()[1] / "chunks").glob("??/??/*"))
-
-
-def read_chunk_files(peer, threads: int) -> int:
+def read_chunk_files(chunks_dir: Path, threads: int) -> int:
     def read(path):
         with open(path, "rb", buffering=0) as f:
             return len(f.read())
     with ThreadPoolExecutor(threads) as pool:
-        return sum(pool.map(read, chunk_files(peer)))
+        return sum(pool.map(read, chunk_files(chunks_dir)))
 
 
 def read_without_fuse(service, origin: Path, piece=128 << 10) -> int:
@@ -316,8 +312,9 @@ def main():
         if isinstance(peer, Musicfs):
             # The floor under (b): the same chunk files read by plain Python, no FUSE, with as
             # many threads as musicfs preloads with.
-            chunk_mb = sum(p.stat().st_size for p in chunk_files(peer)) / 1e6
-            best, med, _ = timed(lambda: read_chunk_files(peer, PRELOAD_WORKERS), before=drop_caches)
+            chunks_dir = peer.config()[1] / "chunks"
+            chunk_mb = chunk_bytes_on_disk(chunks_dir) / 1e6
+            best, med, _ = timed(lambda: read_chunk_files(chunks_dir, PRELOAD_WORKERS), before=drop_caches)
             r["b_chunk_files_raw_MBps"] = (chunk_mb / best, chunk_mb / med)
         read_tree(root)
         best, med, _ = timed(lambda: read_tree(root))

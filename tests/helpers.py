@@ -178,9 +178,14 @@ class InProcessMount:
         self.service.stop()
 
 
+def chunk_files(chunks_dir: Path) -> list[Path]:
+    """The chunk files (chunks/aa/bb/<hex>), temp files excluded, sorted."""
+    return sorted(f for f in Path(chunks_dir).glob("??/??/*") if f.is_file())
+
+
 def chunk_bytes_on_disk(chunks_dir: Path) -> int:
-    """Sum of the sizes of the chunk files (chunks/aa/bb/<hex>), temp files excluded."""
-    return sum(f.stat().st_size for f in Path(chunks_dir).glob("??/??/*") if f.is_file())
+    """Sum of the sizes of the chunk files."""
+    return sum(f.stat().st_size for f in chunk_files(chunks_dir))
 
 
 DT_DIR, DT_REG = 4, 8

@@ -8,13 +8,11 @@ from musicfs.cas import CacheChecker, ChunkStore, digest_of, recover
 from musicfs.errors import ChunkCorrupt, ChunkMissing
 from musicfs.storage import FORMAT_VERSION, Storage
 
+from .helpers import chunk_bytes_on_disk, chunk_files, wait_until
+
 
 def bytes_on_disk(cache_dir: Path) -> int:
-    return sum(f.stat().st_size for f in (cache_dir / "chunks").glob("??/??/*") if f.is_file())
-
-
-def chunk_files(cache_dir: Path) -> list[Path]:
-    return [f for f in (cache_dir / "chunks").glob("??/??/*") if f.is_file()]
+    return chunk_bytes_on_disk(cache_dir / "chunks")
 
 
 @pytest.fixture
@@ -40,7 +38,7 @@ def test_identical_content_is_stored_once(store, tmp_path):
     a = store.put(data, manifest=(b"o1\0a.flac", 10000, 1, 0))
     b = store.put(data, manifest=(b"o2\0b.flac", 10000, 2, 0))
     assert a == b
-    assert len(chunk_files(tmp_path / "cache")) == 1
+    assert len(chunk_files(tmp_path / "cache" / "chunks")) == 1
     assert store.total() == 10000
     assert store.manifest(b"o1\0a.flac", 10000, 1) == [a]
     assert store.manifest(b"o2\0b.flac", 10000, 2) == [a]
@@ -178,8 +176,6 @@ def test_other_format_version_is_rebuilt(tmp_path):
 def test_sequential_read_of_a_cached_file_loads_the_next_chunks_in_background(tmp_path, service_factory):
     from musicfs.pool import CACHE_DISK, PRELOAD_LANE
     from musicfs.reader import READAHEAD_CHUNKS
-
-    from .helpers import wait_until
     chunk = 1 << 20
     data = os.urandom(5 * chunk)
     (tmp_path / "o").mkdir()
@@ -190,7 +186,7 @@ def test_sequential_read_of_a_cached_file_loads_the_next_chunks_in_background(tm
     piece = 128 << 10  # the kernel's request size
     first_pass = b"".join(reader.read_path(b"/f.flac", off, piece) for off in range(0, len(data), piece))
     assert first_pass == data   # fetched and cached
-    wait_until(lambda: not reader._inflight)
+    wait_until(lambda: service.pool.busy("o") == 0)   # the first pass's read-ahead fetches
     digests = store.manifest(b"o\0f.flac", len(data), (tmp_path / "o" / "f.flac").stat().st_mtime_ns)
     assert None not in digests
     # An earlier reading of the cached file, start to end...

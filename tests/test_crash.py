@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from .helpers import Daemon, alive, chunk_bytes_on_disk, is_mounted, run_musicfs, wait_until
+from .helpers import Daemon, alive, chunk_bytes_on_disk, chunk_files, is_mounted, run_musicfs, wait_until
 
 pytestmark = [pytest.mark.mount, pytest.mark.slow]
 MiB = 1 << 20
@@ -79,10 +79,10 @@ def test_verify_and_repair_with_and_without_daemon(tmp_path):
         assert d.path("f.flac").read_bytes() == data
         assert verify(d).returncode == 0             # while the daemon runs
         d.stop()
-        chunk_files = sorted((d.cache_dir / "chunks").glob("??/??/*"))
-        assert len(chunk_files) == 3
-        chunk_files[0].write_bytes(b"garbage")         # size mismatch
-        chunk_files[1].unlink()                        # dangling record
+        files = chunk_files(d.cache_dir / "chunks")
+        assert len(files) == 3
+        files[0].write_bytes(b"garbage")         # size mismatch
+        files[1].unlink()                        # dangling record
         orphan = d.cache_dir / "chunks" / "ab" / "cd" / ("abcd" + "0" * 28)
         orphan.parent.mkdir(parents=True)
         orphan.write_bytes(b"orphan")
