@@ -79,6 +79,12 @@ class MusicFuse(FUSE):
     entry, and decodes every path; here paths and names stay the catalog's bytes and each
     entry gets one of two prebuilt structs."""
 
+    @staticmethod
+    def _wrapper(func, *args, **kwargs):
+        # fusepy's entry for every call libfuse makes into Python.
+        _keep_thread_state()
+        return FUSE._wrapper(func, *args, **kwargs)
+
     def readdir(self, path, buf, filler, offset, fip):
         filler(buf, b".", _DIR_STAT, 0)
         filler(buf, b"..", _DIR_STAT, 0)
@@ -129,10 +135,6 @@ class MusicFS(Operations):
         self._uid, self._gid = os.getuid(), os.getgid()
         self.on_mounted = None  # called once the kernel has answered INIT (the daemon's readiness)
 
-    def __call__(self, op, *args):
-        """fusepy's entry into every callback."""
-        _keep_thread_state()
-        return getattr(self, op)(*args)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
