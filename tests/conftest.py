@@ -9,7 +9,7 @@ from musicfs.origins import LocalOrigin
 from musicfs.service import Service
 
 from .faulty import FaultyOrigin
-from .helpers import FIXTURES, InProcessMount
+from .helpers import FIXTURES, HungOrigin, InProcessMount
 
 FUSE_AVAILABLE = os.path.exists("/dev/fuse") and shutil.which("fusermount") is not None
 
@@ -89,3 +89,19 @@ def mounted(service_factory, in_process_mount):
         service.initial_scan()
         return service, in_process_mount(service, **(fuse_options or {}))
     return build
+
+
+@pytest.fixture
+def hung_origin(tmp_path):
+    """Factory of real hangable FUSE origins (tests/hangfs.py); released and unmounted at teardown,
+    so threads stuck in them finish before the test process exits."""
+    made = []
+
+    def make(name="hung"):
+        origin = HungOrigin(tmp_path, name)
+        made.append(origin)
+        return origin
+
+    yield make
+    for origin in made:
+        origin.stop()

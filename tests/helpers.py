@@ -212,3 +212,70 @@ def dirent_types(directory: Path) -> dict[bytes, int]:
     finally:
         os.close(fd)
     return types
+
+
+class HungOrigin:
+    """A real FUSE origin (tests/hangfs.py in its own process) that a test can make hang: its
+    server receives each request and does not answer until released. `path` is the origin
+    directory to give musicfs; `backing` is where the files really are."""
+
+    def __init__(self, tmp: Path, name: str = "hung"):
+        self.backing = tmp / f"{name}-backing"
+        self.path = tmp / f"{name}-mnt"
+        self.control = tmp / f"{name}-control"
+        for d in (self.backing, self.path, self.control):
+            d.mkdir(parents=True, exist_ok=True)
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "HungOrigin":
+        self.process = subprocess.Popen([sys.executable, "-m", "tests.hangfs", str(self.backing), str(self.path),
+                                         str(self.control)], cwd=ROOT)
+        wait_until(lambda: is_mounted(self.path) or self.process.poll() is not None, timeout=20,
+                   message="hangfs mount")
+        assert self.process.poll() is None, "hangfs failed to start"
+        return self
+
+    def hang(self) -> None:
+        (self.control / "held").write_text("")
+        (self.control / "hang").write_text("")
+
+    def held(self) -> int:
+        """Requests the server has received and is holding unanswered."""
+        try:
+            return len((self.control / "held").read_text().splitlines())
+        except FileNotFoundError:
+            return 0
+
+    def release(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self.control / "hang").unlink()
+
+    def fail_with_eio(self, *relpaths: str) -> None:
+        (self.control / "eio").write_text("".join(f"{p}\n" for p in relpaths))
+
+    def stop(self) -> None:
+        self.release()
+        if self.process is not None:
+            subprocess.run(["fusermount", "-u", str(self.path)], capture_output=True)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                force_unmount(self.path)
+            self.process = None
+
+
+def run_bounded(args, timeout: float, **kwargs) -> subprocess.CompletedProcess:
+    """Run a command and return its result within `timeout` seconds, or fail the test.
+
+    Not subprocess.run(timeout=...) nor `timeout -s KILL`: a process stuck in a hung FUSE
+    server's request cannot be killed until the server answers, and both of those wait for it
+    to die. This sends SIGKILL and abandons the process instead."""
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise AssertionError(f"{' '.join(map(str, args))} did not finish within {timeout}s") from None
+    return subprocess.CompletedProcess(args, process.returncode, out, err)

@@ -1,0 +1,96 @@
+"""A real hung NAS for tests: a FUSE passthrough whose server can stop answering.
+
+Run as its own process: ``python -m tests.hangfs BACKING MOUNTPOINT CONTROL_DIR``. It serves
+BACKING at MOUNTPOINT. While ``CONTROL_DIR/hang`` exists, every request is *received* by the
+server and then not answered: the handler waits until the file is removed. The caller's thread
+is then in the kernel's uninterruptible wait for a FUSE answer, which is what a dead NFS, SMB
+or sshfs server does to its clients (a SIGSTOPped server is a different fault: its requests
+are still queued in the kernel and fail when it dies). ``CONTROL_DIR/eio`` lists relative paths,
+one per line: listing or opening them (or anything below them) fails with EIO, like a
+directory an SMB server cannot read.
+
+The kernel caches nothing (attr/entry timeouts 0, direct_io), so every access reaches the
+server and is subject to the switches above.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import sys
+import time
+
+from fuse import FUSE, FuseOSError, Operations
+
+POLL = 0.02  # how often a held request looks at the hang switch (the server's own loop)
+
+
+class HangFS(Operations):
+    def __init__(self, backing: str, control: str):
+        self.backing = os.path.realpath(backing)
+        self.hang_flag = os.path.join(control, "hang")
+        self.eio_list = os.path.join(control, "eio")
+        self.held = os.path.join(control, "held")   # count of requests being held, for tests
+
+    def _gate(self, path: str) -> str:
+        if os.path.exists(self.hang_flag):
+            with open(self.held, "a") as f:
+                f.write(f"{path}\n")
+            while os.path.exists(self.hang_flag):
+                time.sleep(POLL)
+        try:
+            with open(self.eio_list) as f:
+                failing = [line.strip().strip("/") for line in f if line.strip()]
+        except FileNotFoundError:
+            failing = []
+        rel = path.strip("/")
+        for prefix in failing:
+            if rel == prefix or rel.startswith(prefix + "/"):
+                raise FuseOSError(errno.EIO)
+        return os.path.join(self.backing, rel)
+
+    def getattr(self, path, fh=None):
+        real = self._gate(path)
+        try:
+            st = os.lstat(real)
+        except OSError as e:
+            raise FuseOSError(e.errno) from None
+        return {key: getattr(st, key) for key in ("st_mode", "st_nlink", "st_size", "st_uid", "st_gid",
+                                                    "st_atime", "st_mtime", "st_ctime", "st_ino")}
+
+    def readdir(self, path, fh):
+        real = self._gate(path)
+        try:
+            return [".", "..", *os.listdir(real)]
+        except OSError as e:
+            raise FuseOSError(e.errno) from None
+
+    def open(self, path, flags):
+        real = self._gate(path)
+        try:
+            return os.open(real, flags)
+        except OSError as e:
+            raise FuseOSError(e.errno) from None
+
+    def read(self, path, size, offset, fh):
+        self._gate(path)
+        return os.pread(fh, size, offset)
+
+    def release(self, path, fh):
+        os.close(fh)
+        return 0
+
+    def statfs(self, path):
+        self._gate(path)
+        st = os.statvfs(self.backing)
+        return {key: getattr(st, key) for key in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail",
+                                                    "f_files", "f_ffree", "f_namemax")}
+
+
+def main(argv: list[str]) -> None:
+    backing, mountpoint, control = argv
+    FUSE(HangFS(backing, control), mountpoint, foreground=True, nothreads=False, ro=True, fsname="hangfs",
+         attr_timeout=0, entry_timeout=0, negative_timeout=0, direct_io=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
