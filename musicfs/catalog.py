@@ -11,24 +11,36 @@ Two layers (format: :mod:`musicfs.storage`):
 A scan walks one origin, writes its records in small batches (so chunk writes are never blocked
 long by the single LMDB writer), updates the merged entries of what changed, and only when the
 walk completes removes what the origin no longer has. A scan that fails, hangs or is cancelled
-therefore removes nothing: files of an unreachable origin stay listed.
+therefore removes nothing: files of an unreachable origin stay listed. A directory that cannot
+be listed (EIO, EACCES...) keeps what was stored below it while the rest of the origin is
+scanned and swept; an origin whose root lists empty while files of it are stored (a NAS share
+not mounted on its mountpoint) is not swept at all.
+
+Between scans, a read that finds an origin file changed or gone refreshes that one entry (or
+the directory it was in) at once: see :meth:`Scanner.refresh_file`. Paths whose entry changed
+are remembered for a while (:class:`RecentChanges`), so the FUSE layer can keep the kernel from
+combining its cached view of the old version with bytes of the new one.
 """
 from __future__ import annotations
 
+import collections
 import logging
 import struct
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import xxhash
 
 from .cas.store import ChunkStore
-from .origins import KIND_DIR, KIND_FILE, Origin, join
-from .storage import Storage
+from .errors import NotFound, OriginUnavailable
+from .origins import KIND_DIR, KIND_FILE, Origin, OriginEntry, join
+from .storage import U64, Storage
 
 log = logging.getLogger(__name__)
 
 ENTRY_HEAD = struct.Struct(">BQQB")        # kind, size, mtime_ns, number of sources
-ORIGIN_RECORD = struct.Struct(">BQQQ")     # kind, size, mtime_ns, scan generation
+ORIGIN_RECORD = struct.Struct(">BQQQ")     # kind, size, mtime_ns, scan generation; then the token
 LEN16 = struct.Struct(">H")
 ROOT = b"/"
 # Records written per transaction during a scan: big enough to be efficient, small enough that
@@ -42,17 +54,19 @@ class CatalogEntry:
     size: int
     mtime_ns: int
     sources: tuple[tuple[str, bytes], ...]   # (origin name, path on the origin), preferred first
+    token: bytes = b""                       # the content's version (see content_version)
 
     @property
     def is_dir(self) -> bool:
         return self.kind == KIND_DIR
 
 
-def encode_entry(kind: int, size: int, mtime_ns: int, sources) -> bytes:
+def encode_entry(kind: int, size: int, mtime_ns: int, sources, token: bytes = b"") -> bytes:
     parts = [ENTRY_HEAD.pack(kind, size, mtime_ns, len(sources))]
     for origin, relpath in sources:
         name = origin.encode()
         parts += [LEN16.pack(len(name)), name, LEN16.pack(len(relpath)), relpath]
+    parts += [LEN16.pack(len(token)), token]
     return b"".join(parts)
 
 
@@ -68,7 +82,71 @@ def decode_entry(raw: bytes) -> CatalogEntry:
         relpath = bytes(raw[pos + 2:pos + 2 + n])
         pos += 2 + n
         sources.append((origin, relpath))
-    return CatalogEntry(kind, size, mtime_ns, tuple(sources))
+    (n,) = LEN16.unpack_from(raw, pos)
+    token = bytes(raw[pos + 2:pos + 2 + n])
+    return CatalogEntry(kind, size, mtime_ns, tuple(sources), token)
+
+
+def content_version(origin: str, mtime_ns: int, token: bytes) -> bytes:
+    """What an entry records as the version of its content: which origin's copy, its mtime and
+    its token. Stays the same when a replica takes over from a copy that went away."""
+    return origin.encode() + b"\0" + U64.pack(mtime_ns) + token
+
+
+def version_tag(raw: bytes) -> int:
+    """A non-zero 64-bit number naming one version of an entry's content: an open is given it
+    as its file handle, and reads that carry another one fail instead of mixing versions."""
+    entry = decode_entry(raw)
+    return xxhash.xxh3_64_intdigest(ENTRY_HEAD.pack(entry.kind, entry.size, 0, 0) + entry.token) or 1
+
+
+def encode_record(kind: int, size: int, mtime_ns: int, generation: int, token: bytes) -> bytes:
+    return ORIGIN_RECORD.pack(kind, size, mtime_ns, generation) + token
+
+
+def decode_record(raw: bytes) -> tuple[int, int, int, int, bytes]:
+    """(kind, size, mtime_ns, generation, token) of an origin_files record."""
+    return (*ORIGIN_RECORD.unpack_from(raw), bytes(raw[ORIGIN_RECORD.size:]))
+
+
+def record_version(raw: bytes) -> tuple:
+    """What identifies the version of an origin file in its record: all but the generation."""
+    kind, size, mtime_ns, _, token = decode_record(raw)
+    return kind, size, mtime_ns, token
+
+
+class RecentChanges:
+    """Shown paths whose entry changed lately, and when (monotonic seconds).
+
+    The kernel keeps a file's attributes and pages for up to its attribute timeout; during that
+    window a new open must not combine the kernel's old size or old pages with new bytes. The
+    FUSE layer asks `changed_within` on open. Bounded: the oldest entries go first."""
+
+    LIMIT = 100_000
+
+    def __init__(self, window: float = 31.0):
+        self.window = window
+        self._changed: collections.OrderedDict[bytes, float] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def note(self, path: bytes) -> None:
+        with self._lock:
+            self._changed.pop(path, None)
+            self._changed[path] = time.monotonic()
+            while len(self._changed) > self.LIMIT:
+                self._changed.popitem(last=False)
+
+    def recent(self, path: bytes) -> bool:
+        if not self._changed:
+            return False
+        with self._lock:
+            when = self._changed.get(path)
+            if when is None:
+                return False
+            if time.monotonic() - when < self.window:
+                return True
+            del self._changed[path]
+            return False
 
 
 def shown_path(relpath: bytes) -> bytes:
@@ -84,8 +162,9 @@ def split(path: bytes) -> tuple[bytes, bytes]:
 class Catalog:
     """Read side: lookups and listings straight from LMDB (one read transaction each)."""
 
-    def __init__(self, storage: Storage):
+    def __init__(self, storage: Storage, recent: RecentChanges | None = None):
         self.storage = storage
+        self.recent = recent or RecentChanges()
         self._root_entry = CatalogEntry(KIND_DIR, 0, time.time_ns(), ())
 
     def lookup(self, path: bytes) -> CatalogEntry | None:
@@ -98,6 +177,15 @@ class Catalog:
         """The stored entry of `path`, undecoded: equal bytes mean an unchanged entry."""
         with self.storage.env.begin(db=self.storage.entries) as txn:
             return txn.get(path)
+
+    def open_version(self, path: bytes) -> tuple[int, bool]:
+        """(version tag, changed lately) of a file being opened; NotFound if it is not listed."""
+        raw = self.raw(path)
+        if raw is None:
+            raise NotFound(path.decode(errors="replace"))
+        if raw[0] == KIND_DIR:
+            raise IsADirectoryError(21, "is a directory")
+        return version_tag(raw), self.recent.recent(path)
 
     def attrs(self, path: bytes) -> tuple[int, int, int] | None:
         """(kind, size, mtime_ns) without decoding sources: the getattr fast path."""
@@ -158,6 +246,15 @@ class ScanResult:
     removed: int = 0
     error: str = ""
     seconds: float = 0.0
+    finished: float | None = None     # time.time() when the scan ended
+    # Directories that could not be listed: (path on the origin, reason). Their stored entries
+    # were kept; everything else of the origin was scanned.
+    unreadable: list[tuple[bytes, str]] = field(default_factory=list)
+
+    def as_status(self) -> dict:
+        return {"complete": self.complete, "finished": self.finished, "error": self.error or None,
+                "entries": self.entries,
+                "unreadable": [f"{path.decode(errors='replace') or '/'}: {reason}" for path, reason in self.unreadable]}
 
 
 class _Cancelled(Exception):
@@ -168,13 +265,18 @@ class Scanner:
     """Write side: walks origins and folds what it finds into the catalog."""
 
     def __init__(self, storage: Storage, store: ChunkStore, origins: list[Origin], *,
-                 stall_timeout: float):
+                 stall_timeout: float, recent: RecentChanges | None = None):
         self.storage = storage
         self.store = store
         self.origins = list(origins)
+        self.by_name = {o.name: o for o in self.origins}
         self.order = [o.name for o in self.origins]
         self.stall_timeout = stall_timeout
+        self.recent = recent or RecentChanges()
+        self.last_results: dict[str, ScanResult] = {}
         self._write_lock = threading.Lock()  # one catalog writer at a time (merges read all origins)
+        self._workers: dict[str, _ScanWorker] = {}
+        self._workers_lock = threading.Lock()
 
     # -- merged view -------------------------------------------------------------------------
 
@@ -185,7 +287,7 @@ class Scanner:
             raw = txn.get(name.encode() + b"\0" + relpath, db=self.storage.origin_files)
             if raw is None:
                 continue
-            record = ORIGIN_RECORD.unpack(raw)
+            record = decode_record(raw)
             if winner is None:
                 winner = record
             elif record[0] != winner[0]:
@@ -193,13 +295,32 @@ class Scanner:
             sources.append((name, relpath))
         path = shown_path(relpath)
         parent, name = split(path)
+        old = txn.get(path, db=self.storage.entries)
         if winner is None:
-            txn.delete(path, db=self.storage.entries)
-            txn.delete(parent + b"\0" + name, db=self.storage.children)
+            if old is not None:
+                txn.delete(path, db=self.storage.entries)
+                txn.delete(parent + b"\0" + name, db=self.storage.children)
+                self.recent.note(path)
             return
-        kind, size, mtime_ns, _ = winner
-        txn.put(path, encode_entry(kind, size, mtime_ns, sources), db=self.storage.entries)
+        kind, size, mtime_ns, _, token = winner
+        version = content_version(sources[0][0], mtime_ns, token)
+        if old is not None:
+            before = decode_entry(old)
+            gone_from = before.token.partition(b"\0")[0].decode()
+            if (before.kind, before.size) == (kind, size) and \
+                    gone_from in [origin for origin, _ in before.sources] and \
+                    gone_from not in [origin for origin, _ in sources]:
+                # The preferred copy went away and a replica of the same size takes over:
+                # the same file for open handles (its chunks are verified against the digests
+                # known), not a new version.
+                version = before.token
+        new = encode_entry(kind, size, mtime_ns, sources, version)
+        if old == new:
+            return
+        txn.put(path, new, db=self.storage.entries)
         txn.put(parent + b"\0" + name, bytes((kind,)), db=self.storage.children)
+        if old is not None and kind == KIND_FILE:
+            self.recent.note(path)
 
     def reconcile_origins(self) -> bool:
         """Make the merged view match the configured origins and their order. Records of origins
@@ -241,22 +362,36 @@ class Scanner:
 
     # -- scanning ----------------------------------------------------------------------------
 
-    def scan(self, origins: list[Origin] | None = None) -> list[ScanResult]:
+    def scan(self, origins: list[Origin] | None = None, *, first_answer: float | None = None) -> list[ScanResult]:
         """Scan origins in parallel, each in its own thread, each abandoned if it makes no
-        progress for `stall_timeout` seconds (its stored files stay listed)."""
+        progress for `stall_timeout` seconds (its stored files stay listed).
+
+        With `first_answer`, an origin that has not listed its root within that many seconds is
+        not waited for: its scan goes on in the background and its files appear when it answers.
+        An origin whose previous scan is still stuck in it is not scanned again."""
         targets = origins if origins is not None else self.origins
         workers = []
+        results = []
         for origin in targets:
-            worker = _ScanWorker(self, origin)
+            with self._workers_lock:
+                previous = self._workers.get(origin.name)
+                if previous is not None and previous.is_alive():
+                    result = ScanResult(origin.name, complete=False, finished=time.time(),
+                                        error=f"the previous scan has been stuck in it for "
+                                              f"{time.monotonic() - previous.started:.0f}s")
+                    log.warning("not scanning origin %s: %s", origin.name, result.error)
+                    results.append(result)
+                    continue
+                worker = _ScanWorker(self, origin)
+                self._workers[origin.name] = worker
             worker.start()
             workers.append(worker)
-        results = []
         for worker in workers:
-            results.append(worker.wait(self.stall_timeout))
+            results.append(worker.wait(self.stall_timeout, first_answer))
         return results
 
     def _next_generation(self, origin: str) -> int:
-        with self.storage.begin(write=True) as txn:
+        with self._write_lock, self.storage.begin(write=True) as txn:
             key = b"generation:" + origin.encode()
             generation = self.storage.get_u64(txn, key) + 1
             self.storage.put_u64(txn, key, generation)
@@ -265,45 +400,85 @@ class Scanner:
     def _apply_batch(self, origin: str, generation: int, batch, result: ScanResult) -> None:
         prefix = origin.encode() + b"\0"
         with self._write_lock, self.storage.begin(write=True) as txn:
-            for relpath, kind, size, mtime_ns in batch:
-                key = prefix + relpath
-                old = txn.get(key, db=self.storage.origin_files)
-                txn.put(key, ORIGIN_RECORD.pack(kind, size, mtime_ns, generation), db=self.storage.origin_files)
-                if old is not None and ORIGIN_RECORD.unpack(old)[:3] == (kind, size, mtime_ns):
-                    continue
-                if old is not None:
-                    # The file changed on the origin: its cached chunks describe old bytes.
-                    self.store.drop_manifest(key, txn)
-                self._merge(txn, relpath)
-                result.changed += 1
+            for relpath, entry in batch:
+                if self._put_record(txn, prefix + relpath, relpath, entry, generation):
+                    result.changed += 1
 
-    def _sweep(self, origin: str, generation: int, result: ScanResult) -> None:
-        """After a complete walk: remove what the origin no longer has."""
+    def _put_record(self, txn, key: bytes, relpath: bytes, entry: OriginEntry, generation: int) -> bool:
+        """Store one origin record; True if that file or directory changed (or is new)."""
+        old = txn.get(key, db=self.storage.origin_files)
+        txn.put(key, encode_record(entry.kind, entry.size, entry.mtime_ns, generation, entry.token),
+                db=self.storage.origin_files)
+        if old is not None and record_version(old) == (entry.kind, entry.size, entry.mtime_ns, entry.token):
+            return False
+        if old is not None:
+            # The file changed on the origin: its cached chunks describe old bytes.
+            self.store.drop_manifest(key, txn)
+        self._merge(txn, relpath)
+        return True
+
+    def _forget(self, txn, key: bytes, prefix: bytes) -> None:
+        txn.delete(key, db=self.storage.origin_files)
+        self.store.drop_manifest(key, txn)
+        self._merge(txn, key[len(prefix):])
+
+    def _sweep(self, origin: str, generation: int, result: ScanResult, under: bytes = b"",
+               keep: tuple[bytes, ...] = ()) -> None:
+        """After a walk: remove what the origin no longer has below `under` (b"": everything),
+        except below the directories in `keep` (those that could not be listed)."""
         prefix = origin.encode() + b"\0"
+        start = prefix + (under + b"/" if under else b"")
+        kept = tuple(prefix + k + b"/" for k in keep)
         with self._write_lock, self.storage.begin(write=True) as txn:
             gone = []
             cursor = txn.cursor(db=self.storage.origin_files)
-            if cursor.set_range(prefix):
+            if cursor.set_range(start):
                 for key, raw in cursor:
-                    if not key.startswith(prefix):
+                    if not key.startswith(start):
                         break
-                    if ORIGIN_RECORD.unpack(raw)[3] != generation:
+                    if ORIGIN_RECORD.unpack_from(raw)[3] != generation and not (kept and key.startswith(kept)):
                         gone.append(key)
             for key in gone:
-                txn.delete(key, db=self.storage.origin_files)
-                self.store.drop_manifest(key, txn)
-                self._merge(txn, key[len(prefix):])
-            result.removed = len(gone)
-            self.storage.put_u64(txn, b"scanned:" + origin.encode(), time.time_ns())
+                self._forget(txn, key, prefix)
+            result.removed += len(gone)
+            if not under:
+                self.storage.put_u64(txn, b"scanned:" + origin.encode(), time.time_ns())
 
-    def walk(self, origin: Origin, generation: int, result: ScanResult, worker: "_ScanWorker") -> None:
+    def _stored_count(self, origin: str, limit: int = 1) -> int:
+        prefix = origin.encode() + b"\0"
+        count = 0
+        with self.storage.begin() as txn:
+            cursor = txn.cursor(db=self.storage.origin_files)
+            if cursor.set_range(prefix):
+                for key in cursor.iternext(keys=True, values=False):
+                    if not key.startswith(prefix) or count >= limit:
+                        break
+                    count += 1
+        return count
+
+    def walk(self, origin: Origin, generation: int, result: ScanResult, worker: "_ScanWorker",
+             top: bytes = b"", recursive: bool = True) -> None:
         batch = []
-        pending = [b""]
+        pending = [top]
         seen_dirs = set()
         while pending:
             relpath = pending.pop()
-            entries = origin.list_dir(relpath)
+            try:
+                entries = origin.list_dir(relpath)
+            except OSError as e:
+                if relpath == top:
+                    raise  # the origin itself (or this refresh's directory) fails: nothing to sweep
+                # One unreadable folder must not hide or freeze the whole origin: keep what is
+                # stored below it, scan the rest.
+                reason = e.strerror or str(e)
+                log.warning("origin %s: cannot list %s (%s); keeping what was stored below it",
+                            origin.name, relpath.decode(errors="replace"), reason)
+                result.unreadable.append((relpath, reason))
+                continue
             worker.progress()
+            if relpath == b"" and not entries and self._stored_count(origin.name):
+                raise OriginUnavailable("its root lists empty although files of it are stored "
+                                        "(a share not mounted?); keeping the stored files")
             for entry in entries:
                 child = join(relpath, entry.name)
                 if entry.kind == KIND_DIR:
@@ -313,10 +488,11 @@ class Scanner:
                                      origin.name, child.decode(errors="replace"))
                             continue
                         seen_dirs.add(entry.identity)
-                    pending.append(child)
+                    if recursive:
+                        pending.append(child)
                 elif entry.kind != KIND_FILE:
                     continue
-                batch.append((child, entry.kind, entry.size, entry.mtime_ns))
+                batch.append((child, entry))
                 result.entries += 1
                 if len(batch) >= SCAN_BATCH:
                     if worker.cancelled:
@@ -328,6 +504,74 @@ class Scanner:
         if batch:
             self._apply_batch(origin.name, generation, batch, result)
 
+    # -- refreshing single entries between scans ---------------------------------------------
+
+    def refresh_file(self, origin_name: str, relpath: bytes, current: OriginEntry | None) -> None:
+        """A read found this origin file changed (`current` is what the origin has now) or gone
+        (None, after the caller made sure its directory is there): update its record at once,
+        so the next open sees the new version, and drop the old version's chunk list."""
+        prefix = origin_name.encode() + b"\0"
+        key = prefix + relpath
+        with self._write_lock, self.storage.begin(write=True) as txn:
+            old = txn.get(key, db=self.storage.origin_files)
+            generation = decode_record(old)[3] if old is not None else 0
+            if current is None:
+                if old is not None:
+                    self._forget(txn, key, prefix)
+            else:
+                self._put_record(txn, key, relpath, current, generation)
+        log.warning("origin %s: %s %s since the last scan; catalog entry refreshed",
+                    origin_name, relpath.decode(errors="replace"), "changed" if current else "vanished")
+
+    def refresh_vanished(self, origin_name: str, relpath: bytes) -> None:
+        """A file the catalog lists is not on its origin. Refresh the nearest directory above it
+        that still exists (one level, not the whole origin). If even the origin's root cannot be
+        listed, or lists empty, the origin is the problem, not the file: OriginUnavailable."""
+        origin = self.by_name[origin_name]
+        directory = relpath
+        while True:
+            directory = directory.rpartition(b"/")[0] if b"/" in directory else b""
+            try:
+                entries = origin.list_dir(directory)
+            except (FileNotFoundError, NotADirectoryError):
+                if directory == b"":
+                    raise OriginUnavailable(f"origin {origin_name}: its root is gone") from None
+                continue
+            if directory == b"" and not entries:
+                raise OriginUnavailable(f"origin {origin_name}: its root lists empty (a share not mounted?)")
+            break
+        self._refresh_listing(origin_name, directory, entries)
+
+    def _refresh_listing(self, origin_name: str, directory: bytes, entries: list[OriginEntry]) -> None:
+        prefix = origin_name.encode() + b"\0"
+        start = prefix + (directory + b"/" if directory else b"")
+        present = {join(directory, e.name): e for e in entries if e.kind in (KIND_FILE, KIND_DIR)}
+        changed = removed = 0
+        with self._write_lock, self.storage.begin(write=True) as txn:
+            generation = self.storage.get_u64(txn, b"generation:" + origin_name.encode())
+            gone = []
+            cursor = txn.cursor(db=self.storage.origin_files)
+            if cursor.set_range(start):
+                for key in cursor.iternext(keys=True, values=False):
+                    if not key.startswith(start):
+                        break
+                    relpath = key[len(prefix):]
+                    top = relpath[len(start) - len(prefix):].partition(b"/")[0]
+                    if join(directory, top) not in present:
+                        gone.append(key)   # this entry, or anything below a vanished folder
+            for key in gone:
+                self._forget(txn, key, prefix)
+                removed += 1
+            for relpath, entry in present.items():
+                old = txn.get(prefix + relpath, db=self.storage.origin_files)
+                if old is None or record_version(old) != (entry.kind, entry.size, entry.mtime_ns, entry.token):
+                    # New folders are listed at the next scan; files are recorded now.
+                    if entry.kind == KIND_FILE or old is None:
+                        self._put_record(txn, prefix + relpath, relpath, entry, generation)
+                        changed += 1
+        log.warning("origin %s: refreshed %s after a file vanished: %d entries removed, %d changed",
+                    origin_name, directory.decode(errors="replace") or "/", removed, changed)
+
 
 class _ScanWorker(threading.Thread):
     def __init__(self, scanner: Scanner, origin: Origin):
@@ -336,11 +580,14 @@ class _ScanWorker(threading.Thread):
         self.origin = origin
         self.result = ScanResult(origin.name, complete=False)
         self.cancelled = False
-        self._last_progress = time.monotonic()
+        self.started = time.monotonic()
+        self._last_progress = self.started
+        self._answered = threading.Event()
         self._done = threading.Event()
 
     def progress(self) -> None:
         self._last_progress = time.monotonic()
+        self._answered.set()
 
     def run(self) -> None:
         started = time.monotonic()
@@ -349,28 +596,39 @@ class _ScanWorker(threading.Thread):
             self.scanner.walk(self.origin, generation, self.result, self)
             if self.cancelled:
                 raise _Cancelled()
-            self.scanner._sweep(self.origin.name, generation, self.result)
+            keep = tuple(path for path, _ in self.result.unreadable)
+            self.scanner._sweep(self.origin.name, generation, self.result, keep=keep)
             self.result.complete = True
         except _Cancelled:
             pass
         except Exception as e:  # an origin failing mid-walk: keep what is stored
-            self.result.error = f"{type(e).__name__}: {e}"
-            if not isinstance(e, OSError):
+            self.result.error = (e.strerror or str(e)) if isinstance(e, OSError) else str(e) or type(e).__name__
+            if not isinstance(e, (OSError, OriginUnavailable)):
                 log.exception("scan of origin %s failed", self.origin.name)
         finally:
             self.result.seconds = time.monotonic() - started
+            self.result.finished = time.time()
+            self.scanner.last_results[self.origin.name] = self.result
             self._done.set()
+            self._answered.set()
 
-    def wait(self, stall_timeout: float) -> ScanResult:
+    def wait(self, stall_timeout: float, first_answer: float | None = None) -> ScanResult:
+        if first_answer is not None and not self._answered.wait(first_answer):
+            log.warning("origin %s did not answer within %gs; its scan goes on in the background",
+                        self.origin.name, first_answer)
+            return ScanResult(self.origin.name, complete=False, error=f"no answer within {first_answer:g}s")
         while not self._done.wait(min(1.0, stall_timeout)):
             if time.monotonic() - self._last_progress > stall_timeout:
                 self.cancelled = True
                 self.result.error = f"no answer for {stall_timeout:g}s"
+                self.result.finished = time.time()
+                self.scanner.last_results[self.origin.name] = self.result
                 break
         result = self.result
         if result.complete:
-            log.info("scanned origin %s: %d entries, %d changed, %d removed in %.2fs",
-                     result.origin, result.entries, result.changed, result.removed, result.seconds)
+            log.info("scanned origin %s: %d entries, %d changed, %d removed in %.2fs%s",
+                     result.origin, result.entries, result.changed, result.removed, result.seconds,
+                     f"; {len(result.unreadable)} directories could not be listed" if result.unreadable else "")
         else:
             log.warning("scan of origin %s incomplete (%s); its stored files stay listed",
                         result.origin, result.error or "cancelled")

@@ -245,6 +245,7 @@ def _run(config: Config, mountpoint: Path, fuse_options: dict, notify) -> None:
                                                      daemon=True).start()
     options = dict(DEFAULT_FUSE_OPTIONS)
     options.update(fuse_options)
+    service.catalog.recent.window = kernel_cache_window(options)
     try:
         MusicFuse(filesystem, str(mountpoint), foreground=True, nothreads=False, encoding=FS_ENCODING, **options)
     except RuntimeError as e:
@@ -253,6 +254,17 @@ def _run(config: Config, mountpoint: Path, fuse_options: dict, notify) -> None:
                            f"and the 'fuse' package installed?") from None
     finally:
         service.stop()  # no-op when destroy() already stopped it
+
+
+def kernel_cache_window(options: dict) -> float:
+    """How long the kernel may keep using a file's old attributes after its entry changed."""
+    seconds = []
+    for key in ("attr_timeout", "entry_timeout"):
+        try:
+            seconds.append(float(options.get(key, 1.0)))
+        except (TypeError, ValueError):
+            seconds.append(1.0)
+    return max(seconds) + 1.0
 
 
 def set_read_ahead(mountpoint: Path, size: int) -> None:

@@ -33,7 +33,12 @@ class OriginUnavailable(MusicfsError):
 
 
 class OriginChanged(MusicfsError):
-    """The origin's file no longer matches the catalog (shorter, longer, replaced); a rescan fixes it."""
+    """The origin's file is not the version the catalog describes (rewritten, replaced, gone).
+    `current` is the origin's entry for it now, None when it is gone or unknown."""
+
+    def __init__(self, message: str, current=None):
+        super().__init__(message)
+        self.current = current
 
 
 class ReadTimeout(MusicfsError):

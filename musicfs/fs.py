@@ -93,10 +93,19 @@ class MusicFuse(FUSE):
                 break  # the kernel's buffer is full
         return 0
 
+    def open(self, path, fip):
+        # The handle is the version tag of the entry opened; a file that changed lately is
+        # opened with direct I/O (see MusicFS.open). fusepy's open cannot set direct_io.
+        info = fip.contents
+        info.fh, direct = self.operations("open", path, info.flags)
+        if direct:
+            info.direct_io = 1
+        return 0
+
     def read(self, path, buf, size, offset, fip):
         # The path stays bytes, and the piece of the chunk is copied straight from the chunk's
         # buffer into libfuse's: fusepy would decode the path and copy the slice twice.
-        data, start, length = self.operations("read", path, size, offset, None)
+        data, start, length = self.operations("read", path, size, offset, fip.contents.fh if fip else 0)
         if length:
             ctypes.memmove(buf, ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value + start, length)
         return length
@@ -198,17 +207,25 @@ class MusicFS(Operations):
 
     # -- file contents ---------------------------------------------------------------------------
 
-    # open and release are deliberately not implemented: libfuse then completes them in C,
-    # without a round trip into Python, which halves the cost of a tag scanner's open + read
-    # 4 KiB + close. Write opens never get here: the mount is `ro`, so the kernel answers EROFS.
-    # Reads carry the path; the reader keeps per-file state (known chunks, sequential position)
-    # keyed by path.
-    open = release = None
+    @translated
+    def open(self, path: bytes, flags):
+        """(handle, direct_io) for MusicFuse.open. The handle names the version of the file
+        that was opened, so a read can tell when the file changed since (it then fails rather
+        than mix versions). A file whose entry changed within the kernel's attribute timeout
+        is opened with direct I/O: the kernel may still hold the old version's size and pages,
+        and must neither cut the new version at the old size nor fill gaps with old pages."""
+        return self.catalog.open_version(path)
+
+    # release is deliberately not implemented: libfuse then completes it in C, without a round
+    # trip into Python (a handle needs no cleanup). Write opens never get here: the mount is
+    # `ro`, so the kernel answers EROFS. The reader keeps per-file state (known chunks,
+    # sequential position) keyed by path.
+    release = None
 
     @translated
     def read(self, path: bytes, size, offset, fh):
         """(buffer, start, length): MusicFuse.read copies buffer[start:start+length] out."""
-        return self.reader.read_span(path, offset, size)
+        return self.reader.read_span(path, offset, size, fh)
 
     # -- everything that would modify: read-only filesystem ------------------------------------
 

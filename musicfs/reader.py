@@ -11,6 +11,13 @@
 * If the preferred origin fails, replicas (other origins with the same path and size) are
   tried in order; bytes from a replica must match any digest already known for that chunk.
 * If the cache disk refuses a chunk, the bytes are served anyway (passthrough).
+* Every origin read proves that the origin file is still the version the catalog describes
+  (size, mtime, version token). If it is not, no byte of it is served: the read fails, the
+  catalog entry is refreshed at once and the old version's chunk list dropped, so the next
+  open reads the new version whole. A file gone from its origin refreshes its directory and
+  tries the replicas; neither is counted against the origin's health.
+* A read carries the version tag its open was given (see :func:`version_tag`); once the file's
+  entry has changed, reads of an earlier open fail instead of mixing two versions.
 """
 from __future__ import annotations
 
@@ -24,16 +31,19 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
 from .cas.store import CacheWriteError, ChunkStore, chunk_count, digest_of, manifest_key
-from .catalog import ORIGIN_RECORD, Catalog, CatalogEntry, decode_entry
+from .catalog import Catalog, CatalogEntry, decode_entry, decode_record, version_tag
 from .errors import (ChunkCorrupt, ChunkMissing, NotFound, OriginChanged, OriginUnavailable,
                      ReadTimeout)
-from .origins import Origin
+from .origins import KIND_FILE, Origin, OriginEntry
 from .pool import CACHE_DISK, PRELOAD_LANE, OriginPool
 
 log = logging.getLogger(__name__)
 
 # Errors that say this process is short of resources, not that the origin is failing.
 LOCAL_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM}
+# Errors about one file, not about the origin serving it: no health failure (a replica may do).
+FILE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EISDIR, errno.ELOOP, errno.ENAMETOOLONG}
+VANISHED_ERRNOS = {errno.ENOENT, errno.ENOTDIR}
 # Files whose read state (known chunk digests, sequential position) is kept between reads.
 OPEN_FILES = 1024
 # Chunks fetched ahead of a sequential reader: enough to hide one origin round trip.
@@ -48,6 +58,7 @@ class Source:
     size: int
     mtime_ns: int
     key: bytes          # manifest key
+    expect: OriginEntry  # the version the catalog describes: origin reads must match it
 
 
 @dataclass(slots=True)
@@ -56,6 +67,7 @@ class OpenFile:
     size: int
     entry: CatalogEntry
     raw: bytes               # the catalog's stored entry this state belongs to
+    tag: int                 # version_tag(raw): what an open of this version was given
     sources: tuple[Source, ...] | None = None   # resolved on the first read
     digests: list | None = None  # known chunk digests of the preferred source (None = unknown)
     next_offset: int = -1    # where a sequential reader will read next
@@ -65,8 +77,9 @@ class OpenFile:
 
 class Reader:
     def __init__(self, catalog: Catalog, store: ChunkStore, origins: dict[str, Origin],
-                 pool: OriginPool, read_timeout: float, health=None):
+                 pool: OriginPool, read_timeout: float, health=None, scanner=None):
         self.catalog = catalog
+        self.scanner = scanner   # refreshes catalog entries a read found changed or gone
         self.store = store
         self.origins = origins
         self.pool = pool
@@ -80,13 +93,14 @@ class Reader:
 
     # -- open ------------------------------------------------------------------------------
 
-    def read_path(self, path: bytes, offset: int, size: int) -> bytes:
+    def read_path(self, path: bytes, offset: int, size: int, tag: int | None = None) -> bytes:
         """Read by path: the per-file state lives in a small LRU keyed by path, checked against
-        the catalog on every read so a rescan that changed the file is seen at once."""
-        data, start, length = self.read_span(path, offset, size)
+        the catalog on every read so a rescan that changed the file is seen at once. With
+        `tag` (from the open), the read fails if the file is no longer that version."""
+        data, start, length = self.read_span(path, offset, size, tag)
         return data[start:start + length]
 
-    def read_span(self, path: bytes, offset: int, size: int) -> tuple[bytes, int, int]:
+    def read_span(self, path: bytes, offset: int, size: int, tag: int | None = None) -> tuple[bytes, int, int]:
         """Like read_path, as (buffer, start, length): the bytes are buffer[start:start+length].
         Lets the FUSE layer copy a piece of a cached chunk straight into the kernel's buffer."""
         # Comparing the stored bytes keeps decoding out of the per-read path: an entry is
@@ -104,11 +118,13 @@ class Reader:
             entry = decode_entry(raw)
             if entry.is_dir:
                 raise IsADirectoryError(21, "is a directory")
-            handle = OpenFile(path, entry.size, entry, raw)
+            handle = OpenFile(path, entry.size, entry, raw, version_tag(raw))
             with self._files_lock:
                 self._files[path] = handle
                 if len(self._files) > OPEN_FILES:
                     self._files.popitem(last=False)
+        if tag and tag != handle.tag:
+            raise OriginChanged(f"{path.decode(errors='replace')} changed since it was opened; open it again")
         return self.read(handle, offset, size)
 
     def _resolve(self, handle: OpenFile) -> None:
@@ -131,8 +147,9 @@ class Reader:
                 raw = txn.get(origin.encode() + b"\0" + relpath)
                 if raw is None:
                     continue
-                _, size, mtime_ns, _ = ORIGIN_RECORD.unpack(raw)
-                sources.append(Source(origin, relpath, size, mtime_ns, manifest_key(origin, relpath)))
+                _, size, mtime_ns, _, token = decode_record(raw)
+                expect = OriginEntry(b"", KIND_FILE, size, mtime_ns, token=token)
+                sources.append(Source(origin, relpath, size, mtime_ns, manifest_key(origin, relpath), expect))
         if not sources:
             raise OriginUnavailable("no configured origin holds this file any more")
         # Replicas count only when they are the same size as the preferred copy.
@@ -207,13 +224,19 @@ class Reader:
                 raise ReadTimeout(f"origin {source.origin} did not answer within {self.read_timeout:g}s") from None
             except CancelledError:
                 raise ReadTimeout("read abandoned while shutting down") from None
+            except OriginChanged as e:
+                if e.current is not None:
+                    raise  # another version of the file: none of it may be served now
+                errors.append(f"{source.origin}: {e}")   # gone from this origin: try a replica
+                continue
             except OSError as e:
                 if e.errno in LOCAL_ERRNOS:
                     raise  # this process is out of descriptors or memory: not the origin's fault
-                self._report(source.origin, e)
+                if e.errno not in FILE_ERRNOS:
+                    self._report(source.origin, e)
                 errors.append(f"{source.origin}: {e.strerror or e}")
                 continue
-            except (OriginUnavailable, OriginChanged) as e:
+            except OriginUnavailable as e:
                 self._report(source.origin, e)
                 errors.append(f"{source.origin}: {e}")
                 continue
@@ -262,11 +285,25 @@ class Reader:
             except (ChunkMissing, ChunkCorrupt):
                 pass
         origin = self.origins[source.origin]
-        data = origin.read(source.relpath, index * self.chunk_size, length)
-        if len(data) != length:
-            raise OriginChanged(f"{source.relpath.decode(errors='replace')} on {source.origin} returned "
-                                f"{len(data)} bytes at chunk {index}, expected {length}; it changed since the "
-                                f"last scan")
+        try:
+            data = origin.read(source.relpath, index * self.chunk_size, length, source.expect)
+            if len(data) != length:
+                raise OriginChanged(f"{source.relpath.decode(errors='replace')} on {source.origin} returned "
+                                    f"{len(data)} bytes at chunk {index}, expected {length}",
+                                    origin.stat(source.relpath))
+        except OriginChanged as e:
+            if self.scanner is not None:
+                self.scanner.refresh_file(source.origin, source.relpath, e.current)
+            raise
+        except OSError as e:
+            if e.errno not in VANISHED_ERRNOS:
+                raise
+            # Gone from the origin: a catalog change, not an origin failure - unless the origin
+            # itself is gone (refresh_vanished raises OriginUnavailable then).
+            if self.scanner is not None:
+                self.scanner.refresh_vanished(source.origin, source.relpath)
+            raise OriginChanged(f"{source.relpath.decode(errors='replace')} is no longer on origin "
+                                f"{source.origin}") from None
         self.store.misses += 1
         try:
             digest = self.store.put(data, manifest=(source.key, source.size, source.mtime_ns, index))

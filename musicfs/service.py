@@ -76,14 +76,15 @@ class Service:
         catalog = Catalog(storage)
         if origins is None:
             origins = {o.name: origin_factory.build(o) for o in config.origins}
-        scanner = Scanner(storage, store, list(origins.values()), stall_timeout=config.fuse.read_timeout)
+        scanner = Scanner(storage, store, list(origins.values()), stall_timeout=config.fuse.read_timeout,
+                          recent=catalog.recent)
         if not storage.readonly:
             scanner.reconcile_origins()
         per_origin = config.health.workers_per_origin
         pool = OriginPool(max_workers=max(MIN_POOL_WORKERS, (per_origin + 1) * len(origins) + PRELOAD_WORKERS + 4),
                           per_origin=per_origin)
         health = HealthMonitor(list(origins.values()), pool, config.health, store)
-        reader = Reader(catalog, store, origins, pool, config.fuse.read_timeout, health)
+        reader = Reader(catalog, store, origins, pool, config.fuse.read_timeout, health, scanner)
         return cls(config, storage, store, catalog, scanner, origins, pool, reader, health)
 
     @staticmethod

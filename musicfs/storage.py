@@ -35,10 +35,16 @@ manifests       origin name, 0x00, path on the origin      u64 file size, u64 mt
                                                            16-byte digest per chunk (all zero =
                                                            not fetched yet)
 origin_files    origin name, 0x00, path on the origin      u8 kind, u64 size, u64 mtime_ns,
-                                                           u64 scan generation
+                                                           u64 scan generation, then the version
+                                                           token (rest of the value: local files
+                                                           u64 inode, u64 ctime_ns; may be empty)
 entries         shown path (absolute, b"/" = root)         u8 kind, u64 size, u64 mtime_ns, u8 n,
                                                            n x (u16 len, origin name, u16 len,
-                                                           path on the origin) in priority order
+                                                           path on the origin) in priority order,
+                                                           u16 len, content version: origin name,
+                                                           0x00, u64 mtime_ns, token of the copy
+                                                           whose bytes are shown (kept when a
+                                                           same-size replica takes over)
 children        parent shown path, 0x00, name              u8 kind (gives readdir the entry type)
 ==============  =========================================  ========================================
 
@@ -47,8 +53,8 @@ Invariants (checked by startup recovery and ``musicfs cache verify``):
 1. ``meta.total`` == sum of ``chunks`` sizes == sum of the sizes of the files under chunks/.
 2. Every ``chunks`` record has a file of that size, whose XXH3-128 is its name, and one ``lru``
    record with the same access time; every chunk file has a ``chunks`` record.
-3. A manifest is valid only while its (size, mtime_ns) equal the origin file's; a rescan that
-   sees a change deletes it.
+3. A manifest is valid only while its (size, mtime_ns) equal the origin file's; a rescan, or
+   a read that finds the origin file changed (size, mtime or token), deletes it.
 4. ``entries``/``children`` are derived from ``origin_files``: a shown path's sources are the
    origins holding that relative path, in configuration order; the first one is read.
 
@@ -73,7 +79,8 @@ import lmdb
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2
+# 3: origin records and entries carry a version token (inode + ctime of local files).
+FORMAT_VERSION = 3
 ENV_NAME = "index.lmdb"
 CHUNKS_DIR = "chunks"
 TMP_DIR = "chunks/.tmp"

@@ -99,9 +99,9 @@ class FaultyOrigin(Origin):
         self._enter("stat")
         return self.inner.stat(relpath)
 
-    def read(self, relpath, offset, size):
+    def read(self, relpath, offset, size, expect=None):
         self._enter("read")
-        data = self.inner.read(relpath, offset, size)
+        data = self.inner.read(relpath, offset, size, expect)
         if self.mode == "partial":
             return data[: len(data) // 2]
         if self.mode == "corrupt" and data:

@@ -23,6 +23,13 @@ class OriginEntry:
     # A value equal for two entries that are the same directory (e.g. (st_dev, st_ino)), so a
     # walk can refuse to loop through symlinks; None when the origin cannot tell.
     identity: tuple | None = None
+    # What else tells this version of a file from the next one, beyond size and mtime (which a
+    # tagger may preserve): inode and ctime for local files, later an S3 ETag. Opaque bytes,
+    # b"" when the origin has nothing more.
+    token: bytes = b""
+
+    def same_version(self, size: int, mtime_ns: int, token: bytes) -> bool:
+        return (self.size, self.mtime_ns, self.token) == (size, mtime_ns, token)
 
 
 class Origin(ABC):
@@ -40,8 +47,12 @@ class Origin(ABC):
         """The entry at `relpath` (raises OSError/OriginUnavailable when it is not there)."""
 
     @abstractmethod
-    def read(self, relpath: bytes, offset: int, size: int) -> bytes:
-        """Up to `size` bytes at `offset`; fewer only at end of file. Never the whole file at once."""
+    def read(self, relpath: bytes, offset: int, size: int, expect: OriginEntry | None = None) -> bytes:
+        """Up to `size` bytes at `offset`; fewer only at end of file. Never the whole file at once.
+
+        With `expect`, the bytes must come from exactly that version of the file (its size,
+        mtime and token): otherwise raise OriginChanged carrying the entry the origin has now.
+        A file that is not there raises FileNotFoundError."""
 
     @abstractmethod
     def check(self) -> None:

@@ -4,11 +4,21 @@ from __future__ import annotations
 import logging
 import os
 import stat as stat_module
+import struct
 
-from ..errors import OriginUnavailable
+from ..errors import OriginChanged, OriginUnavailable
 from .base import KIND_DIR, KIND_FILE, Origin, OriginEntry, join
 
 log = logging.getLogger(__name__)
+
+# A local file's version token: inode and ctime. A temp file renamed over the original (what
+# taggers do) has another inode; an in-place rewrite that restores size and mtime still moves
+# ctime, which no user-space tool can set back.
+FILE_TOKEN = struct.Struct(">QQ")
+
+
+def file_token(st: os.stat_result) -> bytes:
+    return FILE_TOKEN.pack(st.st_ino, st.st_ctime_ns)
 
 
 class LocalOrigin(Origin):
@@ -37,7 +47,7 @@ class LocalOrigin(Origin):
 
     def _entry(self, name: bytes, st: os.stat_result) -> OriginEntry | None:
         if stat_module.S_ISREG(st.st_mode):
-            return OriginEntry(name, KIND_FILE, st.st_size, st.st_mtime_ns)
+            return OriginEntry(name, KIND_FILE, st.st_size, st.st_mtime_ns, token=file_token(st))
         if stat_module.S_ISDIR(st.st_mode):
             return OriginEntry(name, KIND_DIR, 0, st.st_mtime_ns, (st.st_dev, st.st_ino))
         return None  # sockets, fifos, devices: not music
@@ -70,9 +80,11 @@ class LocalOrigin(Origin):
             raise OriginUnavailable(f"{os.fsdecode(path)} is not a regular file or directory")
         return entry
 
-    def read(self, relpath: bytes, offset: int, size: int) -> bytes:
+    def read(self, relpath: bytes, offset: int, size: int, expect: OriginEntry | None = None) -> bytes:
         fd = os.open(self._abs(relpath), os.O_RDONLY | os.O_CLOEXEC)
         try:
+            if expect is not None:
+                self._verify(relpath, fd, expect)
             data = os.pread(fd, size, offset)
             if 0 < len(data) < size:
                 # Network filesystems may return short reads before EOF: keep reading.
@@ -85,9 +97,21 @@ class LocalOrigin(Origin):
                     parts.append(more)
                     got += len(more)
                 data = b"".join(parts)
+            if expect is not None:
+                # Checked again after the read: a rewrite in place updates mtime before it
+                # changes any byte, so bytes read before this check are of the expected version.
+                self._verify(relpath, fd, expect)
             return data
         finally:
             os.close(fd)
+
+    def _verify(self, relpath: bytes, fd: int, expect: OriginEntry) -> None:
+        st = os.fstat(fd)
+        if expect.same_version(st.st_size, st.st_mtime_ns, file_token(st)):
+            return
+        current = self._entry(os.path.basename(relpath), st)
+        raise OriginChanged(f"{os.fsdecode(relpath)} on origin {self.name} changed since it was catalogued "
+                            f"(size {expect.size} -> {st.st_size})", current)
 
     def check(self) -> None:
         try:

@@ -1,0 +1,173 @@
+"""Files that change or vanish on their origin: never two versions mixed, never a healthy origin
+taken down for one missing file. Real mounts with the daemon's kernel caching options."""
+import errno
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from musicfs.health import HEALTHY
+
+from .helpers import FIXTURES
+
+pytestmark = pytest.mark.mount
+
+MiB = 1 << 20
+# What `musicfs MOUNTPOINT` asks the kernel for (daemon.DEFAULT_FUSE_OPTIONS): the kernel keeps
+# attributes, lookups and pages, which is what makes a mixed read possible at all.
+KERNEL_CACHING = {"attr_timeout": 30, "entry_timeout": 30, "auto_cache": True}
+
+
+def read_all(path: Path) -> bytes:
+    with open(path, "rb", buffering=0) as f:
+        return f.read()
+
+
+def read_outcome(path: Path):
+    """The whole file through a fresh open, or the errno it failed with."""
+    try:
+        return read_all(path)
+    except OSError as e:
+        return e.errno
+
+
+def rename_over(path: Path, data: bytes) -> None:
+    """What taggers (and ffmpeg) do: write a temp file beside the original, rename it over."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def test_retag_by_rename_after_listing_is_never_served_mixed(tmp_path, mounted, caplog):
+    origin = tmp_path / "nas"
+    shutil.copytree(FIXTURES / "origin-a", origin)
+    track = origin / "Test Pattern" / "Signals" / "01 Sine 440.flac"
+    old = track.read_bytes()
+    service, mount = mounted([("nas", origin)], fuse_options=KERNEL_CACHING)
+    shown = mount.mountpoint / "Test Pattern" / "Signals" / "01 Sine 440.flac"
+    assert shown.stat().st_size == len(old)          # `ls -l`: the kernel now holds the old size
+
+    # a retag that makes the file longer (a bigger tag block after the 4-byte magic)
+    new = old[:4] + b"\x04\x00\x10\x00" + b"T" * 4096 + old[4:]
+    rename_over(track, new)
+
+    first = read_outcome(shown)
+    assert first in (old, new, errno.EIO), "a read returned bytes of neither version alone"
+    # whatever the first read saw, the catalog now knows the new version, and the next open
+    # reads it whole although the kernel still caches the old size
+    assert read_all(shown) == new
+    assert service.catalog.lookup(b"/Test Pattern/Signals/01 Sine 440.flac").size == len(new)
+    assert "changed since the last scan; catalog entry refreshed" in caplog.text
+
+
+def test_half_cached_file_changed_in_place_gives_one_version_or_an_error(tmp_path, mounted):
+    origin = tmp_path / "nas"
+    origin.mkdir()
+    big = origin / "big.flac"
+    old = os.urandom(16 * MiB + 12345)
+    big.write_bytes(old)
+    service, mount = mounted([("nas", origin)], fuse_options=KERNEL_CACHING)
+    shown = mount.mountpoint / "big.flac"
+    with open(shown, "rb", buffering=0) as f:
+        assert f.read(2 * MiB) == old[:2 * MiB]       # the first chunks (and a few ahead) are cached now
+    digests = service.store.manifest(b"nas\0big.flac", len(old), big.stat().st_mtime_ns)
+    assert digests[0] is not None and digests[-1] is None
+    opened_before = open(shown, "rb", buffering=0)
+    try:
+        # rewritten in place, same size: both its cached and its uncached part change
+        new = bytearray(old)
+        new[100:200] = os.urandom(100)
+        new[14 * MiB:14 * MiB + 100] = os.urandom(100)
+        new = bytes(new)
+        with open(big, "r+b") as f:
+            f.write(new)
+
+        outcomes = [read_outcome(shown) for _ in range(2)]
+        for outcome in outcomes:
+            assert outcome in (old, new, errno.EIO), "a read mixed cached old chunks with new origin bytes"
+        assert read_all(shown) == new                 # once detected, the new version whole
+
+        # the open from before the change never gets bytes of the new version
+        try:
+            rest = opened_before.read()
+        except OSError as e:
+            assert e.errno == errno.EIO
+        else:
+            assert rest == old, "an open of the old version was given new bytes"
+    finally:
+        opened_before.close()
+
+
+def test_fully_cached_file_changed_on_origin_is_served_whole_until_rescanned(tmp_path, mounted):
+    origin = tmp_path / "nas"
+    origin.mkdir()
+    old = os.urandom(2 * MiB + 7)
+    (origin / "song.flac").write_bytes(old)
+    service, mount = mounted([("nas", origin)], fuse_options=KERNEL_CACHING)
+    shown = mount.mountpoint / "song.flac"
+    assert read_all(shown) == old
+    new = os.urandom(len(old))
+    rename_over(origin / "song.flac", new)
+    assert read_all(shown) == old    # every chunk cached: the old version, whole, never a mix
+    service.scanner.scan()
+    assert read_all(shown) == new
+
+
+def test_deleted_file_is_a_catalog_change_not_an_origin_failure(tmp_path, mounted):
+    origin = tmp_path / "nas"
+    origin.mkdir()
+    files = {f"album/{i:02d}.flac": os.urandom(300_000) for i in range(4)}
+    for rel, data in files.items():
+        (origin / rel).parent.mkdir(parents=True, exist_ok=True)
+        (origin / rel).write_bytes(data)
+    service, mount = mounted([("nas", origin)], fuse_options=KERNEL_CACHING, health={"interval": 3600})
+    (origin / "album/00.flac").unlink()
+
+    assert read_outcome(mount.mountpoint / "album/00.flac") in (errno.EIO, errno.ENOENT)
+    # every other file of that origin reads at once, and the origin was never judged down
+    for rel in ("album/01.flac", "album/02.flac", "album/03.flac"):
+        assert read_all(mount.mountpoint / rel) == files[rel]
+    assert service.health.status["nas"].state == HEALTHY
+    assert service.health.status["nas"].consecutive_failures == 0
+    # the vanished entry is gone from the catalog without waiting for a rescan
+    assert service.catalog.lookup(b"/album/00.flac") is None
+    assert service.catalog.lookup(b"/album/01.flac") is not None
+
+    # put back: it is listed again at the next scan and reads
+    (origin / "album/00.flac").write_bytes(files["album/00.flac"])
+    service.scanner.scan()
+    assert read_all(mount.mountpoint / "album/00.flac") == files["album/00.flac"]
+
+
+def test_vanished_folder_is_refreshed_and_replica_serves(tmp_path, mounted):
+    a, b = tmp_path / "a", tmp_path / "b"
+    data = os.urandom(500_000)
+    for root in (a, b):
+        (root / "x" / "y").mkdir(parents=True)
+        (root / "x" / "y" / "t.flac").write_bytes(data)
+    (a / "keep.flac").write_bytes(b"k" * 1000)
+    service, mount = mounted([("a", a), ("b", b)], fuse_options=KERNEL_CACHING, health={"interval": 3600})
+    shutil.rmtree(a / "x")
+    # the preferred copy is gone with its folder: the replica serves the same bytes
+    assert read_all(mount.mountpoint / "x/y/t.flac") == data
+    assert service.health.status["a"].state == HEALTHY
+    entry = service.catalog.lookup(b"/x/y/t.flac")
+    assert [origin for origin, _ in entry.sources] == ["b"]
+
+
+def test_origin_whose_root_lists_empty_keeps_its_files_listed(tmp_path, mounted):
+    # a NAS share that is not mounted: its mountpoint is an empty directory
+    origin = tmp_path / "nas"
+    origin.mkdir()
+    (origin / "a.flac").write_bytes(os.urandom(100_000))
+    (origin / "b.flac").write_bytes(os.urandom(100_000))
+    service, mount = mounted([("nas", origin)], health={"interval": 3600})
+    origin.rename(tmp_path / "nas-away")
+    origin.mkdir()
+
+    assert read_outcome(mount.mountpoint / "a.flac") == errno.EIO
+    result, = service.scanner.scan()
+    assert not result.complete and "lists empty" in result.error
+    assert sorted(os.listdir(mount.mountpoint)) == ["a.flac", "b.flac"]
+    assert service.health.status["nas"].state != HEALTHY     # this one is the origin's failure
