@@ -37,7 +37,7 @@ manifests       origin name, 0x00, path on the origin      u64 file size, u64 mt
 origin_files    origin name, 0x00, path on the origin      u8 kind, u64 size, u64 mtime_ns,
                                                            u64 scan generation, then the version
                                                            token (rest of the value: local files
-                                                           u64 inode, u64 ctime_ns; may be empty)
+                                                           u64 ctime_ns; may be empty)
 entries         shown path (absolute, b"/" = root)         u8 kind, u64 size, u64 mtime_ns, u8 n,
                                                            n x (u16 len, origin name, u16 len,
                                                            path on the origin) in priority order,
@@ -79,7 +79,7 @@ import lmdb
 
 log = logging.getLogger(__name__)
 
-# 3: origin records and entries carry a version token (inode + ctime of local files).
+# 3: origin records and entries carry a version token (the ctime of local files).
 FORMAT_VERSION = 3
 ENV_NAME = "index.lmdb"
 CHUNKS_DIR = "chunks"

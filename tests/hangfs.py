@@ -7,7 +7,7 @@ is then in the kernel's uninterruptible wait for a FUSE answer, which is what a 
 or sshfs server does to its clients (a SIGSTOPped server is a different fault: its requests
 are still queued in the kernel and fail when it dies). ``CONTROL_DIR/eio`` lists relative paths,
 one per line: listing or opening them (or anything below them) fails with EIO, like a
-directory an SMB server cannot read.
+directory an SMB server cannot read; their attributes are still served.
 
 The kernel caches nothing (attr/entry timeouts 0, direct_io), so every access reaches the
 server and is subject to the switches above.
@@ -31,25 +31,27 @@ class HangFS(Operations):
         self.eio_list = os.path.join(control, "eio")
         self.held = os.path.join(control, "held")   # count of requests being held, for tests
 
-    def _gate(self, path: str) -> str:
+    def _gate(self, path: str, listing: bool = True) -> str:
         if os.path.exists(self.hang_flag):
             with open(self.held, "a") as f:
                 f.write(f"{path}\n")
             while os.path.exists(self.hang_flag):
                 time.sleep(POLL)
+        rel = path.strip("/")
+        if not listing:
+            return os.path.join(self.backing, rel)
         try:
             with open(self.eio_list) as f:
                 failing = [line.strip().strip("/") for line in f if line.strip()]
         except FileNotFoundError:
             failing = []
-        rel = path.strip("/")
         for prefix in failing:
             if rel == prefix or rel.startswith(prefix + "/"):
                 raise FuseOSError(errno.EIO)
         return os.path.join(self.backing, rel)
 
     def getattr(self, path, fh=None):
-        real = self._gate(path)
+        real = self._gate(path, listing=False)
         try:
             st = os.lstat(real)
         except OSError as e:
@@ -89,7 +91,7 @@ class HangFS(Operations):
 def main(argv: list[str]) -> None:
     backing, mountpoint, control = argv
     FUSE(HangFS(backing, control), mountpoint, foreground=True, nothreads=False, ro=True, fsname="hangfs",
-         attr_timeout=0, entry_timeout=0, negative_timeout=0, direct_io=True)
+         attr_timeout=0, entry_timeout=0, negative_timeout=0, direct_io=True, use_ino=True)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ class OriginEntry:
     # walk can refuse to loop through symlinks; None when the origin cannot tell.
     identity: tuple | None = None
     # What else tells this version of a file from the next one, beyond size and mtime (which a
-    # tagger may preserve): inode and ctime for local files, later an S3 ETag. Opaque bytes,
+    # tagger may preserve): the ctime of local files, later an S3 ETag. Opaque bytes,
     # b"" when the origin has nothing more.
     token: bytes = b""
 

@@ -11,14 +11,14 @@ from .base import KIND_DIR, KIND_FILE, Origin, OriginEntry, join
 
 log = logging.getLogger(__name__)
 
-# A local file's version token: inode and ctime. A temp file renamed over the original (what
-# taggers do) has another inode; an in-place rewrite that restores size and mtime still moves
-# ctime, which no user-space tool can set back.
-FILE_TOKEN = struct.Struct(">QQ")
-
-
+# A local file's version token: its ctime. A temp file renamed over the original (what taggers
+# do) is a new file with a new ctime, and a rewrite in place that restores size and mtime
+# (utime) still moves ctime, which no user-space tool can set back. The inode number would add
+# nothing and is not stable on every origin: FUSE mounts (sshfs) and CIFS with noserverino
+# number files afresh after a remount, which would look like every file changed.
+FILE_TOKEN = struct.Struct(">Q")
 def file_token(st: os.stat_result) -> bytes:
-    return FILE_TOKEN.pack(st.st_ino, st.st_ctime_ns)
+    return FILE_TOKEN.pack(st.st_ctime_ns)
 
 
 class LocalOrigin(Origin):
@@ -67,6 +67,8 @@ class LocalOrigin(Origin):
                         st = dirent.stat(follow_symlinks=False)
                 except FileNotFoundError:
                     continue  # removed while listing, or a dangling symlink
+                # Any other error (EIO, EACCES) fails the whole listing: leaving the entry out
+                # would make a scan treat it as deleted.
                 entry = self._entry(dirent.name, st)
                 if entry is not None:
                     entries.append(entry)
