@@ -390,6 +390,12 @@ class Scanner:
             results.append(worker.wait(self.stall_timeout, first_answer))
         return results
 
+    def cancel_all(self) -> None:
+        """Ask every scan in progress to stop at its next batch (a stuck one stays stuck)."""
+        with self._workers_lock:
+            for worker in self._workers.values():
+                worker.cancelled = True
+
     def _next_generation(self, origin: str) -> int:
         with self._write_lock, self.storage.begin(write=True) as txn:
             key = b"generation:" + origin.encode()

@@ -76,9 +76,11 @@ def unmount(mountpoint: Path = typer.Argument(..., help="The mountpoint to unmou
     from . import daemon
 
     try:
-        daemon.unmount(mountpoint)
+        note = daemon.unmount(mountpoint)
     except StartupError as e:
         _fail(str(e), 1)
+    if note:
+        typer.echo(f"musicfs: {note}", err=True)
 
 
 @app.command()

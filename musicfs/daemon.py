@@ -6,19 +6,22 @@ process that reports "ready" or its error through a pipe; the parent exits with 
 """
 from __future__ import annotations
 
+import concurrent.futures
 import errno
 import fcntl
 import logging
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 from . import logs
 from .config import Config
-from .errors import MusicfsError, StartupError
+from .errors import MusicfsError, OriginUnavailable, StartupError
+from .pool import CHECK_LANE
 from .storage import LOCK_NAME
 
 log = logging.getLogger(__name__)
@@ -26,6 +29,9 @@ log = logging.getLogger(__name__)
 # How long the parent waits for the child to mount. A first mount scans never-seen origins
 # first (bounded by the scan stall timeout), so this is generous.
 READY_TIMEOUT = 600.0
+# After a daemon released its cache, `musicfs unmount` waits this long for it to exit; longer
+# only when threads stuck in a hung origin hold it, and those are not worth waiting for.
+LINGER_GRACE = 2.0
 
 # Kernel caching for a read-only library that changes only when a rescan says so:
 # - auto_cache keeps file pages in the page cache across opens, and drops them when an open
@@ -73,9 +79,10 @@ class CacheLock:
         os.pwrite(self.fd, f"{pid}\n".encode(), 0)
 
     def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_UN)   # explicit: a copy of the descriptor may live on
+            os.close(fd)
 
     @staticmethod
     def holder(cache_dir: Path) -> int | None:
@@ -124,18 +131,38 @@ def lazy_unmount(mountpoint: Path) -> None:
     subprocess.run(["fusermount", "-u", "-z", str(mountpoint)], capture_output=True, check=False)
 
 
-def check_origins(service) -> None:
-    """An origin that is not there is fine if the catalog knows it (a NAS not mounted yet: serve
-    what is stored); an origin never seen and not there is a configuration mistake."""
-    for origin_config in service.config.origins:
-        if os.path.isdir(origin_config.path):
+def check_new_origins(service, warn) -> list:
+    """Startup never waits on an origin the catalog already knows: its stored files are served
+    at once and the background checks and rescans find out how it is. An origin never seen
+    before is checked here, all in parallel and bounded by [health].timeout: one that is not
+    there is a configuration mistake (StartupError), one that does not answer or fails is
+    mounted without (`warn` tells the user; its files appear once it answers). Returns the new
+    origins that answered, which the caller scans before mounting."""
+    new = service.never_scanned()
+    if not new:
+        return []
+    timeout = service.config.health.timeout
+    futures = {origin.name: service.pool.submit(origin.name, origin.check, lane=CHECK_LANE) for origin in new}
+    concurrent.futures.wait(futures.values(), timeout=timeout)
+    answered = []
+    for origin in new:
+        future = futures[origin.name]
+        if not future.done():
+            warn(f"origin {origin.describe()} does not answer within {timeout:g}s; mounting without it "
+                 f"(its files appear once it answers)")
             continue
-        if service.catalog.last_scan(origin_config.name):
-            log.warning("origin %s (%s) is not reachable; serving its stored catalog", origin_config.name,
-                        origin_config.path)
-            continue
-        raise StartupError(f"origin {origin_config.name}: {origin_config.path} is not a directory; "
-                           f"fix its path in the config (or -O), or mount the NAS first")
+        error = future.exception()
+        if error is None:
+            answered.append(origin)
+        elif isinstance(error, OriginUnavailable) and "does not exist" in str(error) or \
+                isinstance(error, OriginUnavailable) and "is not a directory" in str(error):
+            raise StartupError(f"origin {origin.describe()}: {error}; fix its path in the config (or -O), "
+                               f"or mount the NAS first")
+        else:
+            reason = getattr(error, "strerror", None) or str(error)
+            warn(f"origin {origin.describe()} fails ({reason}); mounting without it "
+                 f"(its files appear once it works)")
+    return answered
 
 
 def mount(config: Config, mountpoint: Path, *, foreground: bool, fuse_options: dict, verbose: int) -> None:
@@ -152,7 +179,7 @@ def mount(config: Config, mountpoint: Path, *, foreground: bool, fuse_options: d
         raise StartupError(f"cannot lock {lock.path}: {e.strerror}") from None
     if foreground:
         logs.setup(config.log.file, config.log.level, verbose=verbose, stderr=True)
-        _run(config, mountpoint, fuse_options, notify=lambda message: None)
+        _run(config, mountpoint, fuse_options, lock, notify=lambda message: None)
         return
     _daemonize(config, mountpoint, lock, fuse_options, verbose)
 
@@ -177,7 +204,7 @@ def _daemonize(config, mountpoint, lock: CacheLock, fuse_options, verbose) -> No
         code = 0
         try:
             logs.setup(config.log.file, config.log.level, verbose=verbose)
-            _run(config, mountpoint, fuse_options, notify)
+            _run(config, mountpoint, fuse_options, lock, notify)
         except MusicfsError as e:
             log.error("%s", e)
             notify(f"error {e}")
@@ -191,7 +218,10 @@ def _daemonize(config, mountpoint, lock: CacheLock, fuse_options, verbose) -> No
             os._exit(code)
     # the parent: wait for "ready" or an error line, then exit accordingly
     os.close(write_end)
-    lock.release()  # the child holds the lock now (the flock is shared across fork)
+    # The child holds the lock now. Closing our descriptor would not release a flock shared
+    # across fork, but the child must be able to release it without us: forget it here.
+    os.close(lock.fd)
+    lock.fd = None
     message = _wait_for_child(read_end, pid)
     if message != "ready":
         raise StartupError(message)
@@ -200,10 +230,21 @@ def _daemonize(config, mountpoint, lock: CacheLock, fuse_options, verbose) -> No
 
 
 def _wait_for_child(read_end: int, pid: int) -> str:
+    """Relay the daemon's "warn ..." lines to stderr until it says "ready" or "error ..."."""
     deadline = time.monotonic() + READY_TIMEOUT
     buffer = b""
     with os.fdopen(read_end, "rb", buffering=0) as pipe:
-        while b"\n" not in buffer:
+        while True:
+            while b"\n" in buffer:
+                raw, buffer = buffer.split(b"\n", 1)
+                line = raw.decode(errors="replace")
+                if line == "ready":
+                    return "ready"
+                if line.startswith("error "):
+                    return line[len("error "):]
+                if line.startswith("warn "):
+                    sys.stderr.write(f"musicfs: {line[len('warn '):]}\n")
+                    sys.stderr.flush()
             if time.monotonic() > deadline:
                 os.kill(pid, signal.SIGTERM)
                 return f"the daemon did not mount within {READY_TIMEOUT:.0f}s; see the log"
@@ -211,49 +252,75 @@ def _wait_for_child(read_end: int, pid: int) -> str:
             if not chunk:
                 break
             buffer += chunk
-    line = buffer.decode(errors="replace").split("\n", 1)[0]
-    if line == "ready":
-        return "ready"
-    if line.startswith("error "):
-        return line[len("error "):]
     _, status = os.waitpid(pid, 0)
     return f"the daemon exited before mounting (status {status}); see the log"
 
 
-def _run(config: Config, mountpoint: Path, fuse_options: dict, notify) -> None:
-    """Open the cache, mount, serve until unmounted. Runs in the daemon (or in the foreground)."""
+def _run(config: Config, mountpoint: Path, fuse_options: dict, lock: CacheLock, notify) -> None:
+    """Open the cache, mount, serve until unmounted or told to stop. Runs in the daemon (or in
+    the foreground). The cache lock is released as soon as the cache is closed, before the
+    process exits: threads stuck in a hung origin may keep the process alive for a while, and
+    must not keep the next `musicfs MOUNTPOINT` out."""
     from .fs import FS_ENCODING, MusicFS, MusicFuse
     from .service import Service
 
     log.info("musicfs starting: %s on %s (origins: %s; cache %s, max %d bytes)", os.getpid(), mountpoint,
-             ", ".join(f"{o.name}={o.path}" for o in config.origins), config.cache.dir, config.cache.max_size)
+             ", ".join(o.name for o in config.origins), config.cache.dir, config.cache.max_size)
+
+    def warn(message: str) -> None:
+        log.warning("%s", message)
+        notify(f"warn {message}")
+
     service = Service.open(config)
     service.mountpoint = str(mountpoint)
     try:
-        check_origins(service)
-        service.initial_scan()
-    except BaseException:
-        service.stop()
-        raise
-    filesystem = MusicFS(service)
+        answered = check_new_origins(service, warn)
+        service.initial_scan(answered, first_answer=config.health.timeout, warn=warn)
+        filesystem = MusicFS(service)
 
-    def tune_and_report_ready():
-        set_read_ahead(mountpoint, config.fuse.read_ahead)
-        notify("ready")
-    # init() runs before the kernel has the INIT reply; the rest happens once it has.
-    filesystem.on_mounted = lambda: threading.Thread(target=tune_and_report_ready, name="ready",
-                                                     daemon=True).start()
-    options = dict(DEFAULT_FUSE_OPTIONS)
-    options.update(fuse_options)
-    service.catalog.recent.window = kernel_cache_window(options)
-    try:
-        MusicFuse(filesystem, str(mountpoint), foreground=True, nothreads=False, encoding=FS_ENCODING, **options)
-    except RuntimeError as e:
-        service.stop()
-        raise StartupError(f"cannot mount {mountpoint}: FUSE failed ({e}); is /dev/fuse available "
-                           f"and the 'fuse' package installed?") from None
+        def tune_and_report_ready():
+            set_read_ahead(mountpoint, config.fuse.read_ahead)
+            notify("ready")
+        # init() runs before the kernel has the INIT reply; the rest happens once it has.
+        filesystem.on_mounted = lambda: threading.Thread(target=tune_and_report_ready, name="ready",
+                                                         daemon=True).start()
+        options = dict(DEFAULT_FUSE_OPTIONS)
+        options.update(fuse_options)
+        service.catalog.recent.window = kernel_cache_window(options)
+        _stop_on_signals(filesystem, mountpoint, lock)
+        try:
+            MusicFuse(filesystem, str(mountpoint), foreground=True, nothreads=False, encoding=FS_ENCODING,
+                      **options)
+        except RuntimeError as e:
+            raise StartupError(f"cannot mount {mountpoint}: FUSE failed ({e}); is /dev/fuse available "
+                               f"and the 'fuse' package installed?") from None
     finally:
-        service.stop()  # no-op when destroy() already stopped it
+        service.stop()  # no-op when destroy() or a stop signal already stopped it
+        lock.release()
+
+
+def _stop_on_signals(filesystem, mountpoint: Path, lock: CacheLock) -> None:
+    """SIGTERM and SIGINT stop the daemon at once, even while reads wait on a hung origin.
+
+    libfuse's own handler only ends its loop, which then waits for every request in progress
+    (a read waits up to read_timeout). Instead: Python's C-level handler writes the signal to
+    a wakeup pipe (it cannot run Python code itself while the main thread is inside libfuse),
+    and a thread woken by the pipe fails waiting reads, closes the cache, releases the lock and
+    detaches the mount; libfuse's loop ends once the kernel drops the connection. libfuse
+    leaves signals alone that already have a handler, so it does not replace these."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: None)
+
+    def watch() -> None:
+        signum = os.read(read_end, 1)[0]
+        log.info("received %s: stopping", signal.Signals(signum).name)
+        filesystem.stop_serving()
+        lazy_unmount(mountpoint)
+        lock.release()
+    threading.Thread(target=watch, name="stop-signal", daemon=True).start()
 
 
 def kernel_cache_window(options: dict) -> float:
@@ -285,18 +352,34 @@ def set_read_ahead(mountpoint: Path, size: int) -> None:
         log.info("kernel read-ahead left at its default (%s: %s)", e.filename, e.strerror)
 
 
-def unmount(mountpoint: Path, *, wait: float = 30.0) -> None:
-    """Unmount and wait until the daemon has written its state and exited."""
+def unmount(mountpoint: Path, *, wait: float = 30.0) -> str | None:
+    """Unmount and wait until the daemon has closed the cache and released its lock.
+
+    A mount with open files (a player, or readers stuck on a hung origin) cannot be unmounted
+    the normal way; it is then detached lazily and its daemon told to stop (SIGTERM), which
+    fails the reads in progress. Returns a note for the user in that case."""
     mountpoint = Path(os.path.abspath(mountpoint))
     from .inspect import daemon_of_mountpoint
-    pid = daemon_of_mountpoint(mountpoint)
+    pid, cache_dir = daemon_of_mountpoint(mountpoint)
     result = subprocess.run(["fusermount", "-u", str(mountpoint)], capture_output=True, text=True)
+    note = None
     if result.returncode != 0:
         reason = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "fusermount failed"
-        raise StartupError(f"cannot unmount {mountpoint}: {reason}")
+        if "busy" in reason and pid:
+            os.kill(pid, signal.SIGTERM)   # the daemon fails what is in progress and detaches itself
+            note = f"{mountpoint} had open files; they now fail with an I/O error"
+        elif "not found in /etc/mtab" in reason or "not mounted" in reason or "Invalid argument" in reason:
+            raise StartupError(f"{mountpoint} is not mounted")
+        else:
+            raise StartupError(f"cannot unmount {mountpoint}: {reason}")
     deadline = time.monotonic() + wait
     while pid and _alive(pid) and time.monotonic() < deadline:
+        # A daemon with threads stuck in a hung origin lingers until the origin answers; it is
+        # done with the cache once its lock is free. Any other daemon exits a moment later.
+        if cache_dir is not None and CacheLock.holder(cache_dir) != pid:
+            deadline = min(deadline, time.monotonic() + LINGER_GRACE)
         time.sleep(0.05)
+    return note
 
 
 def _alive(pid: int) -> bool:

@@ -41,6 +41,10 @@ class OriginChanged(MusicfsError):
         self.current = current
 
 
+class ShuttingDown(MusicfsError):
+    """musicfs is stopping: what was waiting gives up now (not a failure of any origin)."""
+
+
 class ReadTimeout(MusicfsError):
     """A read waited longer than [fuse].read_timeout for an origin."""
 

@@ -15,6 +15,7 @@ import functools
 import os
 import stat
 import threading
+import time
 
 from fuse import FUSE, FuseOSError, Operations, c_stat
 
@@ -121,12 +122,18 @@ def translated(method):
 
     @functools.wraps(method)
     def wrapper(self, path, *args):
+        # list.append/pop are atomic: a lock-free count of calls in progress (see stop_serving)
+        self._in_progress.append(None)
         try:
+            if self.service.stopping:
+                raise FuseOSError(errno.EIO)
             return method(self, path, *args)
         except FuseOSError:
             raise
         except BaseException as e:  # noqa: BLE001 - nothing may escape into fusepy
             raise FuseOSError(to_errno(e, name, path)) from None
+        finally:
+            self._in_progress.pop()
     return wrapper
 
 
@@ -143,6 +150,7 @@ class MusicFS(Operations):
         self.reader = service.reader
         self._uid, self._gid = os.getuid(), os.getgid()
         self.on_mounted = None  # called once the kernel has answered INIT (the daemon's readiness)
+        self._in_progress: list = []
 
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -154,6 +162,17 @@ class MusicFS(Operations):
 
     def destroy(self, path):
         self.service.stop()
+
+    def stop_serving(self, drain: float = 5.0) -> None:
+        """Stop while still mounted (a stop signal; the kernel may keep sending requests until
+        the last open file is closed): new calls fail with EIO, reads waiting on origins fail
+        now, and the cache index is closed once the calls in progress have returned."""
+        def wait_idle():
+            deadline = time.monotonic() + drain
+            while self._in_progress and time.monotonic() < deadline:
+                time.sleep(0.01)
+            return not self._in_progress
+        self.service.stop(before_close=wait_idle)
 
     # -- metadata --------------------------------------------------------------------------------
 

@@ -40,8 +40,9 @@ def write_status(cache_dir: Path, status: dict) -> None:
     os.replace(tmp, path)
 
 
-def daemon_of_mountpoint(mountpoint: Path) -> int | None:
-    """PID of the live daemon serving `mountpoint`, from the status files daemons publish."""
+def daemon_of_mountpoint(mountpoint: Path) -> tuple[int | None, Path | None]:
+    """(PID, cache dir) of the live daemon serving `mountpoint`, from the status files daemons
+    publish; (None, None) if no live daemon serves it."""
     base = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir())
     target = os.path.abspath(mountpoint)
     for path in base.glob("musicfs-*.status.json"):
@@ -51,8 +52,9 @@ def daemon_of_mountpoint(mountpoint: Path) -> int | None:
             continue
         pid = status.get("pid")
         if status.get("mountpoint") == target and isinstance(pid, int) and os.path.exists(f"/proc/{pid}"):
-            return pid
-    return None
+            cache_dir = status.get("cache_dir")
+            return pid, Path(cache_dir) if cache_dir else None
+    return None, None
 
 
 def read_status(cache_dir: Path) -> dict | None:

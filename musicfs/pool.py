@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import collections
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 
 READ_LANE = "read"
 CHECK_LANE = "check"
@@ -28,6 +28,7 @@ class OriginPool:
         self.limits = {READ_LANE: per_origin, CHECK_LANE: per_origin_checks, PRELOAD_LANE: PRELOAD_WORKERS}
         self._running: collections.Counter[tuple[str, str]] = collections.Counter()
         self._queued: dict[tuple[str, str], collections.deque] = collections.defaultdict(collections.deque)
+        self._started: set[Future] = set()   # tasks handed to a thread and not finished yet
         self._lock = threading.Lock()
         self._closed = False
 
@@ -56,6 +57,8 @@ class OriginPool:
             return self._running[(origin, lane)]
 
     def _start(self, slot, future, fn, args) -> None:
+        with self._lock:
+            self._started.add(future)
         try:
             self.executor.submit(self._run, slot, future, fn, args)
         except RuntimeError as e:  # the executor is shut down
@@ -69,10 +72,16 @@ class OriginPool:
                 try:
                     result = fn(*args)
                 except BaseException as e:
-                    future.set_exception(e)
+                    outcome = (future.set_exception, e)
                 else:
-                    future.set_result(result)
+                    outcome = (future.set_result, result)
+                try:
+                    outcome[0](outcome[1])
+                except InvalidStateError:
+                    pass  # failed by shutdown() while it ran: its waiters are long gone
         finally:
+            with self._lock:
+                self._started.discard(future)
             self._release(slot)
 
     def _release(self, slot) -> None:
@@ -88,13 +97,21 @@ class OriginPool:
             self._start(slot, future, fn, args)
             return
 
-    def shutdown(self) -> None:
+    def shutdown(self, error: BaseException | None = None) -> None:
         """Stop accepting work; queued tasks are cancelled, running ones are abandoned (a thread
-        stuck in a dead origin's syscall cannot be interrupted)."""
+        stuck in a dead origin's syscall cannot be interrupted). With `error`, whoever waits on
+        a running task gets that error now instead of waiting out its timeout."""
         with self._lock:
             self._closed = True
             queued = [item for q in self._queued.values() for item in q]
             self._queued.clear()
+            running = list(self._started)
         for future, _, _ in queued:
             future.cancel()
+        if error is not None:
+            for future in running:
+                try:
+                    future.set_exception(error)
+                except InvalidStateError:
+                    pass  # it finished meanwhile
         self.executor.shutdown(wait=False, cancel_futures=True)

@@ -18,6 +18,7 @@ from . import origins as origin_factory
 from .cas import CacheChecker, ChunkStore, recover
 from .catalog import Catalog, Scanner
 from .config import Config
+from .errors import ShuttingDown
 from .health import HealthMonitor
 from .inspect import status_path, write_status
 from .pool import PRELOAD_WORKERS, OriginPool
@@ -48,6 +49,7 @@ class Service:
         self.reader = reader
         self.health = health
         self._stopping = threading.Event()
+        self._stop_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self.mountpoint: str | None = None  # set by the daemon; published for `musicfs unmount`
 
@@ -104,14 +106,19 @@ class Service:
     def never_scanned(self) -> list:
         return [o for o in self.origins.values() if not self.catalog.last_scan(o.name)]
 
-    def initial_scan(self) -> None:
-        """Before the first mount of an origin there is nothing stored to show: scan it now
-        (bounded by the scan stall timeout) so the mount does not appear empty."""
+    def initial_scan(self, origins=None, *, first_answer: float | None = None, warn=None) -> None:
+        """Before the first mount of an origin there is nothing stored to show: scan it now so
+        the mount does not appear empty (default: every origin never scanned). One that does
+        not answer within `first_answer` seconds is not waited for (see Scanner.scan)."""
         if self.storage.readonly:
             return
-        todo = self.never_scanned()
-        if todo:
-            self.scanner.scan(todo)
+        todo = self.never_scanned() if origins is None else origins
+        if not todo:
+            return
+        for result in self.scanner.scan(todo, first_answer=first_answer):
+            if not result.complete and warn is not None:
+                warn(f"first scan of origin {result.origin} incomplete ({result.error or 'cancelled'}); "
+                     f"mounting with what it listed, the rest appears once it answers")
 
     def start(self) -> None:
         self.publish_status()
@@ -141,10 +148,15 @@ class Service:
 
     def publish_status(self) -> None:
         try:
+            origins = self.health.snapshot()
+            for name, result in list(self.scanner.last_results.items()):
+                if name in origins:
+                    origins[name]["scan"] = result.as_status()
             write_status(self.config.cache.dir, {
                 "pid": os.getpid(), "mountpoint": self.mountpoint, "passthrough": self.store.passthrough,
                 "passthrough_reason": self.store.passthrough_reason if self.store.passthrough else None,
-                "origins": self.health.snapshot(), "updated": time.time()})
+                "cache_dir": os.path.abspath(self.config.cache.dir),
+                "origins": origins, "updated": time.time()})
         except OSError as e:
             log.debug("cannot publish status: %s", e)
 
@@ -158,17 +170,33 @@ class Service:
                 log.exception("rescan failed")
             self._stopping.wait(self.config.catalog.rescan_interval)
 
-    def stop(self) -> None:
-        """Stop background work, abandon in-flight origin I/O, write what is pending, close LMDB."""
-        if self._stopping.is_set():
-            return
-        self._stopping.set()
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def stop(self, before_close=None) -> None:
+        """Stop background work, abandon in-flight origin I/O, write what is pending, close LMDB.
+
+        Returns promptly even with threads stuck in a hung origin: reads waiting on them fail
+        at once, and nothing here waits for them (they end whenever the origin answers).
+        `before_close()` runs before the index is closed; if it returns False (callers still
+        inside the index), the index is left open for the process's exit to close."""
+        with self._stop_lock:
+            if self._stopping.is_set():
+                return
+            self._stopping.set()
+        self.pool.shutdown(error=ShuttingDown("musicfs is shutting down"))
+        self.scanner.cancel_all()
         self.health.stop()
-        self.pool.shutdown()
         # Scans in progress stop at their next batch; a thread stuck in a dead origin is a
         # daemon thread and dies with the process.
         for thread in self._threads:
             thread.join(timeout=2.0)
+        if before_close is not None and not before_close():
+            log.warning("requests still in progress after the stop; leaving the cache index to close at exit")
+            with contextlib.suppress(OSError):
+                status_path(self.config.cache.dir).unlink()
+            return
         try:
             self.store.flush_access_times()
             self.store.save_counters()

@@ -18,7 +18,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from ..errors import OriginUnavailable
+from ..errors import OriginUnavailable, ShuttingDown
 from ..pool import CHECK_LANE, OriginPool
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,8 @@ class HealthMonitor:
                 continue
             try:
                 latency = future.result()
+            except ShuttingDown:
+                continue
             except Exception as e:
                 self._failed(name, _describe(e))
             else:
