@@ -255,6 +255,7 @@ def test_hung_origin_known_to_the_daemon_is_not_touched(tmp_path, hung_origin):
             result = health(*args)
             assert result.returncode == 1, result.stdout + result.stderr
             assert "1/2 origins healthy; origin nas unhealthy (daemon: " in result.stdout
+            assert "'latency_nas'=U;;;0" in result.stdout   # no current answer, not a stale latency
             wait_until(lambda: not probe_processes(str(tmp_path)), timeout=2, message="no probe process left")
         assert h.held() == held, "a probe touched the hung origin the daemon already knew about"
     finally:
