@@ -86,7 +86,7 @@ def health(mountpoint: Optional[Path] = typer.Argument(None, help="The mount to 
            config: Optional[Path] = ConfigOption,
            as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the plugin line.")):
     """The cron probe: check the daemon and its mount, the origins (the daemon's view and the
-    probe's own check, bounded by [health].timeout) and the cache. Exit 0 OK, 1 WARNING,
+    probe's own check, bounded by the health timeout) and the cache. Exit 0 OK, 1 WARNING,
     2 CRITICAL, 3 UNKNOWN (Nagios plugin convention). Always finishes within the timeout."""
     import logging
     import os
