@@ -84,10 +84,12 @@ def unmount(mountpoint: Path = typer.Argument(..., help="The mountpoint to unmou
 
 
 @app.command()
-def health(config: Optional[Path] = ConfigOption,
+def health(mountpoint: Optional[Path] = typer.Argument(None, help="The mount to check (the daemon whose status names it); default: the daemon of the config's cache."),
+           config: Optional[Path] = ConfigOption,
            as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the plugin line.")):
-    """The cron probe: check origins (in parallel, bounded by [health].timeout), the cache and
-    the daemon. Exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (Nagios plugin convention)."""
+    """The cron probe: check the daemon and its mount, the origins (the daemon's view and the
+    probe's own check, bounded by the health timeout) and the cache. Exit 0 OK, 1 WARNING,
+    2 CRITICAL, 3 UNKNOWN (Nagios plugin convention). Always finishes within the timeout."""
     import logging
     import os
 
@@ -95,15 +97,17 @@ def health(config: Optional[Path] = ConfigOption,
     from .health.probe import UNKNOWN, probe
 
     try:
-        cfg = config_module.load(config)
-        verdict = probe(cfg)
+        # With a MOUNTPOINT the daemon serving it publishes its own config; -c is the fallback.
+        cfg = config_module.load(config) if config is not None or mountpoint is None else None
+        verdict = probe(cfg, mountpoint)
     except ConfigError as e:
         _probe_exit(f"MUSICFS UNKNOWN - configuration: {e}", UNKNOWN, as_json, str(e))
     except Exception as e:  # noqa: BLE001 - UNKNOWN is the documented answer to an internal error
         _probe_exit(f"MUSICFS UNKNOWN - internal error: {type(e).__name__}: {e}", UNKNOWN, as_json, str(e))
     line = verdict.first_line()
     try:
-        logs.setup(cfg.log.file, cfg.log.level)
+        log_config = (verdict.config or cfg or config_module.load(None)).log
+        logs.setup(log_config.file, log_config.level)
         level = logging.INFO if verdict.code == 0 else logging.WARNING
         logging.getLogger("musicfs.health").log(level, "health probe: %s", line)
         logging.shutdown()
@@ -111,7 +115,7 @@ def health(config: Optional[Path] = ConfigOption,
         line += f" (log not written: {e})"
     typer.echo(json.dumps(verdict.as_dict(), sort_keys=True) if as_json else line)
     sys.stdout.flush()
-    # Checks still stuck in a dead origin are daemon threads: leave without waiting for them.
+    # Checks still stuck in a dead origin are abandoned child processes: leave without them.
     os._exit(verdict.code)
 
 

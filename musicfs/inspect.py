@@ -15,7 +15,7 @@ from pathlib import Path
 import lmdb
 
 from .cas.check import CacheChecker
-from .config import Config
+from .config import CacheConfig, Config, HealthConfig, LogConfig, OriginConfig
 from .daemon import CacheLock
 from .errors import StartupError
 from .storage import ENV_NAME, Storage
@@ -25,12 +25,20 @@ from .storage import ENV_NAME, Storage
 SETTLE_SECONDS = 10.0
 
 
+def runtime_dir() -> Path:
+    """Where live state is published: $XDG_RUNTIME_DIR, else the temp dir. Never the cache
+    dir: that disk may be the thing that failed."""
+    return Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir())
+
+
+def runtime_name(scope) -> str:
+    """The file-name prefix for state about `scope` (a cache dir, or a mountpoint)."""
+    return "musicfs-" + hashlib.sha1(os.fsencode(os.path.abspath(scope))).hexdigest()[:16]
+
+
 def status_path(cache_dir: Path) -> Path:
-    """Where the daemon of `cache_dir` publishes its live state (not in the cache dir: that
-    disk may be the thing that failed)."""
-    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
-    digest = hashlib.sha1(os.fsencode(os.path.abspath(cache_dir))).hexdigest()[:16]
-    return Path(base) / f"musicfs-{digest}.status.json"
+    """Where the daemon of `cache_dir` publishes its live state (see `Service.publish_status`)."""
+    return runtime_dir() / f"{runtime_name(cache_dir)}.status.json"
 
 
 def write_status(cache_dir: Path, status: dict) -> None:
@@ -40,21 +48,106 @@ def write_status(cache_dir: Path, status: dict) -> None:
     os.replace(tmp, path)
 
 
-def daemon_of_mountpoint(mountpoint: Path) -> tuple[int | None, Path | None]:
-    """(PID, cache dir) of the live daemon serving `mountpoint`, from the status files daemons
-    publish; (None, None) if no live daemon serves it."""
-    base = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir())
+def process_start_ticks(pid: int) -> int | None:
+    """When process `pid` started (clock ticks since boot, /proc/PID/stat field 22), or None if
+    there is no such process or it has exited (a zombie). Comparing it with a recorded value
+    tells a live process from a new one that reuses its PID."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    if not fields or fields[0] in ("Z", "X"):
+        return None
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def process_started_at(pid: int) -> float | None:
+    """Process `pid`'s start as unix time (to about a second), or None if it is not alive."""
+    ticks = process_start_ticks(pid)
+    if ticks is None:
+        return None
+    try:
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+    except (OSError, StopIteration, ValueError):
+        return None
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def status_pid_alive(status: dict) -> bool:
+    """Is the daemon that wrote `status` still running? A PID alone could have been reused by
+    another process since; the `started` key (when the daemon's process started) settles it."""
+    pid = status.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    started_at = process_started_at(pid)
+    if started_at is None:
+        return process_start_ticks(pid) is not None  # /proc/stat unreadable: the PID alone
+    recorded = status.get("started")
+    return not isinstance(recorded, (int, float)) or abs(started_at - recorded) < 2.0
+
+
+def read_status_file(cache_dir: Path) -> dict | None:
+    """The status file of `cache_dir` as it is, live or left behind by a daemon that died (a
+    clean stop removes it), without touching the cache dir itself. None if there is none."""
+    try:
+        status = json.loads(status_path(cache_dir).read_text())
+    except (OSError, ValueError):
+        return None
+    return status if isinstance(status, dict) else None
+
+
+def statuses_of_mountpoint(mountpoint: Path) -> list[dict]:
+    """Every status file naming `mountpoint`, live daemons first, then newest first."""
     target = os.path.abspath(mountpoint)
-    for path in base.glob("musicfs-*.status.json"):
+    found = []
+    for path in runtime_dir().glob("musicfs-*.status.json"):
         try:
             status = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        pid = status.get("pid")
-        if status.get("mountpoint") == target and isinstance(pid, int) and os.path.exists(f"/proc/{pid}"):
+        if isinstance(status, dict) and status.get("mountpoint") == target:
+            found.append(status)
+    found.sort(key=lambda s: (not status_pid_alive(s), -float(s.get("updated") or 0)))
+    return found
+
+
+def daemon_of_mountpoint(mountpoint: Path) -> tuple[int | None, Path | None]:
+    """(PID, cache dir) of the live daemon serving `mountpoint`, from the status files daemons
+    publish; (None, None) if no live daemon serves it."""
+    for status in statuses_of_mountpoint(mountpoint):
+        if status_pid_alive(status):
             cache_dir = status.get("cache_dir")
-            return pid, Path(cache_dir) if cache_dir else None
+            return status["pid"], Path(cache_dir) if cache_dir else None
     return None, None
+
+
+def config_summary(config: Config) -> dict:
+    """What the cron probe needs of a daemon's configuration, published in its status file, so
+    that `musicfs health MOUNTPOINT` works for a mount started without a config file."""
+    return {"origins": [{"name": o.name, "type": o.type, "path": str(o.path)} for o in config.origins],
+            "health_timeout": config.health.timeout, "cache_max_size": config.cache.max_size,
+            "log_file": str(config.log.file), "log_level": config.log.level}
+
+
+def config_from_status(status: dict) -> Config | None:
+    """The Config a daemon published (`config_summary`), or None if the status has none."""
+    summary = status.get("config")
+    if not isinstance(summary, dict) or not status.get("cache_dir"):
+        return None
+    try:
+        return Config(
+            origins=tuple(OriginConfig(name=o["name"], path=Path(o["path"]), type=o.get("type", "local"))
+                          for o in summary["origins"]),
+            cache=CacheConfig(dir=Path(status["cache_dir"]), max_size=int(summary["cache_max_size"])),
+            health=HealthConfig(timeout=float(summary["health_timeout"])),
+            log=LogConfig(file=Path(summary["log_file"]), level=summary.get("log_level", "info")))
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def read_status(cache_dir: Path) -> dict | None:

@@ -20,7 +20,7 @@ from .catalog import Catalog, Scanner
 from .config import Config
 from .errors import ShuttingDown
 from .health import HealthMonitor
-from .inspect import status_path, write_status
+from .inspect import config_summary, process_started_at, status_path, write_status
 from .pool import PRELOAD_WORKERS, OriginPool
 from .reader import Reader
 from .storage import ENV_NAME, Storage
@@ -147,6 +147,11 @@ class Service:
                 log.warning("cache maintenance failed: %s", e)
 
     def publish_status(self) -> None:
+        """The status file: what `musicfs health`, `cache stats` and `unmount` know of this
+        daemon. `started` (when this process started) lets a reader tell this daemon from a
+        later process reusing its PID; `cache_dir` and `config` let `musicfs health MOUNTPOINT`
+        check a mount started without a config file. A clean stop removes the file, so one
+        whose PID is gone was left by a daemon that died."""
         try:
             origins = self.health.snapshot()
             for name, result in list(self.scanner.last_results.items()):
@@ -155,8 +160,9 @@ class Service:
             write_status(self.config.cache.dir, {
                 "pid": os.getpid(), "mountpoint": self.mountpoint, "passthrough": self.store.passthrough,
                 "passthrough_reason": self.store.passthrough_reason if self.store.passthrough else None,
-                "cache_dir": os.path.abspath(self.config.cache.dir),
-                "origins": origins, "updated": time.time()})
+                "origins": origins, "updated": time.time(),
+                "cache_dir": os.path.abspath(self.config.cache.dir), "started": process_started_at(os.getpid()),
+                "config": config_summary(self.config)})
         except OSError as e:
             log.debug("cannot publish status: %s", e)
 

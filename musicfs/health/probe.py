@@ -1,36 +1,65 @@
 """`musicfs health`: the cron probe, speaking the Nagios plugin convention.
 
-Every origin is checked in parallel, each in its own daemon thread, and the probe stops
-waiting after ``[health].timeout``: a check stuck in a dead NAS is abandoned (the process exits
-without joining it), so the probe always finishes within timeout + about a second.
+What it looks at:
 
-Exit codes: 0 OK, 1 WARNING (an origin not healthy, or the cache cannot take writes),
-2 CRITICAL (no origin healthy), 3 UNKNOWN (bad config, internal error).
+* The daemon, through the status file it refreshes every second (``Service.publish_status``).
+  A status file whose PID is no longer alive was left by a daemon that died (a clean stop
+  removes it): CRITICAL, whether or not the origins answer. A live daemon whose file is older
+  than ``FRESH_SECONDS`` is wedged somewhere: WARNING, and its view is not trusted.
+* Its mount: statvfs of the mountpoint must answer (ENOTCONN = a dead mount; no answer within
+  ``[health].timeout`` = a hung one; both CRITICAL).
+* Each origin, from two sides: the daemon's view (when it is live and fresh) and the probe's
+  own check. Either finding it not healthy is a problem. An origin the daemon already holds
+  degraded or unhealthy is not touched again: the daemon's verdict is reported, and a hung NAS
+  costs the probe nothing.
+* The cache dir: writable, free space against ``max_size``, index total, lock holder.
+
+Everything that can hang (an origin, the mount, the cache dir) is checked in a forked child
+(see ``isolated``), abandoned at the deadline, and never checked twice at once across runs. The
+probe itself touches only local files (the config, the status files, the log), so it finishes
+within ``timeout`` plus its own start-up, whatever the NAS does.
+
+Exit codes: 0 OK, 1 WARNING (an origin not healthy, the cache cannot take writes, a stale
+daemon), 2 CRITICAL (no origin healthy, the daemon died, the mount is dead or hung), 3 UNKNOWN
+(bad config, internal error, no musicfs at the given mountpoint).
 """
 from __future__ import annotations
 
 import os
-import threading
+import re
 import time
 from dataclasses import dataclass, field
+from functools import partial
 
 from .. import origins as origin_factory
-from ..config import Config
+from ..config import DEFAULT_HEALTH_TIMEOUT, Config, OriginConfig
 from ..daemon import CacheLock
-from ..inspect import read_status
+from ..inspect import (config_from_status, read_status_file, runtime_dir, status_path, status_pid_alive,
+                       statuses_of_mountpoint)
 from ..storage import ENV_NAME, TMP_DIR, Storage
+from .isolated import Checks, Outcome, is_enotconn
 from .monitor import DEGRADED, HEALTHY, UNHEALTHY
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 STATUS_NAMES = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
+# The daemon rewrites its status file every second; older than this, its view is not current.
+FRESH_SECONDS = 10.0
+_RANK = {HEALTHY: 0, DEGRADED: 1, UNHEALTHY: 2}
 
 
 @dataclass
 class OriginVerdict:
     name: str
-    status: str = UNHEALTHY
+    status: str = UNHEALTHY           # the worse of the two views
     latency: float | None = None
     error: str | None = None
+    daemon: dict | None = None        # the live daemon's view (its status-file entry), if fresh
+    probe: dict | None = None         # the probe's own check: status, latency, error; None = not checked
+    not_checked: str | None = None    # why the probe left it alone
+
+    def as_dict(self) -> dict:
+        return {"status": self.status, "latency": self.latency, "error": self.error,
+                "daemon": self.daemon, "probe": self.probe, "not_checked": self.not_checked}
 
 
 @dataclass
@@ -42,54 +71,57 @@ class Verdict:
     summary: str = ""
     seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
+    mount: dict | None = None
+    config: Config | None = None      # what was checked (the log goes to its log file)
 
-    def first_line(self) -> str:
+    def perfdata(self) -> list[str]:
+        """Nagios perfdata: 'label'=value[unit];warn;crit;min;max, `U` for an unknown value."""
+        if not self.origins and not self.cache:
+            return []
         healthy = sum(o.status == HEALTHY for o in self.origins)
         perf = [f"origins_healthy={healthy};;;0;{len(self.origins)}"]
         for o in self.origins:
-            perf.append(f"'latency_{o.name}'={o.latency if o.latency is not None else 'U'}"
-                        f"{'s' if o.latency is not None else ''};;;0")
-        perf.append(f"cache_bytes={self.cache.get('bytes', 'U')}B;;;0;{self.cache.get('max_bytes', '')}")
-        return f"MUSICFS {STATUS_NAMES[self.code]} - {self.summary} | {' '.join(perf)}"
+            perf.append(f"'latency_{o.name}'={_number(o.latency, 's', 6)};;;0")
+        if self.cache:
+            limit = self.cache.get("max_bytes")
+            perf.append(f"cache_bytes={_number(self.cache.get('bytes'), 'B', 0)};;;0"
+                        + (f";{limit}" if limit is not None else ""))
+        return perf
+
+    def first_line(self) -> str:
+        perf = self.perfdata()
+        return f"MUSICFS {STATUS_NAMES[self.code]} - {self.summary}" + (f" | {' '.join(perf)}" if perf else "")
 
     def as_dict(self) -> dict:
         return {"status": STATUS_NAMES[self.code], "exit_code": self.code, "summary": self.summary,
-                "origins": {o.name: {"status": o.status, "latency": o.latency, "error": o.error}
-                            for o in self.origins},
-                "cache": self.cache, "daemon": self.daemon, "seconds": round(self.seconds, 3)}
+                "origins": {o.name: o.as_dict() for o in self.origins}, "problems": self.problems,
+                "cache": self.cache, "daemon": self.daemon, "mount": self.mount, "seconds": round(self.seconds, 3)}
 
 
-def check_origins(config: Config) -> list[OriginVerdict]:
-    """Check every origin at once; whatever has not answered after the timeout is unhealthy."""
-    verdicts = [OriginVerdict(o.name) for o in config.origins]
-    done = [threading.Event() for _ in verdicts]
-
-    def run(index: int, origin) -> None:
-        started = time.monotonic()
-        try:
-            origin.check()
-        except BaseException as e:  # noqa: BLE001 - any failure is the verdict
-            verdicts[index].error = getattr(e, "strerror", None) or str(e) or type(e).__name__
-        else:
-            verdicts[index].latency = round(time.monotonic() - started, 6)
-            verdicts[index].status = HEALTHY if verdicts[index].latency < config.health.timeout / 2 else DEGRADED
-        finally:
-            done[index].set()
-
-    for index, origin_config in enumerate(config.origins):
-        origin = origin_factory.build(origin_config)
-        threading.Thread(target=run, args=(index, origin), name=f"probe-{origin.name}", daemon=True).start()
-    deadline = time.monotonic() + config.health.timeout
-    for index, event in enumerate(done):
-        if not event.wait(max(0.0, deadline - time.monotonic())):
-            verdicts[index].error = f"no answer within {config.health.timeout:g}s"
-    return verdicts
+def _number(value, unit: str, decimals: int) -> str:
+    """Fixed decimals (never 6.5e-05), and a bare `U` when unknown."""
+    if value is None:
+        return "U"
+    return f"{value:.{decimals}f}{unit}"
 
 
-def check_cache(config: Config, daemon: dict | None) -> dict:
-    cache_dir = config.cache.dir
-    result = {"dir": str(cache_dir), "writable": False, "passthrough": bool(daemon and daemon.get("passthrough")),
-              "max_bytes": config.cache.max_size, "bytes": None, "free_bytes": None, "error": None}
+# -- the checks, run in forked children ------------------------------------------------------
+
+def _check_origin(origin_config: OriginConfig) -> dict:
+    origin = origin_factory.build(origin_config)
+    started = time.monotonic()
+    origin.check()
+    return {"latency": round(time.monotonic() - started, 6)}
+
+
+def _check_mount(mountpoint: str) -> dict:
+    # statfs always reaches the filesystem's server (a stat may come from the attribute cache).
+    os.statvfs(mountpoint)
+    return {}
+
+
+def _check_cache(cache_dir) -> dict:
+    result = {"writable": False, "free_bytes": None, "bytes": None, "error": None, "holder": None}
     try:
         st = os.statvfs(cache_dir)
         result["free_bytes"] = st.f_bavail * st.f_frsize
@@ -102,6 +134,10 @@ def check_cache(config: Config, daemon: dict | None) -> dict:
     except OSError as e:
         result["error"] = f"{e.strerror}: {e.filename or cache_dir}"
     result["bytes"] = _index_total(cache_dir)
+    try:
+        result["holder"] = CacheLock.holder(cache_dir)
+    except OSError:
+        pass
     return result
 
 
@@ -121,31 +157,200 @@ def _index_total(cache_dir) -> int | None:
         storage.env.close()
 
 
-def probe(config: Config) -> Verdict:
+def _failure(outcome: Outcome, timeout: float) -> str | None:
+    """Why an isolated check did not succeed, in words; None if it did."""
+    if outcome.timed_out:
+        return f"no answer within {timeout:g}s"
+    if outcome.stuck is not None:
+        return f"previous check still stuck for {outcome.stuck:.0f}s (PID {outcome.stuck_pid})"
+    return outcome.error
+
+
+def mounted_fstype(mountpoint: str) -> str | None:
+    """The filesystem type mounted at `mountpoint` (from /proc/self/mountinfo, which never
+    touches the mount), or None if nothing is mounted there."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    found = None
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        fields = left.split()
+        if len(fields) >= 5 and re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4]) == mountpoint:
+            found = right.split()[0] if right.split() else "unknown"
+    return found
+
+
+def scan_problems(name: str, scan) -> list[str]:
+    """What the daemon's last scan of origin `name` could not do (its status entry's `scan`)."""
+    if not isinstance(scan, dict):
+        return []
+    problems = []
+    unreadable = [str(item) for item in scan.get("unreadable") or []]
+    if unreadable:
+        count = len(unreadable)
+        shown = ", ".join(unreadable[:3]) + (f", and {count - 3} more" if count > 3 else "")
+        problems.append(f"origin {name}: {count} director{'y' if count == 1 else 'ies'} could not be listed "
+                        f"at the last scan ({shown})")
+    if scan.get("error"):
+        problems.append(f"origin {name}: the last scan failed ({scan['error']})")
+    return problems
+
+
+# -- the probe -------------------------------------------------------------------------------
+
+def probe(config: Config | None, mountpoint=None) -> Verdict:
+    """Check the daemon of `mountpoint` (if given: its status file names it) or of `config`'s
+    cache. `config` may be None only with a mountpoint; the daemon's published config is used."""
     started = time.monotonic()
-    daemon_status = read_status(config.cache.dir)
-    origins = check_origins(config)
-    cache = check_cache(config, daemon_status)
-    pid = CacheLock.holder(config.cache.dir)
-    daemon = {"running": pid is not None, "pid": pid}
-    healthy = sum(o.status == HEALTHY for o in origins)
-    problems = [f"origin {o.name} {o.status}" + (f" ({o.error})" if o.error else "")
-                for o in origins if o.status != HEALTHY]
+    if mountpoint is not None:
+        mountpoint = os.path.abspath(mountpoint)
+        statuses = statuses_of_mountpoint(mountpoint)
+        if not statuses:
+            return _unserved(mountpoint, config, started)
+        status = statuses[0]
+        config = config_from_status(status) or config
+        if config is None:
+            return Verdict(UNKNOWN, [], {}, {}, f"the daemon of {mountpoint} publishes no configuration; "
+                           f"give its config file with -c", time.monotonic() - started)
+    else:
+        status = read_status_file(config.cache.dir)
+    timeout = config.health.timeout
+    now = time.time()
+
+    daemon = {"running": False, "pid": None, "fresh": False, "died": False, "status_age": None,
+              "mountpoint": None, "started": None, "status_file": str(status_path(config.cache.dir))}
+    if status is not None:
+        age = max(0.0, now - float(status.get("updated") or 0))
+        daemon.update(pid=status.get("pid"), mountpoint=status.get("mountpoint"), status_age=round(age, 3),
+                      started=status.get("started"))
+        if status_pid_alive(status):
+            daemon.update(running=True, fresh=age < FRESH_SECONDS)
+        else:
+            daemon["died"] = True
+    views = (status.get("origins") or {}) if daemon["running"] else {}
+    fresh_views = views if daemon["fresh"] else {}
+
+    checks = Checks(config.cache.dir)
+    watched_mount = mountpoint or daemon["mountpoint"]
+    if status is not None and watched_mount:
+        checks.start("mount", partial(_check_mount, watched_mount))
+    checks.start("cache", partial(_check_cache, config.cache.dir))
+    for origin_config in config.origins:
+        view = fresh_views.get(origin_config.name)
+        if isinstance(view, dict) and view.get("status") in (DEGRADED, UNHEALTHY):
+            continue   # the daemon already says so; touching a hung NAS again only adds a stuck process
+        checks.start(f"origin-{origin_config.name}", partial(_check_origin, origin_config))
+    outcomes = checks.collect(started + timeout)
+
+    critical: list[str] = []
+    problems: list[str] = []
+    # the daemon and its mount
+    mount = None
+    if daemon["died"]:
+        critical.append(f"daemon PID {daemon['pid']} died (killed or crashed: it left its status file behind)")
+    elif daemon["running"] and not daemon["fresh"]:
+        problems.append(f"daemon PID {daemon['pid']} has not refreshed its status for {daemon['status_age']:.0f}s")
+    if "mount" in outcomes:
+        outcome = outcomes["mount"]
+        fstype = mounted_fstype(watched_mount)
+        failure = _failure(outcome, timeout)
+        mount = {"mountpoint": watched_mount, "answers": failure is None, "mounted": fstype is not None,
+                 "fstype": fstype, "error": failure}
+        if is_enotconn(outcome):
+            critical.append(f"mount {watched_mount} is dead ({outcome.error})")
+        elif failure is not None:
+            critical.append(f"mount {watched_mount} does not answer: {failure}")
+        elif fstype is None:
+            critical.append(f"{watched_mount} is {'no longer' if daemon['died'] else 'not'} mounted")
+
+    # the origins
+    verdicts = []
+    for origin_config in config.origins:
+        verdict = OriginVerdict(origin_config.name)
+        view = fresh_views.get(origin_config.name)
+        if isinstance(view, dict) and view.get("status") in _RANK:
+            verdict.daemon = view
+        outcome = outcomes.get(f"origin-{origin_config.name}")
+        if outcome is None:
+            verdict.not_checked = f"the daemon holds it {view.get('status')}"
+        else:
+            verdict.probe = _probe_view(outcome, timeout)
+        seen = [v for v in (verdict.daemon, verdict.probe) if v is not None]
+        verdict.status = max((v["status"] for v in seen), key=_RANK.__getitem__)
+        # A current answer's latency: the daemon keeps its last good one while an origin is down.
+        verdict.latency = next((v.get("latency") for v in (verdict.probe, verdict.daemon)
+                                if v is not None and v["status"] == HEALTHY and v.get("latency") is not None), None)
+        reasons = [f"{who}: {v.get('error') or v['status']}" for who, v in (("daemon", verdict.daemon),
+                                                                           ("probe", verdict.probe))
+                   if v is not None and v["status"] != HEALTHY]
+        verdict.error = "; ".join(reasons) or None
+        if verdict.status != HEALTHY:
+            problems.append(f"origin {verdict.name} {verdict.status} ({verdict.error})")
+        if isinstance(views.get(origin_config.name), dict):
+            problems.extend(scan_problems(origin_config.name, views[origin_config.name].get("scan")))
+        verdicts.append(verdict)
+
+    # the cache
+    cache = {"dir": str(config.cache.dir), "writable": False,
+             "passthrough": bool(daemon["running"] and status.get("passthrough")),
+             "max_bytes": config.cache.max_size, "bytes": None, "free_bytes": None, "error": None}
+    outcome = outcomes["cache"]
+    if outcome.value is not None:
+        holder = outcome.value.pop("holder", None)
+        cache.update(outcome.value)
+        if holder is not None and not daemon["running"]:
+            daemon.update(running=True, pid=holder)   # holds the lock but publishes no status
+    else:
+        cache["error"] = _failure(outcome, timeout)
     if not cache["writable"]:
         problems.append(f"cache not writable ({cache['error']})")
     if cache["passthrough"]:
-        problems.append("cache in passthrough")
+        problems.append("cache in passthrough" + (f" ({status['passthrough_reason']})"
+                                                  if status.get("passthrough_reason") else ""))
     if cache["free_bytes"] is not None and cache["bytes"] is not None and \
             cache["free_bytes"] < config.cache.max_size - cache["bytes"]:
         problems.append(f"cache disk has {cache['free_bytes'] >> 20} MiB free, less than max_size still needs")
-    if healthy == 0:
-        code = CRITICAL
-    elif problems:
-        code = WARNING
+
+    healthy = sum(o.status == HEALTHY for o in verdicts)
+    code = CRITICAL if critical or healthy == 0 else WARNING if problems else OK
+    parts = [f"{healthy}/{len(verdicts)} origins healthy", *critical, *problems]
+    if not daemon["died"]:
+        parts.append(f"daemon PID {daemon['pid']}" if daemon["running"] else "daemon not running")
+    return Verdict(code, verdicts, cache, daemon, "; ".join(parts), time.monotonic() - started,
+                   critical + problems, mount, config)
+
+
+def _probe_view(outcome: Outcome, timeout: float) -> dict:
+    if outcome.value is not None:
+        latency = outcome.value.get("latency")
+        slow = latency is not None and latency >= timeout / 2
+        return {"status": DEGRADED if slow else HEALTHY, "latency": latency,
+                "error": f"slow: answered in {latency:.3f}s" if slow else None}
+    return {"status": UNHEALTHY, "latency": None, "error": _failure(outcome, timeout)}
+
+
+def _unserved(mountpoint: str, config: Config | None, started: float) -> Verdict:
+    """No status file names `mountpoint`: a dead FUSE mount is CRITICAL, anything else UNKNOWN."""
+    timeout = config.health.timeout if config is not None else DEFAULT_HEALTH_TIMEOUT
+    checks = Checks(mountpoint)
+    checks.start("mount", partial(_check_mount, mountpoint))
+    outcome = checks.collect(started + timeout)["mount"]
+    fstype = mounted_fstype(mountpoint)
+    failure = _failure(outcome, timeout)
+    mount = {"mountpoint": mountpoint, "answers": failure is None, "mounted": fstype is not None,
+             "fstype": fstype, "error": failure}
+    daemon = {"running": False, "pid": None}
+    if is_enotconn(outcome):
+        code, summary = CRITICAL, f"{mountpoint} is a dead FUSE mount ({outcome.error}); no musicfs daemon serves it"
+    elif fstype is not None and "musicfs" in fstype:
+        code = CRITICAL if failure else UNKNOWN
+        summary = (f"{mountpoint} is a musicfs mount that does not answer ({failure})" if failure else
+                   f"{mountpoint} is a musicfs mount but no daemon status names it in {runtime_dir()} "
+                   f"(started with another XDG_RUNTIME_DIR?)")
     else:
-        code = OK
-    summary = f"{healthy}/{len(origins)} origins healthy"
-    if problems:
-        summary += "; " + "; ".join(problems)
-    summary += f"; daemon {'PID ' + str(pid) if pid is not None else 'not running'}"
-    return Verdict(code, origins, cache, daemon, summary, time.monotonic() - started, problems)
+        code = UNKNOWN
+        summary = f"no musicfs is mounted at {mountpoint}" + (f" ({failure})" if failure else "")
+    return Verdict(code, [], {}, daemon, summary, time.monotonic() - started, [summary], mount, config)
