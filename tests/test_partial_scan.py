@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from .helpers import Daemon
+from .helpers import Daemon, run_musicfs, wait_until
 
 pytestmark = [pytest.mark.mount, pytest.mark.slow]
 
@@ -38,6 +38,10 @@ def test_unreadable_folder_at_first_scan_hides_only_itself(tmp_path, hung_origin
         log = daemon.log()
         assert "cannot list B (Input/output error)" in log
         assert "incomplete" not in log
+        # the cron probe reports it, from the daemon's own scan
+        probe = run_musicfs("health", daemon.mountpoint)
+        assert probe.returncode == 1, probe.stdout
+        assert "B: Input/output error" in probe.stdout.splitlines()[0]
     finally:
         daemon.stop()
 
@@ -45,7 +49,6 @@ def test_unreadable_folder_at_first_scan_hides_only_itself(tmp_path, hung_origin
     nas.fail_with_eio()
     try:
         daemon.mount()
-        from .helpers import wait_until
         wait_until(lambda: shown_files(daemon.mountpoint) == set(LIBRARY), timeout=20,
                    message="the rescan after mount to list B")
     finally:
