@@ -72,6 +72,18 @@ class CacheLock:
         self.fd = fd
         self.write_pid(os.getpid())
 
+    def renew(self) -> None:
+        """Lock the lock file that is at the path now (the cache dir was deleted and made
+        again under the running daemon, taking the old file with it)."""
+        old, self.fd = self.fd, None
+        try:
+            self.acquire()
+        except BaseException:
+            self.fd = old
+            raise
+        if old is not None:
+            os.close(old)
+
     def write_pid(self, pid: int) -> None:
         if not self.writable:
             return
@@ -273,6 +285,7 @@ def _run(config: Config, mountpoint: Path, fuse_options: dict, lock: CacheLock, 
 
     service = Service.open(config)
     service.mountpoint = str(mountpoint)
+    service.lock = lock
     try:
         answered = check_new_origins(service, warn)
         service.initial_scan(answered, first_answer=config.health.timeout, warn=warn)

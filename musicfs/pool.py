@@ -12,6 +12,8 @@ import collections
 import threading
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 
+from .errors import ShuttingDown
+
 READ_LANE = "read"
 CHECK_LANE = "check"
 # Loads of cached chunks ahead of a sequential reader: cache-disk work, budgeted like an
@@ -19,13 +21,18 @@ CHECK_LANE = "check"
 PRELOAD_LANE = "preload"
 CACHE_DISK = "(cache disk)"
 PRELOAD_WORKERS = 2
+# Loads of cached chunks a read waits for, and probes of the cache disk: cache-disk work that
+# must be bounded by a timeout like origin I/O (a hung cache disk holds at most these workers).
+LOAD_LANE = "load"
+LOAD_WORKERS = 4
 
 
 class OriginPool:
     def __init__(self, max_workers: int, per_origin: int, *, per_origin_checks: int = 1):
         self.executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="io")
         self.max_workers = max_workers
-        self.limits = {READ_LANE: per_origin, CHECK_LANE: per_origin_checks, PRELOAD_LANE: PRELOAD_WORKERS}
+        self.limits = {READ_LANE: per_origin, CHECK_LANE: per_origin_checks, PRELOAD_LANE: PRELOAD_WORKERS,
+                       LOAD_LANE: LOAD_WORKERS}
         self._running: collections.Counter[tuple[str, str]] = collections.Counter()
         self._queued: dict[tuple[str, str], collections.deque] = collections.defaultdict(collections.deque)
         self._started: set[Future] = set()   # tasks handed to a thread and not finished yet
@@ -39,7 +46,7 @@ class OriginPool:
         slot = (origin, lane)
         with self._lock:
             if self._closed:
-                future.set_exception(RuntimeError("musicfs is shutting down"))
+                future.set_exception(ShuttingDown("musicfs is shutting down"))
                 return future
             if self._running[slot] < self.limits[lane]:
                 self._running[slot] += 1

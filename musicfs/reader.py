@@ -1,7 +1,9 @@
 """The read engine: byte ranges of catalog files, from verified chunks or, on a miss, from origins.
 
-* A cached chunk is read and verified in the calling thread: it is local disk work, and a hop
-  through the pool would only add latency.
+* A cached chunk is served from memory when it is there; otherwise it is loaded and verified
+  in the pool's load lane and waited for at most [health].timeout: a hung cache disk must not
+  hang a read. On that timeout the cache disk counts as hung (passthrough, no loads) and the
+  chunk is read from an origin instead, until the health loop sees the disk answer again.
 * A missing (or corrupt) chunk is fetched by itself - a range read of that chunk, never the
   whole file - in the shared pool, within the origin's worker budget. The caller waits on the
   future until the read's deadline ([fuse].read_timeout) and then gives up with ReadTimeout.
@@ -35,7 +37,7 @@ from .catalog import Catalog, CatalogEntry, decode_entry, decode_record, version
 from .errors import (ChunkCorrupt, ChunkMissing, NotFound, OriginChanged, OriginUnavailable,
                      ReadTimeout)
 from .origins import KIND_FILE, Origin, OriginEntry
-from .pool import CACHE_DISK, PRELOAD_LANE, OriginPool
+from .pool import CACHE_DISK, LOAD_LANE, PRELOAD_LANE, OriginPool
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +79,15 @@ class OpenFile:
 
 class Reader:
     def __init__(self, catalog: Catalog, store: ChunkStore, origins: dict[str, Origin],
-                 pool: OriginPool, read_timeout: float, health=None, scanner=None):
+                 pool: OriginPool, read_timeout: float, health=None, scanner=None,
+                 cache_timeout: float = 5.0):
         self.catalog = catalog
         self.scanner = scanner   # refreshes catalog entries a read found changed or gone
         self.store = store
         self.origins = origins
         self.pool = pool
         self.read_timeout = read_timeout
+        self.cache_timeout = cache_timeout   # how long a load from the cache disk may take
         self.health = health
         self.chunk_size = store.chunk_size
         self._inflight: dict[tuple[bytes, int], Future] = {}
@@ -197,13 +201,29 @@ class Reader:
         digest = handle.digests[index]
         if digest is not None:
             try:
-                return self.store.get(digest, self._chunk_length(handle.size, index))
+                return self._cached(digest, self._chunk_length(handle.size, index), deadline)
             except (ChunkMissing, ChunkCorrupt):
-                handle.digests[index] = None  # dropped by the store; fetch it again below
+                handle.digests[index] = None  # dropped by the store, or its disk hangs: fetch it below
         digest, data = self._fetch_with_failover(handle, index, deadline)
         if digest is not None:
             handle.digests[index] = digest
         return data
+
+    def _cached(self, digest: bytes, length: int, deadline: float) -> bytes:
+        """A cached chunk: from memory, or loaded from the cache disk in the pool, waiting at most
+        `cache_timeout` - a hung cache disk must not hang the read (it goes to an origin)."""
+        data = self.store.get_verified(digest)
+        if data is not None:
+            return data
+        if self.store.loads_suspended:
+            raise ChunkMissing("the cache disk does not answer")
+        future = self.pool.submit(CACHE_DISK, self.store.get, digest, length, lane=LOAD_LANE)
+        try:
+            return future.result(timeout=max(min(deadline - time.monotonic(), self.cache_timeout), 0))
+        except FutureTimeout:
+            future.cancel()
+            self.store.suspend_loads(f"loading a chunk took more than {self.cache_timeout:g}s")
+            raise ChunkMissing("the cache disk did not answer") from None
 
     def _fetch_with_failover(self, handle: OpenFile, index: int, deadline: float):
         known = handle.digests[index]
@@ -279,7 +299,7 @@ class Reader:
         """Runs in the pool: one range read of one chunk, stored if the cache takes it."""
         length = self._chunk_length(source.size, index)
         known = self.store.manifest(source.key, source.size, source.mtime_ns)[index]
-        if known is not None:  # cached meanwhile (a readahead, or a read that waited elsewhere)
+        if known is not None and not self.store.loads_suspended:  # cached meanwhile (a readahead, or a read that waited elsewhere)
             try:
                 return known, self.store.get(known, length)
             except (ChunkMissing, ChunkCorrupt):
@@ -317,6 +337,8 @@ class Reader:
         for ahead in range(index, min(index + READAHEAD_CHUNKS, count)):
             digest = handle.digests[ahead]
             if digest is not None:
+                if self.store.loads_suspended:
+                    continue
                 # Cached: load and verify it in the background, so the reader does not wait
                 # for one chunk file after another (the kernel reads ahead only within a file).
                 if ahead > handle.preloaded:

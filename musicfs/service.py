@@ -11,6 +11,7 @@ import logging
 import os
 import threading
 import time
+from concurrent.futures import TimeoutError as FutureTimeout
 
 import lmdb
 
@@ -21,7 +22,7 @@ from .config import Config
 from .errors import ShuttingDown
 from .health import HealthMonitor
 from .inspect import config_summary, process_started_at, status_path, write_status
-from .pool import PRELOAD_WORKERS, OriginPool
+from .pool import CACHE_DISK, LOAD_LANE, LOAD_WORKERS, PRELOAD_WORKERS, OriginPool
 from .reader import Reader
 from .storage import ENV_NAME, Storage
 
@@ -52,6 +53,8 @@ class Service:
         self._stop_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self.mountpoint: str | None = None  # set by the daemon; published for `musicfs unmount`
+        self.lock = None   # the daemon's CacheLock, renewed if the cache dir is made anew
+        self._rescanning = False
 
     @classmethod
     def open(cls, config: Config, origins: dict | None = None) -> "Service":
@@ -74,7 +77,7 @@ class Service:
         store = ChunkStore(storage, config.cache.max_size)
         if refused is not None:
             store.passthrough = True
-            store.passthrough_reason = f"cache disk read-only at start ({refused}); restart musicfs once it is writable"
+            store.passthrough_reason = f"cache disk read-only at start ({refused}); caching resumes once it is writable"
         catalog = Catalog(storage)
         if origins is None:
             origins = {o.name: origin_factory.build(o) for o in config.origins}
@@ -83,11 +86,15 @@ class Service:
         if not storage.readonly:
             scanner.reconcile_origins()
         per_origin = config.health.workers_per_origin
-        pool = OriginPool(max_workers=max(MIN_POOL_WORKERS, (per_origin + 1) * len(origins) + PRELOAD_WORKERS + 4),
+        pool = OriginPool(max_workers=max(MIN_POOL_WORKERS, (per_origin + 1) * len(origins) + PRELOAD_WORKERS
+                                          + LOAD_WORKERS + 4),
                           per_origin=per_origin)
-        health = HealthMonitor(list(origins.values()), pool, config.health, store)
-        reader = Reader(catalog, store, origins, pool, config.fuse.read_timeout, health, scanner)
-        return cls(config, storage, store, catalog, scanner, origins, pool, reader, health)
+        health = HealthMonitor(list(origins.values()), pool, config.health)
+        reader = Reader(catalog, store, origins, pool, config.fuse.read_timeout, health, scanner,
+                        cache_timeout=config.health.timeout)
+        service = cls(config, storage, store, catalog, scanner, origins, pool, reader, health)
+        health.cache_probe = service.probe_cache
+        return service
 
     @staticmethod
     def _open_storage(config: Config) -> tuple[Storage, str | None]:
@@ -124,8 +131,13 @@ class Service:
         self.publish_status()
         self._spawn("maintenance", self._maintenance_loop)
         if not self.storage.readonly:
-            self._spawn("rescan", self._rescan_loop)
+            self._start_rescans()
         self.health.start()
+
+    def _start_rescans(self) -> None:
+        if not self._rescanning:
+            self._rescanning = True
+            self._spawn("rescan", self._rescan_loop)
 
     def _spawn(self, name: str, target) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)
@@ -145,6 +157,51 @@ class Service:
                 self.storage.sync()
             except Exception as e:
                 log.warning("cache maintenance failed: %s", e)
+
+    # -- the cache disk coming back ---------------------------------------------------------
+
+    def probe_cache(self) -> None:
+        """Each health round: see whether a cache disk that failed works again, and whether
+        the cache dir is still there. Bounded: the cache disk may be what hangs."""
+        if self.stopping:
+            return
+        future = self.pool.submit(CACHE_DISK, self._probe_cache, lane=LOAD_LANE)
+        try:
+            future.result(timeout=self.config.health.timeout)
+        except FutureTimeout:
+            future.cancel()
+            self.store.suspend_loads(f"a probe of the cache disk took more than {self.config.health.timeout:g}s")
+        except ShuttingDown:
+            pass
+        except Exception as e:  # noqa: BLE001 - the next round tries again
+            log.warning("probing the cache disk failed: %s", e)
+
+    def _probe_cache(self) -> None:
+        storage, store = self.storage, self.store
+        if storage.disk_readonly or storage.index_gone():
+            if not storage.disk_readonly and not store.passthrough:
+                store._enter_passthrough(OSError(errno.ENOENT, f"cache index {storage.env_path} is gone"))
+            if _disk_takes_writes(self.config.cache.dir):
+                self._reopen_cache()
+        elif store.passthrough:
+            store.probe_writable()
+
+    def _reopen_cache(self) -> None:
+        """The cache disk takes writes again after it was read-only at start, or the cache dir
+        was deleted: continue on a writable index at the same path, repaired, and cache again."""
+        storage, store = self.storage, self.store
+        gone = storage.index_gone()
+        if gone and self.lock is not None:
+            self.lock.renew()   # StartupError if another musicfs took the new directory: stay passthrough
+        storage.reopen_writable()
+        report = recover(storage)
+        with storage.begin(write=True) as txn:
+            txn.put(b"dirty", b"1", db=storage.meta)
+        store.loads_suspended = False
+        store.passthrough = False
+        log.info("cache %s %s: index reopened for writing (%d problems repaired); caching resumed",
+                 self.config.cache.dir, "was made anew" if gone else "takes writes again", len(report.findings))
+        self._start_rescans()
 
     def publish_status(self) -> None:
         """The status file: what `musicfs health`, `cache stats` and `unmount` know of this
@@ -217,6 +274,19 @@ class Service:
         with contextlib.suppress(OSError):
             status_path(self.config.cache.dir).unlink()
         log.info("musicfs stopped cleanly")
+
+
+def _disk_takes_writes(path) -> bool:
+    """True if a file can be created (and removed) in `path`, made if missing."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, f".musicfs-write-probe.{os.getpid()}")
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError:
+        return False
+    return True
 
 
 def _disk_refuses_writes(path) -> bool:

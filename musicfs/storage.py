@@ -109,9 +109,11 @@ class Storage:
         self.chunks_dir = self.cache_dir / CHUNKS_DIR
         self.tmp_dir = self.cache_dir / TMP_DIR
         self.rebuilt = False
+        self._retired: list[lmdb.Environment] = []
         self.env = self._open()
         for name in DATABASES:
             setattr(self, name, self.env.open_db(name.encode(), create=not self.readonly))
+        self._identity = self._data_identity()
 
     def _open_env(self) -> lmdb.Environment:
         return lmdb.open(str(self.env_path), map_size=MAP_SIZE, max_dbs=len(DATABASES) + 1,
@@ -132,8 +134,8 @@ class Storage:
             env = self._open_env()
             version = self._read_version(env)
         except lmdb.Error as e:
-            if self.readonly:
-                raise
+            if self.readonly or not os.access(self.cache_dir, os.W_OK):
+                raise   # a read-only cache disk is no reason to throw the index away
             log.error("cache index %s cannot be opened (%s); rebuilding it empty", self.env_path, e)
             return self._rebuild()
         if version is None and not self.readonly:
@@ -176,6 +178,59 @@ class Storage:
             meta = env.open_db(b"meta", txn=txn)
             txn.put(b"format", str(FORMAT_VERSION).encode(), db=meta)
         return env
+
+    # -- coming back from a failed cache disk ----------------------------------------------
+
+    def _data_identity(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.env_path / "data.mdb")
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
+
+    def index_gone(self) -> bool:
+        """True if the index this process has open is no longer at its path: the cache dir was
+        deleted (or replaced) under the running daemon."""
+        try:
+            st = os.stat(self.env_path / "data.mdb")
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False   # a failing disk, not a deleted index: passthrough handles it
+        return self._identity is not None and (st.st_dev, st.st_ino) != self._identity
+
+    def reopen_writable(self) -> None:
+        """Switch to a writable index at the same path, once the cache disk takes writes: after
+        it was read-only at start, or after the cache dir was deleted under the daemon.
+
+        The index open here is copied to fresh files that take its place (a deleted index
+        survives with its catalog and manifests; chunk records whose files went with the
+        directory are for the caller's recovery to drop), and those are opened: LMDB must not
+        open the same files twice in one process. The old environment stays open, since
+        threads may still be inside it; its files are unlinked."""
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        fresh = self.env_path.with_name(f"{ENV_NAME}.new-{os.getpid()}")
+        shutil.rmtree(fresh, ignore_errors=True)
+        fresh.mkdir()
+        self.env.copy(str(fresh))
+        aside = None
+        if self.env_path.exists():
+            aside = self.env_path.with_name(f"{ENV_NAME}.old-{os.getpid()}")
+            shutil.rmtree(aside, ignore_errors=True)
+            os.replace(self.env_path, aside)
+        os.replace(fresh, self.env_path)
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
+        self.chunks_dir.mkdir(parents=True, exist_ok=True)
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.readonly = self.disk_readonly = False
+        env = self._open_env()
+        handles = {name: env.open_db(name.encode(), create=True) for name in DATABASES}
+        self._retired.append(self.env)
+        self.env = env
+        for name, handle in handles.items():
+            setattr(self, name, handle)
+        self._identity = self._data_identity()
 
     # -- meta helpers ----------------------------------------------------------------------
 

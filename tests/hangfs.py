@@ -1,6 +1,7 @@
 """A real hung NAS for tests: a FUSE passthrough whose server can stop answering.
 
-Run as its own process: ``python -m tests.hangfs BACKING MOUNTPOINT CONTROL_DIR``. It serves
+Run as its own process: ``python -m tests.hangfs BACKING MOUNTPOINT CONTROL_DIR [--writable]``
+(writable: a disk that hangs, e.g. for a cache's chunks/). It serves
 BACKING at MOUNTPOINT. While ``CONTROL_DIR/hang`` exists, every request is *received* by the
 server and then not answered: the handler waits until the file is removed. The caller's thread
 is then in the kernel's uninterruptible wait for a FUSE answer, which is what a dead NFS, SMB
@@ -81,6 +82,50 @@ class HangFS(Operations):
         os.close(fh)
         return 0
 
+    # -- writable mode (a cache disk): the same gate, then the backing directory ---------------
+
+    def _errno(self, fn, *args):
+        try:
+            return fn(*args)
+        except OSError as e:
+            raise FuseOSError(e.errno) from None
+
+    def create(self, path, mode, fi=None):
+        return self._errno(os.open, self._gate(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+
+    def write(self, path, data, offset, fh):
+        self._gate(path)
+        return self._errno(os.pwrite, fh, data, offset)
+
+    def truncate(self, path, length, fh=None):
+        self._errno(os.truncate, self._gate(path), length)
+
+    def flush(self, path, fh):
+        self._gate(path)
+        return 0
+
+    def fsync(self, path, datasync, fh):
+        self._gate(path)
+        return 0
+
+    def rename(self, old, new):
+        self._errno(os.rename, self._gate(old), self._gate(new))
+
+    def unlink(self, path):
+        self._errno(os.unlink, self._gate(path))
+
+    def mkdir(self, path, mode):
+        self._errno(os.mkdir, self._gate(path), mode)
+
+    def rmdir(self, path):
+        self._errno(os.rmdir, self._gate(path))
+
+    def chmod(self, path, mode):
+        self._errno(os.chmod, self._gate(path), mode)
+
+    def utimens(self, path, times=None):
+        self._errno(os.utime, self._gate(path), times)
+
     def statfs(self, path):
         self._gate(path)
         st = os.statvfs(self.backing)
@@ -89,9 +134,10 @@ class HangFS(Operations):
 
 
 def main(argv: list[str]) -> None:
-    backing, mountpoint, control = argv
-    FUSE(HangFS(backing, control), mountpoint, foreground=True, nothreads=False, ro=True, fsname="hangfs",
-         attr_timeout=0, entry_timeout=0, negative_timeout=0, direct_io=True, use_ino=True)
+    writable = "--writable" in argv
+    backing, mountpoint, control = [a for a in argv if a != "--writable"]
+    FUSE(HangFS(backing, control), mountpoint, foreground=True, nothreads=False, ro=not writable,
+         fsname="hangfs", attr_timeout=0, entry_timeout=0, negative_timeout=0, direct_io=True, use_ino=True)
 
 
 if __name__ == "__main__":

@@ -227,9 +227,9 @@ class HungOrigin:
             d.mkdir(parents=True, exist_ok=True)
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> "HungOrigin":
+    def start(self, writable: bool = False) -> "HungOrigin":
         self.process = subprocess.Popen([sys.executable, "-m", "tests.hangfs", str(self.backing), str(self.path),
-                                         str(self.control)], cwd=ROOT)
+                                         str(self.control), *(["--writable"] if writable else [])], cwd=ROOT)
         wait_until(lambda: is_mounted(self.path) or self.process.poll() is not None, timeout=20,
                    message="hangfs mount")
         assert self.process.poll() is None, "hangfs failed to start"

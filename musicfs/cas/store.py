@@ -151,6 +151,9 @@ class ChunkStore:
         # probe_writable() sees the disk take writes again.
         self.passthrough = False
         self.passthrough_reason = ""
+        # Set when a chunk load did not answer in time (a hung cache disk): cached chunks are
+        # then read from origins instead, until a probe sees the disk answer again.
+        self.loads_suspended = False
         self.chunk_size = self._init_chunk_size(chunk_size)
 
     def _init_chunk_size(self, wanted: int) -> int:
@@ -187,6 +190,14 @@ class ChunkStore:
                         del self._pins[d]
 
     # -- reading ---------------------------------------------------------------------------
+
+    def get_verified(self, digest: bytes) -> bytes | None:
+        """The chunk if it is in memory already (no disk I/O), else None."""
+        data = self.verified.get(digest)
+        if data is not None:
+            self._touched[digest] = time.time_ns()
+            self.hits += 1
+        return data
 
     def get(self, digest: bytes, size: int) -> bytes:
         """The verified bytes of a chunk; ChunkMissing/ChunkCorrupt (chunk dropped) otherwise."""
@@ -353,6 +364,13 @@ class ChunkStore:
             log.warning("cache disk refuses writes (%s): serving straight from origins (passthrough) "
                         "until it works again", self.passthrough_reason)
 
+    def suspend_loads(self, reason: str) -> None:
+        """The cache disk does not answer: stop loading from it and writing to it."""
+        if not self.loads_suspended:
+            self.loads_suspended = True
+            log.warning("cache disk does not answer (%s): reading from origins instead until it does", reason)
+        self._enter_passthrough(OSError(errno.EIO, reason))
+
     def probe_writable(self) -> bool:
         """Try a real write (a temp file and an index transaction); leave passthrough if it works."""
         probe = b"%s/probe.%d" % (self._tmp_dir, os.getpid())
@@ -371,6 +389,7 @@ class ChunkStore:
             return False
         if self.passthrough:
             self.passthrough = False
+            self.loads_suspended = False
             log.info("cache disk takes writes again: caching resumed")
         return True
 

@@ -8,7 +8,8 @@ machine reads consult (healthy -> degraded -> unhealthy, back to healthy on succ
   N hung origins are judged in one timeout, not N.
 * Reads report their failures here too; an origin judged unhealthy is not asked again by reads
   (they fail fast or go to a replica) until a check succeeds.
-* The cache disk's state (passthrough when chunk writes fail) is probed in the same loop.
+* The cache disk's state (passthrough when chunk writes fail or loads hang) is probed in the
+  same loop, through a callback that bounds the probe.
 """
 from __future__ import annotations
 
@@ -52,13 +53,15 @@ def _timed_check(origin) -> float:
 
 
 class HealthMonitor:
-    def __init__(self, origins, pool: OriginPool, config, store=None):
+    def __init__(self, origins, pool: OriginPool, config, cache_probe=None):
         self.origins = {o.name: o for o in origins}
         self.names = [o.name for o in origins]
         self.pool = pool
         self.timeout = config.timeout
         self.interval = config.interval
-        self.store = store
+        # Called every round: sees whether a cache disk that failed takes writes again (bounded
+        # by the caller, since that disk may be the thing that hangs).
+        self.cache_probe = cache_probe
         self.status = {name: OriginHealth(name) for name in self.names}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -79,8 +82,8 @@ class HealthMonitor:
         while not self._stop.is_set():
             try:
                 self.check_all()
-                if self.store is not None and self.store.passthrough:
-                    self.store.probe_writable()
+                if self.cache_probe is not None:
+                    self.cache_probe()
             except Exception:
                 log.exception("health round failed")
             self._stop.wait(self.interval)

@@ -1,0 +1,117 @@
+"""A cache disk that hangs, vanishes or is read-only at start: reads stay bounded and correct,
+and caching resumes by itself once the disk is back."""
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from musicfs.cas import CacheChecker
+
+from .helpers import Daemon, chunk_files, run_musicfs, wait_until
+
+pytestmark = [pytest.mark.mount, pytest.mark.slow]
+
+MiB = 1 << 20
+
+
+def library(root, count):
+    root.mkdir(parents=True, exist_ok=True)
+    files = {f"{i}.flac": os.urandom(MiB + 1000 * i) for i in range(count)}
+    for name, data in files.items():
+        (root / name).write_bytes(data)
+    return files
+
+
+def read_file(path):
+    with open(path, "rb", buffering=0) as f:
+        return f.read()
+
+
+def cached_digest(service, root, name):
+    size = (root / name).stat().st_size
+    digest = service.store.manifest(b"o\0" + name.encode(), size, (root / name).stat().st_mtime_ns)[0]
+    return digest if digest is not None and service.store.contains(digest) else None
+
+
+def test_hung_cache_disk_does_not_hang_reads_and_caching_resumes(tmp_path, hung_origin, mounted):
+    # chunks/ lives on a disk whose server receives requests and stops answering
+    disk = hung_origin("chunkdisk").start(writable=True)
+    chunks = tmp_path / "cache" / "chunks"
+    chunks.mkdir(parents=True)
+    subprocess.run(["mount", "--bind", str(disk.path), str(chunks)], check=True)
+    try:
+        root = tmp_path / "o"
+        files = library(root, 4)
+        service, mount = mounted([("o", root)], health={"interval": 0.3, "timeout": 1},
+                                 fuse={"read_timeout": 10}, fuse_options={"direct_io": True})
+        assert read_file(mount.mountpoint / "0.flac") == files["0.flac"]
+        assert cached_digest(service, root, "0.flac") is not None
+        service.store.verified.clear()     # nothing of it left in memory: a read must load from disk
+
+        disk.hang()
+        started = time.monotonic()
+        assert read_file(mount.mountpoint / "0.flac") == files["0.flac"]     # from the origin instead
+        assert time.monotonic() - started < 1 + 3
+        assert disk.held() > 0, "the chunk load never reached the hung disk: this test proves nothing"
+        assert service.store.loads_suspended and service.store.passthrough
+        assert read_file(mount.mountpoint / "1.flac") == files["1.flac"]     # misses pass through
+
+        disk.release()
+        wait_until(lambda: not service.store.passthrough, timeout=10, message="caching to resume")
+        assert read_file(mount.mountpoint / "2.flac") == files["2.flac"]
+        assert cached_digest(service, root, "2.flac") is not None
+    finally:
+        disk.release()
+        subprocess.run(["umount", "-l", str(chunks)], capture_output=True)
+
+
+def test_cache_dir_deleted_under_the_daemon_is_made_again(tmp_path, mounted):
+    root = tmp_path / "o"
+    files = library(root, 4)
+    service, mount = mounted([("o", root)], health={"interval": 0.3}, fuse_options={"direct_io": True})
+    assert read_file(mount.mountpoint / "0.flac") == files["0.flac"]
+    cache = tmp_path / "cache"
+    shutil.rmtree(cache)
+
+    assert read_file(mount.mountpoint / "1.flac") == files["1.flac"]
+    wait_until(lambda: (cache / "index.lmdb" / "data.mdb").exists() and not service.store.passthrough,
+               timeout=10, message="the cache to be made again")
+    assert sorted(os.listdir(mount.mountpoint)) == sorted(files)      # the catalog survived
+    service.store.verified.clear()
+    for name, data in files.items():
+        assert read_file(mount.mountpoint / name) == data
+    assert cached_digest(service, root, "3.flac") is not None
+    assert chunk_files(cache / "chunks")
+    assert CacheChecker(service.storage, repair=False).run(digests=True).consistent
+
+
+def test_cache_disk_read_only_at_start_resumes_caching_once_writable(tmp_path):
+    root = tmp_path / "o"
+    files = library(root, 3)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64M", "tmpfs", str(cache)], check=True)
+    daemon = Daemon(tmp_path, [("o", root)], health={"interval": 0.3})
+    try:
+        daemon.mount()
+        assert read_file(daemon.path("0.flac")) == files["0.flac"]
+        daemon.stop()
+        subprocess.run(["mount", "-o", "remount,ro", str(cache)], check=True)
+        daemon.mount()
+        assert read_file(daemon.path("1.flac")) == files["1.flac"]     # passthrough
+        before = len(chunk_files(cache / "chunks"))
+
+        subprocess.run(["mount", "-o", "remount,rw", str(cache)], check=True)
+        wait_until(lambda: "caching resumed" in daemon.log(), timeout=10, message="caching to resume")
+        assert read_file(daemon.path("2.flac")) == files["2.flac"]
+        assert len(chunk_files(cache / "chunks")) > before
+        wait_until(lambda: '"passthrough": false' in run_musicfs("cache", "stats", "--json", "-c", daemon.config).stdout,
+                   message="cache stats to show passthrough off")
+        daemon.stop()
+        verify = run_musicfs("cache", "verify", "-c", daemon.config)
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+    finally:
+        daemon.stop()
+        subprocess.run(["umount", "-l", str(cache)], capture_output=True)
