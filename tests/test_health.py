@@ -1,6 +1,5 @@
 """Health checks: bounded, parallel, no pile-up; the state machine reads consult; the probe."""
 import json
-import subprocess
 import sys
 import time
 
@@ -12,7 +11,7 @@ from musicfs.origins import LocalOrigin
 from musicfs.pool import OriginPool
 
 from .faulty import FaultyOrigin
-from .helpers import ROOT, toml_config, wait_until
+from .helpers import ROOT, run_bounded, toml_config, wait_until
 
 
 def monitor_for(origins, timeout=0.3, pool=None):
@@ -109,8 +108,8 @@ def test_transitions_are_logged_once(tmp_path, caplog):
 
 def run_probe(config, *args, timeout=30):
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "musicfs.cli", "health", "-c", str(config), *args],
-                            capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    result = run_bounded([sys.executable, "-m", "musicfs.cli", "health", "-c", str(config), *args], timeout,
+                         cwd=ROOT)
     return result, time.monotonic() - started
 
 
@@ -150,25 +149,19 @@ def test_probe_unknown_on_bad_config(tmp_path):
 
 
 @pytest.mark.slow
-def test_probe_finishes_within_timeout_plus_one_second_with_hung_origins(tmp_path):
-    """Real hangs: origins whose path is on a FUSE mount that never answers (a stopped daemon)."""
-    from .helpers import Daemon, force_unmount
-    import os
-    import signal
-    (tmp_path / "lib").mkdir()
-    (tmp_path / "lib" / "x.flac").write_bytes(b"x")
-    hung = Daemon(tmp_path, [("lib", tmp_path / "lib")]).mount()
-    os.kill(hung.pid, signal.SIGSTOP)      # the mount now hangs every syscall, like a dead NAS
-    try:
-        probe_dir = tmp_path / "probe"
-        probe_dir.mkdir()
-        (probe_dir / "ok").mkdir()
-        config = write_config(probe_dir, [("ok", probe_dir / "ok"), ("dead1", hung.mountpoint),
-                                          ("dead2", hung.mountpoint / "sub")], timeout=2)
-        result, elapsed = run_probe(config)
-        assert elapsed < 2 + 1.0, f"probe took {elapsed:.2f}s"
-        assert result.returncode == 1 and "1/3 origins healthy" in result.stdout
-    finally:
-        os.kill(hung.pid, signal.SIGCONT)
-        hung.stop()
-        force_unmount(hung.mountpoint)
+@pytest.mark.mount
+def test_probe_finishes_within_timeout_plus_one_second_with_hung_origins(tmp_path, hung_origin):
+    """Real hangs: two origins on a FUSE server that receives every request and never answers,
+    judged together within one timeout."""
+    nas = hung_origin().start()
+    (nas.backing / "sub").mkdir()
+    (nas.backing / "sub" / "x.flac").write_bytes(b"x")
+    probe_dir = tmp_path / "probe"
+    (probe_dir / "ok").mkdir(parents=True)
+    config = write_config(probe_dir, [("ok", probe_dir / "ok"), ("dead1", nas.path), ("dead2", nas.path / "sub")],
+                          timeout=2)
+    nas.hang()
+    result, elapsed = run_probe(config)
+    assert elapsed < 2 + 1.0, f"probe took {elapsed:.2f}s"
+    assert result.returncode == 1 and "1/3 origins healthy" in result.stdout
+    assert nas.held() >= 1, "the checks never reached the hung server"
