@@ -24,6 +24,7 @@ combining its cached view of the old version with bytes of the new one.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import logging
 import struct
 import threading
@@ -33,9 +34,12 @@ from dataclasses import dataclass, field
 import xxhash
 
 from .cas.store import ChunkStore
-from .errors import NotFound, OriginUnavailable
+from .errors import NotFound, OriginChanged, OriginUnavailable
+from .layout import split_ext
 from .origins import KIND_DIR, KIND_FILE, Origin, OriginEntry, join
 from .storage import U64, Storage
+from .tags import AUDIO_EXTENSIONS, read_tags, record_is_current
+from .tags import encode_record as encode_tag_record
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +50,9 @@ ROOT = b"/"
 # Records written per transaction during a scan: big enough to be efficient, small enough that
 # the chunk store's writers never wait long for the LMDB write lock.
 SCAN_BATCH = 2000
+# Tag reads of one origin in flight at once during a scan: a NAS answers many small range
+# reads in parallel; parsing is quick next to a round trip.
+TAG_READERS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +253,7 @@ class ScanResult:
     removed: int = 0
     error: str = ""
     seconds: float = 0.0
+    tags_read: int = 0                # audio files whose tags were read (new or changed ones)
     finished: float | None = None     # time.time() when the scan ended
     # Directories that could not be listed: (path on the origin, reason). Their stored entries
     # were kept; everything else of the origin was scanned.
@@ -253,7 +261,7 @@ class ScanResult:
 
     def as_status(self) -> dict:
         return {"complete": self.complete, "finished": self.finished, "error": self.error or None,
-                "entries": self.entries,
+                "entries": self.entries, "tags_read": self.tags_read,
                 "unreadable": [f"{path.decode(errors='replace') or '/'}: {reason}" for path, reason in self.unreadable]}
 
 
@@ -265,7 +273,7 @@ class Scanner:
     """Write side: walks origins and folds what it finds into the catalog."""
 
     def __init__(self, storage: Storage, store: ChunkStore, origins: list[Origin], *,
-                 stall_timeout: float, recent: RecentChanges | None = None):
+                 stall_timeout: float, recent: RecentChanges | None = None, view=None):
         self.storage = storage
         self.store = store
         self.origins = list(origins)
@@ -274,6 +282,10 @@ class Scanner:
         self.stall_timeout = stall_timeout
         self.recent = recent or RecentChanges()
         self.last_results: dict[str, ScanResult] = {}
+        # None: the paths view, kept up to date entry by entry (_merge). Otherwise a derived
+        # view (musicfs.view.TagView) rebuilt as a whole once a scan or refresh is done.
+        self.view = view
+        self._view_dirty = False
         self._write_lock = threading.Lock()  # one catalog writer at a time (merges read all origins)
         self._workers: dict[str, _ScanWorker] = {}
         self._workers_lock = threading.Lock()
@@ -322,17 +334,37 @@ class Scanner:
         if old is not None and kind == KIND_FILE:
             self.recent.note(path)
 
+    def _placed(self, txn, relpath: bytes) -> None:
+        """An origin record of `relpath` changed: place it in the shown tree."""
+        if self.view is None:
+            self._merge(txn, relpath)
+        else:
+            self._view_dirty = True
+
+    def finish_view(self, force: bool = False) -> None:
+        """Rebuild a derived view after records changed, in one write transaction: readers see
+        the old tree or the new one. Nothing to do for the paths view."""
+        if self.view is None or not (self._view_dirty or force):
+            return
+        started = time.monotonic()
+        with self._write_lock, self.storage.begin(write=True) as txn:
+            self._view_dirty = False
+            changed = self.view.rebuild(txn, self.storage, self.order, self.recent)
+        log.log(logging.INFO if changed else logging.DEBUG, "tag view: %d entries changed in %.2fs",
+                changed, time.monotonic() - started)
+
     def reconcile_origins(self) -> bool:
-        """Make the merged view match the configured origins and their order. Records of origins
-        no longer configured, or whose identity changed (same name, another path), are dropped.
-        Returns True if anything had to be rebuilt."""
+        """Make the shown tree match the configured origins, their order and the layout.
+        Records of origins no longer configured, or whose identity changed (same name, another
+        path), are dropped. Returns True if anything had to be rebuilt."""
         identities = [o.describe().encode() for o in self.origins]
-        fingerprint = b"\0".join(identities)
+        view_spec = b"paths" if self.view is None else self.view.spec
+        fingerprint = b"\0".join(identities) + b"\0view:" + view_spec
         with self.storage.begin() as txn:
             previous = txn.get(b"origins", db=self.storage.meta)
         if previous == fingerprint:
             return False
-        before = set(previous.split(b"\0")) if previous else set()
+        before = set(previous.split(b"\0view:")[0].split(b"\0")) if previous else set()
         started = time.monotonic()
         with self._write_lock, self.storage.begin(write=True) as txn:
             known = {o.name for o, identity in zip(self.origins, identities) if identity in before}
@@ -347,12 +379,16 @@ class Scanner:
                     stale.append(key)
             for key in stale:
                 txn.delete(key, db=self.storage.origin_files)
+                txn.delete(key, db=self.storage.tags)
                 self.store.drop_manifest(key, txn)
-            txn.drop(self.storage.entries, delete=False)
-            txn.drop(self.storage.children, delete=False)
-            for relpath in relpaths:
-                if relpath:
-                    self._merge(txn, relpath)
+            if self.view is None:
+                txn.drop(self.storage.entries, delete=False)
+                txn.drop(self.storage.children, delete=False)
+                for relpath in relpaths:
+                    if relpath:
+                        self._merge(txn, relpath)
+            else:
+                self.view.rebuild(txn, self.storage, self.order, self.recent)
             for key, _ in list(txn.cursor(db=self.storage.meta)):
                 if key.startswith(b"scanned:") and key[8:].decode() not in known:
                     txn.delete(key, db=self.storage.meta)
@@ -403,12 +439,49 @@ class Scanner:
             self.storage.put_u64(txn, key, generation)
         return generation
 
-    def _apply_batch(self, origin: str, generation: int, batch, result: ScanResult) -> None:
+    def _apply_batch(self, origin: str, generation: int, batch, result: ScanResult, worker=None) -> None:
         prefix = origin.encode() + b"\0"
+        tags = self._read_tags(origin, batch, result, worker) if self.view is not None else {}
         with self._write_lock, self.storage.begin(write=True) as txn:
             for relpath, entry in batch:
                 if self._put_record(txn, prefix + relpath, relpath, entry, generation):
                     result.changed += 1
+            for relpath, record in tags.items():
+                txn.put(prefix + relpath, record, db=self.storage.tags)
+                self._view_dirty = True
+
+    def _read_tags(self, origin_name: str, batch, result: ScanResult, worker=None) -> dict[bytes, bytes]:
+        """Tag records for the audio files of a batch whose stored tags are missing or were
+        read from another version of the file. Read in parallel (the origin's latency, not its
+        bandwidth, is the limit) and outside the write transaction."""
+        prefix = origin_name.encode() + b"\0"
+        with self.storage.begin() as txn:
+            todo = [(relpath, entry) for relpath, entry in batch
+                    if entry.kind == KIND_FILE and split_ext(relpath.rpartition(b"/")[2])[1] in AUDIO_EXTENSIONS
+                    and not record_is_current(txn.get(prefix + relpath, db=self.storage.tags), entry)]
+        if not todo:
+            return {}
+        origin = self.by_name[origin_name]
+        records = {}
+
+        def read(item):
+            relpath, entry = item
+            try:
+                tags, _ = read_tags(origin, relpath, entry.size, entry)
+            except (OSError, OriginChanged) as e:   # read again at the next scan
+                log.info("origin %s: cannot read the tags of %s (%s)", origin_name,
+                         relpath.decode(errors="replace"), getattr(e, "strerror", None) or e)
+                return relpath, None
+            return relpath, encode_tag_record(entry, tags)
+
+        with concurrent.futures.ThreadPoolExecutor(TAG_READERS, thread_name_prefix=f"tags-{origin_name}") as pool:
+            for relpath, record in pool.map(read, todo):
+                if worker is not None:
+                    worker.progress()
+                result.tags_read += 1
+                if record is not None:
+                    records[relpath] = record
+        return records
 
     def _put_record(self, txn, key: bytes, relpath: bytes, entry: OriginEntry, generation: int) -> bool:
         """Store one origin record; True if that file or directory changed (or is new)."""
@@ -420,13 +493,14 @@ class Scanner:
         if old is not None:
             # The file changed on the origin: its cached chunks describe old bytes.
             self.store.drop_manifest(key, txn)
-        self._merge(txn, relpath)
+        self._placed(txn, relpath)
         return True
 
     def _forget(self, txn, key: bytes, prefix: bytes) -> None:
         txn.delete(key, db=self.storage.origin_files)
         self.store.drop_manifest(key, txn)
-        self._merge(txn, key[len(prefix):])
+        txn.delete(key, db=self.storage.tags)
+        self._placed(txn, key[len(prefix):])
 
     def _sweep(self, origin: str, generation: int, result: ScanResult, under: bytes = b"",
                keep: tuple[bytes, ...] = ()) -> None:
@@ -503,12 +577,12 @@ class Scanner:
                 if len(batch) >= SCAN_BATCH:
                     if worker.cancelled:
                         raise _Cancelled()
-                    self._apply_batch(origin.name, generation, batch, result)
+                    self._apply_batch(origin.name, generation, batch, result, worker)
                     batch = []
         if worker.cancelled:
             raise _Cancelled()
         if batch:
-            self._apply_batch(origin.name, generation, batch, result)
+            self._apply_batch(origin.name, generation, batch, result, worker)
 
     # -- refreshing single entries between scans ---------------------------------------------
 
@@ -526,6 +600,7 @@ class Scanner:
                     self._forget(txn, key, prefix)
             else:
                 self._put_record(txn, key, relpath, current, generation)
+        self.finish_view()
         log.warning("origin %s: %s %s since the last scan; catalog entry refreshed",
                     origin_name, relpath.decode(errors="replace"), "changed" if current else "vanished")
 
@@ -575,6 +650,7 @@ class Scanner:
                     if entry.kind == KIND_FILE or old is None:
                         self._put_record(txn, prefix + relpath, relpath, entry, generation)
                         changed += 1
+        self.finish_view()
         log.warning("origin %s: refreshed %s after a file vanished: %d entries removed, %d changed",
                     origin_name, directory.decode(errors="replace") or "/", removed, changed)
 
@@ -612,6 +688,10 @@ class _ScanWorker(threading.Thread):
             if not isinstance(e, (OSError, OriginUnavailable)):
                 log.exception("scan of origin %s failed", self.origin.name)
         finally:
+            try:
+                self.scanner.finish_view()   # what was scanned shows, also after a partial walk
+            except Exception as e:  # noqa: BLE001 - a closed index at shutdown; the next scan redoes it
+                log.debug("tag view not rebuilt after the scan of %s: %s", self.origin.name, e)
             self.result.seconds = time.monotonic() - started
             self.result.finished = time.time()
             self.scanner.last_results[self.origin.name] = self.result

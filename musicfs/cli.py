@@ -52,6 +52,8 @@ def mount(
     cache_dir: Optional[Path] = CacheDirOption,
     cache_size: Optional[str] = typer.Option(None, "--cache-size", help="Overrides [cache].max_size (e.g. 500M, 10G)."),
     read_timeout: Optional[float] = typer.Option(None, "--read-timeout", help="Overrides [fuse].read_timeout (seconds)."),
+    layout: Optional[str] = typer.Option(None, "--layout", help="tags (the tree from audio tags) or paths (the origins' folders merged); overrides the layout mode."),
+    template: Optional[str] = typer.Option(None, "--template", help="The tag view's path template, e.g. '$albumartist/$album/$track $title'; overrides the layout template."),
     foreground: bool = typer.Option(False, "-f", "--foreground", help="Stay in the foreground (default: daemonize, return once mounted)."),
     fuse_option: Optional[List[str]] = typer.Option(None, "-o", help="Extra FUSE options, comma separated (e.g. allow_other)."),
     verbose: int = typer.Option(0, "-v", "--verbose", count=True, help="More logging."),
@@ -61,7 +63,7 @@ def mount(
 
     try:
         cfg = config_module.load(config, origins=origin, cache_dir=cache_dir, cache_size=cache_size,
-                                 read_timeout=read_timeout)
+                                 read_timeout=read_timeout, layout=layout, template=template)
         daemon.mount(cfg, mountpoint, foreground=foreground, fuse_options=parse_fuse_options(fuse_option or []),
                      verbose=verbose)
     except ConfigError as e:

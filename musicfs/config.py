@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError
+from .layout import DEFAULT_TEMPLATE, Template
 
 # Why 30 s: long enough for a NAS waking its disks from spin-down (10-20 s is common), short
 # enough that a player stuck on a dead origin gets EIO and moves on instead of hanging forever.
@@ -107,6 +108,12 @@ class CatalogConfig:
 
 
 @dataclass(frozen=True)
+class LayoutConfig:
+    mode: str = "tags"
+    template: str = DEFAULT_TEMPLATE
+
+
+@dataclass(frozen=True)
 class LogConfig:
     file: Path = field(default_factory=lambda: xdg_dir("XDG_STATE_HOME", ".local/state") / "musicfs" / "musicfs.log")
     level: str = "info"
@@ -119,11 +126,14 @@ class Config:
     fuse: FuseConfig = field(default_factory=FuseConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
+    layout: LayoutConfig = field(default_factory=LayoutConfig)
     log: LogConfig = field(default_factory=LogConfig)
     source: Path | None = None  # the file this came from, None for the embedded default
 
 
 _LOG_LEVELS = ("debug", "info", "warning", "error")
+# "tags": the tree comes from audio tags through the template; "paths": the origins' folders merged.
+LAYOUT_MODES = ("tags", "paths")
 # section -> key -> (accepted TOML types, converter)
 _Number = (int, float)
 
@@ -144,6 +154,17 @@ def _positive_int(value, key):
     return value
 
 
+def _mode(value, key):
+    if value not in LAYOUT_MODES:
+        raise ConfigError(f"{key}: must be one of {', '.join(LAYOUT_MODES)}, got {value!r}")
+    return value
+
+
+def _template(value, key):
+    Template(value)   # raises ConfigError naming the problem
+    return value
+
+
 def _level(value, key):
     if value.lower() not in _LOG_LEVELS:
         raise ConfigError(f"{key}: must be one of {', '.join(_LOG_LEVELS)}, got {value!r}")
@@ -156,6 +177,7 @@ _SCHEMA = {
     "health": {"timeout": (_Number, _seconds), "interval": (_Number, _seconds),
                "workers_per_origin": ((int,), _positive_int)},
     "catalog": {"rescan_interval": (_Number, _seconds)},
+    "layout": {"mode": ((str,), _mode), "template": ((str,), _template)},
     "log": {"file": ((str,), _path), "level": ((str,), _level)},
 }
 _ORIGIN_SCHEMA = {"name": ((str,), None), "type": ((str,), None), "path": ((str,), _path)}
@@ -229,13 +251,15 @@ def parse(document: dict, source: Path | None = None) -> Config:
         fuse=FuseConfig(**sections.get("fuse", {})),
         health=HealthConfig(**sections.get("health", {})),
         catalog=CatalogConfig(**sections.get("catalog", {})),
+        layout=LayoutConfig(**sections.get("layout", {})),
         log=LogConfig(**sections.get("log", {})),
         source=source,
     )
 
 
 def load(path: Path | None = None, *, origins: list[Path] | None = None, cache_dir: Path | None = None,
-         cache_size: str | None = None, read_timeout: float | None = None) -> Config:
+         cache_size: str | None = None, read_timeout: float | None = None, layout: str | None = None,
+         template: str | None = None) -> Config:
     """Read the config file (explicit, else the XDG default if present) and apply CLI overrides."""
     document: dict = {}
     source = None
@@ -263,4 +287,9 @@ def load(path: Path | None = None, *, origins: list[Path] | None = None, cache_d
     if read_timeout is not None:
         config = dataclasses.replace(config, fuse=dataclasses.replace(
             config.fuse, read_timeout=_seconds(read_timeout, "--read-timeout")))
+    if layout is not None:
+        config = dataclasses.replace(config, layout=dataclasses.replace(config.layout, mode=_mode(layout, "--layout")))
+    if template is not None:
+        config = dataclasses.replace(config, layout=dataclasses.replace(
+            config.layout, template=_template(template, "--template")))
     return config

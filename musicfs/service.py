@@ -21,10 +21,12 @@ from .catalog import Catalog, Scanner
 from .config import Config
 from .errors import ShuttingDown
 from .health import HealthMonitor
+from .layout import Template
 from .inspect import config_summary, process_started_at, status_path, write_status
 from .pool import CACHE_DISK, LOAD_LANE, LOAD_WORKERS, PRELOAD_WORKERS, OriginPool
 from .reader import Reader
 from .storage import ENV_NAME, Storage
+from .view import TagView
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +83,9 @@ class Service:
         catalog = Catalog(storage)
         if origins is None:
             origins = {o.name: origin_factory.build(o) for o in config.origins}
+        view = TagView(Template(config.layout.template)) if config.layout.mode == "tags" else None
         scanner = Scanner(storage, store, list(origins.values()), stall_timeout=config.fuse.read_timeout,
-                          recent=catalog.recent)
+                          recent=catalog.recent, view=view)
         if not storage.readonly:
             scanner.reconcile_origins()
         per_origin = config.health.workers_per_origin

@@ -45,6 +45,10 @@ entries         shown path (absolute, b"/" = root)         u8 kind, u64 size, u6
                                                            0x00, u64 mtime_ns, token of the copy
                                                            whose bytes are shown (kept when a
                                                            same-size replica takes over)
+tags            origin name, 0x00, path on the origin      u8 tag format, u64 size, u64 mtime_ns,
+                                                           u16 len, token (the file version they
+                                                           were read from), JSON of the fields
+                                                           (musicfs.tags; null: unparseable)
 children        parent shown path, 0x00, name              u8 kind (gives readdir the entry type)
 ==============  =========================================  ========================================
 
@@ -55,8 +59,10 @@ Invariants (checked by startup recovery and ``musicfs cache verify``):
    record with the same access time; every chunk file has a ``chunks`` record.
 3. A manifest is valid only while its (size, mtime_ns) equal the origin file's; a rescan, or
    a read that finds the origin file changed (size, mtime or token), deletes it.
-4. ``entries``/``children`` are derived from ``origin_files``: a shown path's sources are the
-   origins holding that relative path, in configuration order; the first one is read.
+4. ``entries``/``children`` are derived from ``origin_files`` (and ``tags`` in the tag view): a
+   shown path's sources are the origins holding that relative path, in configuration order;
+   the first one is read. ``meta.origins`` records the origins and the layout (mode, template)
+   they were derived for; a difference rebuilds them.
 
 Paths are raw bytes everywhere: a non-UTF-8 file name is stored and served as it is.
 
@@ -92,7 +98,7 @@ MAP_SIZE = 64 << 30
 MAX_READERS = 1024
 
 U64 = struct.Struct(">Q")
-DATABASES = ("meta", "chunks", "lru", "manifests", "origin_files", "entries", "children")
+DATABASES = ("meta", "chunks", "lru", "manifests", "origin_files", "tags", "entries", "children")
 
 
 class Storage:

@@ -19,6 +19,7 @@ MUSICFS = [sys.executable, "-m", "musicfs.cli"]
 def toml_config(origins: list[tuple[str, Path]], cache_dir: Path, log_file: Path, **sections) -> str:
     lines = ["[cache]", f'dir = "{cache_dir}"', f'max_size = "{sections.pop("max_size", "1G")}"',
              "[log]", f'file = "{log_file}"', f'level = "{sections.pop("level", "debug")}"']
+    sections.setdefault("layout", {"mode": "paths"})   # tag-view tests pass layout={...}
     for section, values in sections.items():
         lines.append(f"[{section}]")
         for key, value in values.items():

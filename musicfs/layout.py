@@ -1,0 +1,234 @@
+"""The tag view's rules: a path template, the fields it can use, and how a name is made safe.
+
+Template syntax (the contract of ``[layout] template``)::
+
+    $albumartist/$album{ ($year)}/{$disc-}$track $title        (the default)
+
+* ``$field`` or ``${field}`` is replaced by the file's field (see :data:`FIELDS`); ``$$`` is a
+  literal ``$``.
+* ``{...}`` is an optional group: left out when any field directly inside it is empty. Groups
+  may nest; a group cannot contain ``/``.
+* ``/`` separates directory levels; the file's ``.<ext>`` is appended to the last segment.
+* Each segment is made safe after substitution (:func:`safe_segment`).
+
+Everything here is pure: no I/O, no LMDB. :mod:`musicfs.view` applies it to the catalog.
+"""
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+
+from .errors import ConfigError
+
+FIELDS = ("artist", "albumartist", "album", "title", "track", "disc", "year", "genre", "format", "ext",
+          "origin")
+DEFAULT_TEMPLATE = "$albumartist/$album{ ($year)}/{$disc-}$track $title"
+UNKNOWN_ARTIST = "Unknown Artist"
+UNKNOWN_ALBUM = "Unknown Album"
+VARIOUS_ARTISTS = "Various Artists"
+NAME_MAX = 255
+_UNSAFE = re.compile(r'[/\\:*?"<>|\x00-\x1f\x7f]')
+_FIELD = re.compile(r"[a-z]+")
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+
+
+@dataclass(frozen=True)
+class Group:
+    parts: tuple
+
+
+class Template:
+    """A parsed template: a list of segments, each a tuple of str / Field / Group parts."""
+
+    def __init__(self, text: str):
+        self.text = text
+        self.segments = _parse(text)
+
+    def render(self, values: dict[str, str]) -> list[str]:
+        """The raw (not yet made safe) segments for one file's field values."""
+        return [_render(parts, values) for parts in self.segments]
+
+
+def _parse(text: str) -> list[tuple]:
+    if not text.strip():
+        raise ConfigError("layout.template: empty; the default is " + DEFAULT_TEMPLATE)
+    segments: list[tuple] = []
+    stack: list[list] = [[]]
+    literal: list[str] = []
+
+    def flush():
+        if literal:
+            stack[-1].append("".join(literal))
+            literal.clear()
+
+    i = 0
+    while i < len(text):
+        char = text[i]
+        if char == "$":
+            if text.startswith("$$", i):
+                literal.append("$")
+                i += 2
+                continue
+            if text.startswith("${", i):
+                end = text.find("}", i)
+                if end < 0:
+                    raise ConfigError(f"layout.template: '${{' at position {i} is never closed")
+                name = text[i + 2:end]
+                i = end + 1
+            else:
+                match = _FIELD.match(text, i + 1)
+                if not match:
+                    raise ConfigError(f"layout.template: '$' at position {i} is not followed by a field name "
+                                      f"(write $$ for a literal $)")
+                name = match.group()
+                i = match.end()
+            if name not in FIELDS:
+                raise ConfigError(f"layout.template: unknown field ${name} (known: "
+                                  f"{', '.join('$' + f for f in FIELDS)})")
+            flush()
+            stack[-1].append(Field(name))
+            continue
+        if char == "{":
+            flush()
+            stack.append([])
+        elif char == "}":
+            if len(stack) == 1:
+                raise ConfigError(f"layout.template: '}}' at position {i} closes no '{{'")
+            flush()
+            group = Group(tuple(stack.pop()))
+            stack[-1].append(group)
+        elif char == "/":
+            if len(stack) > 1:
+                raise ConfigError(f"layout.template: '/' at position {i} is inside a {{...}} group")
+            flush()
+            segments.append(tuple(stack[0]))
+            stack[0] = []
+        else:
+            literal.append(char)
+        i += 1
+    if len(stack) > 1:
+        raise ConfigError("layout.template: a '{' is never closed")
+    flush()
+    segments.append(tuple(stack[0]))
+    if any(not parts for parts in segments):
+        raise ConfigError("layout.template: an empty path segment (two '/' in a row, or one at an end)")
+    return segments
+
+
+def _render(parts: tuple, values: dict[str, str]) -> str:
+    out = []
+    for part in parts:
+        if isinstance(part, str):
+            out.append(part)
+        elif isinstance(part, Field):
+            out.append(values.get(part.name, ""))
+        else:
+            if any(isinstance(p, Field) and not values.get(p.name) for p in part.parts):
+                continue
+            out.append(_render(part.parts, values))
+    return "".join(out)
+
+
+# -- fields ------------------------------------------------------------------------------------
+
+def _number(text: str | None) -> int | None:
+    match = re.match(r"\s*(\d+)", text or "")
+    return int(match.group(1)) if match else None
+
+
+def _total(text: str | None) -> int | None:
+    match = re.match(r"\s*\d*\s*/\s*(\d+)", text or "")
+    return int(match.group(1)) if match else None
+
+
+def display_name(name: bytes) -> str:
+    """A file name as text for the tag view: undecodable bytes become U+FFFD, then NFC."""
+    return unicodedata.normalize("NFC", name.decode("utf-8", "replace"))
+
+
+def split_ext(name: bytes) -> tuple[bytes, str]:
+    stem, dot, ext = name.rpartition(b".")
+    if not dot or not stem:
+        return name, ""
+    return stem, ext.decode("utf-8", "replace").lower()
+
+
+def album_key(tags: dict | None) -> tuple[str, str]:
+    """Which album a file belongs to (for the disc rule and sidecars): its album artist and
+    album after the fallbacks."""
+    tags = tags or {}
+    return album_artist(tags), tags.get("album") or UNKNOWN_ALBUM
+
+
+def album_artist(tags: dict) -> str:
+    if tags.get("albumartist"):
+        return tags["albumartist"]
+    if tags.get("compilation"):
+        return VARIOUS_ARTISTS
+    return tags.get("artist") or UNKNOWN_ARTIST
+
+
+def disc_number(tags: dict | None) -> int | None:
+    return _number((tags or {}).get("disc"))
+
+
+def field_values(tags: dict | None, name: bytes, origin: str, album_discs: int) -> dict[str, str]:
+    """The template fields of one audio file. `album_discs` is the highest disc number of any
+    file of its album: the disc is left empty when the album has one disc."""
+    tags = tags or {}
+    stem, ext = split_ext(name)
+    track = _number(tags.get("track"))
+    disc = _number(tags.get("disc"))
+    disc_total = _total(tags.get("disc"))
+    single_disc = (disc_total is not None and disc_total <= 1) or album_discs <= 1
+    year = re.search(r"\d{4}", tags.get("date", ""))
+    return {
+        "artist": tags.get("artist") or tags.get("albumartist") or UNKNOWN_ARTIST,
+        "albumartist": album_artist(tags),
+        "album": tags.get("album") or UNKNOWN_ALBUM,
+        "title": tags.get("title") or display_name(stem),
+        "track": f"{track:02d}" if track is not None else "",
+        "disc": str(disc) if disc is not None and not single_disc else "",
+        "year": year.group() if year else "",
+        "genre": tags.get("genre", ""),
+        "format": tags.get("format") or ext,
+        "ext": ext,
+        "origin": origin,
+    }
+
+
+# -- names -------------------------------------------------------------------------------------
+
+def _cut(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` UTF-8 bytes, never inside a character."""
+    data = text.encode()
+    if len(data) <= limit:
+        return text
+    return data[:max(limit, 0)].decode("utf-8", "ignore")
+
+
+def safe_segment(text: str) -> str:
+    """One path segment made safe: separators, reserved and control characters become '_',
+    surrounding whitespace goes, a leading '.' becomes '_', nothing at all becomes '_'."""
+    text = _UNSAFE.sub("_", unicodedata.normalize("NFC", text)).strip()
+    if text.startswith("."):
+        text = "_" + text[1:]
+    return text or "_"
+
+
+def directory_name(text: str) -> str:
+    return _cut(safe_segment(text), NAME_MAX).rstrip() or "_"
+
+
+def file_name(stem: str, ext: str, suffix: str = "") -> str:
+    """The last segment with its extension (and a collision suffix), cut to 255 bytes at the
+    stem: the extension and the suffix always survive."""
+    ext = _UNSAFE.sub("_", ext)
+    tail = suffix + ("." + ext if ext else "")
+    stem = _cut(safe_segment(stem), NAME_MAX - len(tail.encode())).rstrip() or "_"
+    return stem + tail

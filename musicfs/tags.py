@@ -1,0 +1,219 @@
+"""Audio tags, read with mutagen through the origin interface.
+
+mutagen parses a file object; :class:`OriginFile` is one whose reads are range reads of the
+origin in blocks, so only what the parser asks for is fetched: the head (FLAC metadata blocks,
+ID3v2, Ogg headers, MP4 atoms) and, where a format keeps tags there, the tail (ID3v1, APEv2).
+Never the whole file: remote origins pay per byte and per round trip.
+
+:func:`read_tags` normalises what the formats call artist, album, track and so on into one
+small dict (:data:`FIELDS`), NFC-normalised. A file whose tags cannot be read is not an error
+here: it gets ``None`` and is placed by the layout with its fallbacks.
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import struct
+import unicodedata
+
+import mutagen
+
+from .origins import OriginEntry
+
+log = logging.getLogger(__name__)
+
+# What a tag record holds. Numbers stay strings as tagged ("3/12"); the layout interprets them.
+FIELDS = ("artist", "albumartist", "album", "title", "track", "disc", "date", "genre", "compilation", "format")
+# Reads of a file for its tags come in blocks this big: one block holds the usual head (FLAC
+# metadata, ID3v2 without big pictures, Ogg headers) in one round trip.
+BLOCK = 64 << 10
+# Files mutagen is asked about (the layout's audio list); others have no tags to read.
+AUDIO_EXTENSIONS = frozenset(
+    "flac mp3 ogg oga opus m4a mp4 aac wav aif aiff wv ape mpc wma dsf".split())
+# mutagen's class name -> the container's name in the layout ($format)
+_FORMATS = {"FLAC": "flac", "MP3": "mp3", "EasyMP3": "mp3", "OggVorbis": "ogg", "OggFLAC": "ogg",
+            "OggSpeex": "ogg", "OggTheora": "ogg", "OggOpus": "opus", "MP4": "m4a", "EasyMP4": "m4a",
+            "AAC": "aac", "WAVE": "wav", "AIFF": "aiff", "WavPack": "wv", "MonkeysAudio": "ape",
+            "Musepack": "mpc", "ASF": "wma", "DSF": "dsf", "TrueAudio": "tta", "OptimFROG": "ofr"}
+
+
+class OriginFile(io.RawIOBase):
+    """A read-only, seekable file object over one origin file, reading blocks on demand."""
+
+    def __init__(self, origin, relpath: bytes, size: int, expect: OriginEntry | None = None):
+        self.origin = origin
+        self.relpath = relpath
+        self.size = size
+        self.expect = expect
+        self.position = 0
+        self.blocks: dict[int, bytes] = {}
+        self.bytes_read = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.size}[whence]
+        self.position = max(0, base + offset)
+        return self.position
+
+    def tell(self) -> int:
+        return self.position
+
+    def _block(self, index: int) -> bytes:
+        block = self.blocks.get(index)
+        if block is None:
+            block = self.origin.read(self.relpath, index * BLOCK, BLOCK, self.expect)
+            self.bytes_read += len(block)
+            self.blocks[index] = block
+        return block
+
+    def readinto(self, buffer) -> int:
+        want = min(len(buffer), self.size - self.position)
+        if want <= 0:
+            return 0
+        done = 0
+        while done < want:
+            index, start = divmod(self.position + done, BLOCK)
+            block = self._block(index)
+            piece = block[start:start + want - done]
+            if not piece:
+                break
+            buffer[done:done + len(piece)] = piece
+            done += len(piece)
+        self.position += done
+        return done
+
+
+def _first(value) -> str:
+    """The first text of a tag value, whatever the format made of it."""
+    if isinstance(value, (list, tuple)):
+        if not value:
+            return ""
+        value = value[0]
+    text = getattr(value, "text", None)   # ID3 frames (a list), ID3 time stamps (a str)
+    if isinstance(text, str):
+        return text
+    if text is not None:
+        return _first(list(text)) if text else ""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def _pair(value) -> str:
+    """MP4 trkn/disk are (number, total) pairs; everything else is text like "3/12"."""
+    if isinstance(value, list) and value and isinstance(value[0], tuple):
+        number, total = (value[0] + (0, 0))[:2]
+        return f"{number}/{total}" if total else str(number)
+    return _first(value)
+
+
+def _truthy(text: str) -> bool:
+    return text.strip().lower() in ("1", "true", "yes")
+
+
+def _normalise(tags) -> dict:
+    """Pick the fields out of any mutagen tag container, whatever its keys."""
+    found: dict[str, str] = {}
+    if tags is None:
+        return found
+    items = {}
+    for key in tags.keys():
+        try:
+            items[str(key)] = tags[key]
+        except (KeyError, ValueError):
+            continue
+    lower = {key.lower(): value for key, value in items.items()}
+
+    def pick(field, *keys, convert=_first):
+        for key in keys:
+            if key in items:
+                text = convert(items[key])
+            elif key.lower() in lower:
+                text = convert(lower[key.lower()])
+            else:
+                continue
+            if text:
+                found[field] = text
+                return
+
+    pick("artist", "TPE1", "©ART", "artist", "Author")
+    pick("albumartist", "TPE2", "aART", "albumartist", "album artist", "album_artist", "WM/AlbumArtist")
+    pick("album", "TALB", "©alb", "album", "WM/AlbumTitle")
+    pick("title", "TIT2", "©nam", "title")
+    pick("track", "TRCK", "trkn", "tracknumber", "track", "WM/TrackNumber", convert=_pair)
+    pick("disc", "TPOS", "disk", "discnumber", "disc", "WM/PartOfSet", convert=_pair)
+    pick("date", "TDRC", "TYER", "©day", "date", "year", "originaldate", "WM/Year")
+    pick("genre", "TCON", "©gen", "genre", "WM/Genre")
+    for key in ("tracktotal", "totaltracks"):
+        if key in lower and "/" not in found.get("track", "/"):
+            found["track"] += "/" + _first(lower[key])
+            break
+    for key in ("disctotal", "totaldiscs"):
+        if key in lower and "/" not in found.get("disc", "/"):
+            found["disc"] += "/" + _first(lower[key])
+            break
+    flag = ""
+    for key in ("TCMP", "TXXX:COMPILATION", "TXXX:TCMP", "cpil", "compilation", "WM/IsCompilation"):
+        source = items.get(key, lower.get(key.lower()))
+        if source is not None:
+            flag = "1" if (source is True or source == [True] or _truthy(_first(source))) else ""
+            break
+    if flag:
+        found["compilation"] = "1"
+    return {key: unicodedata.normalize("NFC", value.replace("\0", " ").strip()) for key, value in found.items()
+            if value.strip()}
+
+
+def read_tags(origin, relpath: bytes, size: int, expect: OriginEntry | None = None) -> tuple[dict | None, int]:
+    """(tags, bytes read) of one origin file; tags is None when the file cannot be parsed
+    (one log line). Errors of the origin itself (OSError, OriginChanged...) propagate."""
+    source = OriginFile(origin, relpath, size, expect)
+    try:
+        parsed = mutagen.File(source)
+    except OSError:
+        raise
+    except Exception as e:  # noqa: BLE001 - mutagen raises many kinds on bad files
+        if isinstance(e.__cause__ or e.__context__, OSError):
+            raise (e.__cause__ or e.__context__) from None
+        log.info("origin %s: no tags read from %s (%s); placed by its file name",
+                 origin.name, relpath.decode(errors="replace"), e)
+        return None, source.bytes_read
+    if parsed is None:
+        log.info("origin %s: %s is not an audio format mutagen knows; placed by its file name",
+                 origin.name, relpath.decode(errors="replace"))
+        return None, source.bytes_read
+    tags = _normalise(parsed.tags)
+    tags["format"] = _FORMATS.get(type(parsed).__name__, "")
+    return tags, source.bytes_read
+
+
+# Bump when read_tags learns something new: every stored record is then read again.
+TAG_VERSION = 1
+# A record of the `tags` database: u8 TAG_VERSION, u64 size, u64 mtime_ns, u16 token length,
+# the origin file's version token, then the tags as JSON (null: the file could not be parsed).
+TAG_RECORD = struct.Struct(">BQQH")
+
+
+def encode_record(entry: OriginEntry, tags: dict | None) -> bytes:
+    return (TAG_RECORD.pack(TAG_VERSION, entry.size, entry.mtime_ns, len(entry.token)) + entry.token
+            + json.dumps(tags, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode())
+
+
+def record_is_current(raw: bytes | None, entry: OriginEntry) -> bool:
+    """True if a stored record was read from this version of the file by this TAG_VERSION."""
+    if raw is None:
+        return False
+    version, size, mtime_ns, length = TAG_RECORD.unpack_from(raw)
+    token = bytes(raw[TAG_RECORD.size:TAG_RECORD.size + length])
+    return version == TAG_VERSION and entry.same_version(size, mtime_ns, token)
+
+
+def decode_record(raw: bytes) -> dict | None:
+    length = TAG_RECORD.unpack_from(raw)[3]
+    return json.loads(bytes(raw[TAG_RECORD.size + length:]))
