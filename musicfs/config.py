@@ -161,7 +161,10 @@ def _mode(value, key):
 
 
 def _template(value, key):
-    Template(value)   # raises ConfigError naming the problem
+    try:
+        Template(value)
+    except ConfigError as e:   # name the key the user wrote (the file's or --template)
+        raise ConfigError(str(e).replace("layout.template", key, 1)) from None
     return value
 
 

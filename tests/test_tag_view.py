@@ -1,0 +1,210 @@
+"""The tag view on real mounts, over real audio files made by ffmpeg in every common format."""
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from .helpers import run_musicfs
+
+pytestmark = [pytest.mark.mount,
+              pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg (apt-get install ffmpeg)")]
+
+TAGS = {"layout": {"mode": "tags"}}
+# ffmpeg's generic metadata names; each muxer writes its own format's tags from them
+FFMPEG_KEYS = {"artist": "artist", "albumartist": "album_artist", "album": "album", "title": "title",
+               "track": "track", "disc": "disc", "date": "date", "genre": "genre", "compilation": "compilation"}
+
+
+def make_track(path: Path, tags: dict, seconds: float = 0.3) -> bytes:
+    """A real, decodable audio file in the format its extension names, tagged by ffmpeg."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    metadata = []
+    for key, value in tags.items():
+        metadata += ["-metadata", f"{FFMPEG_KEYS[key]}={value}"]
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i", f"sine=frequency=440:duration={seconds}",
+                    *metadata, str(path)], check=True)
+    return path.read_bytes()
+
+
+@pytest.fixture(scope="session")
+def audio_cache(tmp_path_factory):
+    """ffmpeg is slow to start: each distinct (format, tags) is encoded once per session."""
+    root = tmp_path_factory.mktemp("audio")
+    made = {}
+
+    def get(ext: str, tags: dict) -> bytes:
+        key = (ext, tuple(sorted(tags.items())))
+        if key not in made:
+            made[key] = make_track(root / f"{len(made)}.{ext}", tags)
+        return made[key]
+    return get
+
+
+@pytest.fixture
+def library(tmp_path, audio_cache):
+    def put(origin: str, relpath: str, ext_tags: dict | None = None, ext: str | None = None) -> bytes:
+        path = tmp_path / origin / relpath
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = audio_cache(ext or relpath.rsplit(".", 1)[1], ext_tags or {})
+        path.write_bytes(data)
+        return data
+    return put
+
+
+def tree(mountpoint: Path) -> set[str]:
+    return {os.path.relpath(os.path.join(d, n), mountpoint) for d, _, names in os.walk(mountpoint) for n in names}
+
+
+def test_every_format_is_placed_by_its_tags_and_reads_byte_exact(tmp_path, library, mounted):
+    album = {"artist": "Ärtist", "album": "Formats", "date": "2003-01-02", "genre": "Test"}
+    made = {}
+    for number, ext in enumerate(("flac", "mp3", "ogg", "opus", "m4a"), 1):
+        made[ext] = library("nas", f"incoming/x{number}.{ext}",
+                            {**album, "title": f"Song {ext}", "track": f"{number}/5"})
+    service, mount = mounted([("nas", tmp_path / "nas")], **TAGS)
+    expected = {f"Ärtist/Formats (2003)/{n:02d} Song {ext}.{ext}" for n, ext in enumerate(made, 1)}
+    assert tree(mount.mountpoint) == expected
+    for n, (ext, data) in enumerate(made.items(), 1):
+        shown = mount.mountpoint / f"Ärtist/Formats (2003)/{n:02d} Song {ext}.{ext}"
+        assert shown.read_bytes() == data
+        decoded = subprocess.run(["ffmpeg", "-v", "error", "-i", str(shown), "-f", "null", "-"],
+                                 capture_output=True, text=True)
+        assert decoded.returncode == 0 and not decoded.stderr, decoded.stderr
+
+
+def test_fallbacks_compilations_and_discs(tmp_path, library, mounted):
+    library("nas", "a/untagged.flac")
+    library("nas", "b/1.mp3", {"artist": "Guest", "album": "Hits", "title": "One", "compilation": "1"})
+    library("nas", "b/2.m4a", {"artist": "Other", "album": "Hits", "title": "Two", "compilation": "1"})
+    library("nas", "c/1.flac", {"artist": "Band", "album": "Double", "title": "A", "track": "1", "disc": "1/2"})
+    library("nas", "c/2.flac", {"artist": "Band", "album": "Double", "title": "B", "track": "1", "disc": "2/2"})
+    library("nas", "d/1.ogg", {"artist": "Band", "album": "Single", "title": "C", "track": "1", "disc": "1/1"})
+    library("nas", "e/1.opus", {"artist": "Band", "albumartist": "The Band", "album": "Live", "title": "D"})
+    service, mount = mounted([("nas", tmp_path / "nas")], **TAGS)
+    assert tree(mount.mountpoint) == {
+        "Unknown Artist/Unknown Album/untagged.flac",
+        "Various Artists/Hits/One.mp3", "Various Artists/Hits/Two.m4a",
+        "Band/Double/1-01 A.flac", "Band/Double/2-01 B.flac",
+        "Band/Single/01 C.ogg",
+        "The Band/Live/D.opus",
+    }
+
+
+def test_real_id3_tcmp_frame_marks_a_compilation(tmp_path, library, mounted):
+    from mutagen.id3 import ID3, TCMP
+    library("nas", "x.mp3", {"artist": "Guest", "album": "Hits", "title": "One"})
+    tags = ID3(tmp_path / "nas" / "x.mp3")
+    tags.add(TCMP(encoding=3, text=["1"]))
+    tags.save()
+    service, mount = mounted([("nas", tmp_path / "nas")], **TAGS)
+    assert tree(mount.mountpoint) == {"Various Artists/Hits/One.mp3"}
+
+
+def test_awkward_names(tmp_path, library, mounted):
+    library("nas", "1.flac", {"artist": "AC/DC: *Live*?", "album": " .Hidden ", "title": "é" * 300})
+    library("nas", "2.flac", {"artist": "Ångström".encode().decode(), "album": "NFD", "title":
+                              "A\u0308rger"})     # A + combining diaeresis
+    raw_name = os.path.join(os.fsencode(tmp_path / "nas"), b"caf\xe9.flac")
+    with open(raw_name, "wb") as f:
+        f.write((tmp_path / "nas" / "1.flac").read_bytes()[:4])   # unparseable: file-name fallback
+    service, mount = mounted([("nas", tmp_path / "nas")], **TAGS)
+    shown = tree(mount.mountpoint)
+    long_name = next(p for p in shown if p.startswith("AC_DC_ _Live__/_Hidden/"))
+    leaf = long_name.split("/")[-1]
+    assert leaf.endswith(".flac") and len(leaf.encode()) <= 255 and set(leaf[:-5]) == {"é"}
+    assert "Ångström/NFD/\u00c4rger.flac" in shown
+    assert "Unknown Artist/Unknown Album/caf\ufffd.flac" in shown
+    for path in shown:
+        path.encode("utf-8")   # the tag view is always valid UTF-8
+
+
+def test_collisions_and_replicas(tmp_path, library, mounted):
+    same = {"artist": "A", "album": "B", "title": "T", "track": "1"}
+    library("first", "x/one.flac", same)
+    library("first", "y/two.flac", same)          # same place, same origin
+    library("second", "z/three.flac", same)       # same place, other origin
+    replica = library("first", "r/rep.flac", {"artist": "R", "title": "Rep"})
+    library("second", "r/rep.flac", {"artist": "R", "title": "Rep"})   # same relative path: a replica
+    from musicfs.view import collision_suffix
+    service, mount = mounted([("first", tmp_path / "first"), ("second", tmp_path / "second")], **TAGS)
+    assert tree(mount.mountpoint) == {
+        "A/B/01 T.flac",
+        f"A/B/01 T{collision_suffix(b'y/two.flac')}.flac",
+        f"A/B/01 T{collision_suffix(b'z/three.flac')}.flac",
+        "R/Unknown Album/Rep.flac",
+    }
+    entry = service.catalog.lookup("/R/Unknown Album/Rep.flac".encode())
+    assert [origin for origin, _ in entry.sources] == ["first", "second"]
+    assert (mount.mountpoint / "R/Unknown Album/Rep.flac").read_bytes() == replica
+    # stable: the same names after a rescan and after a remount
+    before = tree(mount.mountpoint)
+    service.scanner.scan()
+    assert tree(mount.mountpoint) == before
+
+
+def test_sidecars_follow_their_album(tmp_path, library, mounted):
+    library("nas", "rip/01.flac", {"artist": "A", "album": "Rip", "title": "One"})
+    library("nas", "rip/02.flac", {"artist": "A", "album": "Rip", "title": "Two"})
+    (tmp_path / "nas" / "rip" / "cover.jpg").write_bytes(b"jpeg")
+    (tmp_path / "nas" / "rip" / "rip.cue").write_bytes(b"cue")
+    (tmp_path / "nas" / "rip" / "Thumbs.db").write_bytes(b"junk")       # not a sidecar: left out
+    library("nas", "mixed/01.flac", {"artist": "A", "album": "X", "title": "One"})
+    library("nas", "mixed/02.flac", {"artist": "B", "album": "Y", "title": "Two"})
+    (tmp_path / "nas" / "mixed" / "folder.jpg").write_bytes(b"which album?")
+    service, mount = mounted([("nas", tmp_path / "nas")], **TAGS)
+    assert tree(mount.mountpoint) == {"A/Rip/One.flac", "A/Rip/Two.flac", "A/Rip/cover.jpg", "A/Rip/rip.cue",
+                                      "A/X/One.flac", "B/Y/Two.flac"}
+    assert (mount.mountpoint / "A/Rip/cover.jpg").read_bytes() == b"jpeg"
+
+
+def test_directory_mtime_is_the_newest_below(tmp_path, library, mounted):
+    library("nas", "1.flac", {"artist": "A", "album": "B", "title": "Old"})
+    library("nas", "2.flac", {"artist": "A", "album": "B", "title": "New"})
+    os.utime(tmp_path / "nas" / "1.flac", ns=(1_000_000_000_000_000_000, 1_000_000_000_000_000_000))
+    os.utime(tmp_path / "nas" / "2.flac", ns=(1_500_000_000_000_000_000, 1_500_000_000_000_000_000))
+    service, mount = mounted([("nas", tmp_path / "nas")], **TAGS)
+    assert os.stat(mount.mountpoint / "A").st_mtime_ns == 1_500_000_000_000_000_000
+    assert os.stat(mount.mountpoint / "A/B").st_mtime_ns == 1_500_000_000_000_000_000
+
+
+def test_retag_moves_the_file_at_the_next_rescan_and_unchanged_rescans_read_no_tags(
+        tmp_path, library, service_factory, in_process_mount, audio_cache):
+    for n in range(3):
+        library("nas", f"{n}.flac", {"artist": "A", "album": "Old", "title": f"T{n}"})
+    service = service_factory([("nas", tmp_path / "nas")], **TAGS)
+    first, = service.scanner.scan()
+    assert first.tags_read == 3
+    result, = service.scanner.scan()
+    assert result.complete and result.tags_read == 0          # nothing changed: no tag read
+    mount = in_process_mount(service)
+
+    retagged = audio_cache("flac", {"artist": "A", "album": "New", "title": "T0"})
+    tmp = tmp_path / "nas" / "0.flac.tmp"
+    tmp.write_bytes(retagged)
+    os.replace(tmp, tmp_path / "nas" / "0.flac")               # how taggers save
+    result, = service.scanner.scan()
+    assert result.tags_read == 1
+    assert tree(mount.mountpoint) == {"A/New/T0.flac", "A/Old/T1.flac", "A/Old/T2.flac"}
+    assert (mount.mountpoint / "A/New/T0.flac").read_bytes() == retagged
+
+
+def test_template_and_mode_changes_rebuild_the_view(tmp_path, library, service_factory, in_process_mount):
+    library("nas", "folder/1.flac", {"artist": "A", "album": "B", "title": "T", "genre": "Jazz"})
+    service = service_factory([("nas", tmp_path / "nas")], **TAGS)
+    service.initial_scan()
+    service.stop()
+    service = service_factory([("nas", tmp_path / "nas")], layout={"mode": "tags", "template": "$genre/$title"})
+    assert service.catalog.list(b"/") == [b"Jazz"]     # rebuilt on open, before any scan
+    service.stop()
+    service = service_factory([("nas", tmp_path / "nas")], layout={"mode": "paths"})
+    mount = in_process_mount(service)
+    assert tree(mount.mountpoint) == {"folder/1.flac"}
+
+
+def test_bad_template_on_the_command_line_is_one_clear_line(tmp_path):
+    (tmp_path / "mnt").mkdir()
+    result = run_musicfs(tmp_path / "mnt", "-O", tmp_path, "--template", "$artist/{$album")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "musicfs: --template: a '{' is never closed"
