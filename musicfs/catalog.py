@@ -50,9 +50,10 @@ ROOT = b"/"
 # Records written per transaction during a scan: big enough to be efficient, small enough that
 # the chunk store's writers never wait long for the LMDB write lock.
 SCAN_BATCH = 2000
-# Tag reads of one origin in flight at once during a scan: a NAS answers many small range
-# reads in parallel; parsing is quick next to a round trip.
-TAG_READERS = 8
+# Threads reading tags of one origin during a scan. Parsing holds the GIL, so on a warm local
+# disk one thread is fastest; a cold disk or a NAS answers several range reads at once (20k
+# files, cold: 1 thread 6.5 s, 4 threads 5.9 s, a plain mutagen loop 5.5 s).
+TAG_READERS = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -462,25 +463,29 @@ class Scanner:
         if not todo:
             return {}
         origin = self.by_name[origin_name]
-        records = {}
 
-        def read(item):
-            relpath, entry = item
-            try:
-                tags, _ = read_tags(origin, relpath, entry.size, entry)
-            except (OSError, OriginChanged) as e:   # read again at the next scan
-                log.info("origin %s: cannot read the tags of %s (%s)", origin_name,
-                         relpath.decode(errors="replace"), getattr(e, "strerror", None) or e)
-                return relpath, None
-            return relpath, encode_tag_record(entry, tags)
-
-        with concurrent.futures.ThreadPoolExecutor(TAG_READERS, thread_name_prefix=f"tags-{origin_name}") as pool:
-            for relpath, record in pool.map(read, todo):
+        def read(share):
+            done = {}
+            for relpath, entry in share:
+                try:
+                    tags, _ = read_tags(origin, relpath, entry.size, entry)
+                except (OSError, OriginChanged) as e:   # read again at the next scan
+                    log.info("origin %s: cannot read the tags of %s (%s)", origin_name,
+                             relpath.decode(errors="replace"), getattr(e, "strerror", None) or e)
+                    continue
+                done[relpath] = encode_tag_record(entry, tags)
                 if worker is not None:
                     worker.progress()
-                result.tags_read += 1
-                if record is not None:
-                    records[relpath] = record
+            return done
+
+        # A few long-running shares, not a task per file: parsing holds the GIL, and handing
+        # every file back and forth between threads made a local scan several times slower.
+        readers = max(1, min(TAG_READERS, len(todo) // 16))
+        records = {}
+        with concurrent.futures.ThreadPoolExecutor(readers, thread_name_prefix=f"tags-{origin_name}") as pool:
+            for done in pool.map(read, [todo[i::readers] for i in range(readers)]):
+                records.update(done)
+        result.tags_read += len(todo)
         return records
 
     def _put_record(self, txn, key: bytes, relpath: bytes, entry: OriginEntry, generation: int) -> bool:

@@ -175,7 +175,9 @@ def read_tags(origin, relpath: bytes, size: int, expect: OriginEntry | None = No
     (one log line). Errors of the origin itself (OSError, OriginChanged...) propagate."""
     source = OriginFile(origin, relpath, size, expect)
     try:
-        parsed = mutagen.File(source)
+        # The buffer answers mutagen's many small reads and seeks in C; OriginFile is asked
+        # only for whole blocks.
+        parsed = mutagen.File(io.BufferedReader(source, BLOCK))
     except OSError:
         raise
     except Exception as e:  # noqa: BLE001 - mutagen raises many kinds on bad files
