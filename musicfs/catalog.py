@@ -432,6 +432,7 @@ class Scanner:
         with self._workers_lock:
             for worker in self._workers.values():
                 worker.cancelled = True
+                worker._done.set()   # whoever waits for it (the rescan loop) returns now
 
     def _next_generation(self, origin: str) -> int:
         with self._write_lock, self.storage.begin(write=True) as txn:
@@ -719,7 +720,7 @@ class _ScanWorker(threading.Thread):
         if result.complete:
             log.info("scanned origin %s: %d entries, %d changed, %d removed in %.2fs%s",
                      result.origin, result.entries, result.changed, result.removed, result.seconds,
-                     f"; {len(result.unreadable)} directories could not be listed" if result.unreadable else "")
+                     f"; {len(result.unreadable)} could not be listed" if result.unreadable else "")
         else:
             log.warning("scan of origin %s incomplete (%s); its stored files stay listed",
                         result.origin, result.error or "cancelled")

@@ -211,7 +211,9 @@ class MusicFS(Operations):
 
     @translated
     def statfs(self, path):
-        st = os.statvfs(self.service.config.cache.dir)
+        # The cache disk's figures as last measured by the health loop: asking the disk here
+        # would hang `df` with a hung cache disk, and fail while the cache dir is being made anew.
+        st = self.service.cache_disk_stats
         return {"f_bsize": st.f_bsize, "f_frsize": st.f_frsize, "f_blocks": st.f_blocks,
                 "f_bfree": 0, "f_bavail": 0, "f_files": st.f_files, "f_ffree": 0,
                 "f_namemax": 255}

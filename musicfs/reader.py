@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import functools
 import logging
 import threading
 import time
@@ -301,7 +302,7 @@ class Reader:
         known = self.store.manifest(source.key, source.size, source.mtime_ns)[index]
         if known is not None and not self.store.loads_suspended:  # cached meanwhile (a readahead, or a read that waited elsewhere)
             try:
-                return known, self.store.get(known, length)
+                return known, self._cached(known, length, time.monotonic() + self.cache_timeout)
             except (ChunkMissing, ChunkCorrupt):
                 pass
         origin = self.origins[source.origin]
@@ -325,11 +326,24 @@ class Reader:
             raise OriginChanged(f"{source.relpath.decode(errors='replace')} is no longer on origin "
                                 f"{source.origin}") from None
         self.store.misses += 1
+        return self._store(source, index, data), data
+
+    def _store(self, source: Source, index: int, data: bytes) -> bytes | None:
+        """Cache a fetched chunk; its digest, or None if the cache did not take it (the bytes
+        are served anyway: passthrough). The write runs in the cache disk's lane and is waited
+        for at most `cache_timeout`: a hung cache disk must not hold the origin's workers, nor
+        make the origin look slow."""
+        if self.store.passthrough:
+            return None
+        put = functools.partial(self.store.put, data, manifest=(source.key, source.size, source.mtime_ns, index))
+        future = self.pool.submit(CACHE_DISK, put, lane=LOAD_LANE)
         try:
-            digest = self.store.put(data, manifest=(source.key, source.size, source.mtime_ns, index))
+            return future.result(timeout=self.cache_timeout)
         except CacheWriteError:
-            return None, data  # passthrough: the store logged the transition; serve the bytes anyway
-        return digest, data
+            return None   # the store logged the transition to passthrough
+        except FutureTimeout:
+            self.store.suspend_loads(f"writing a chunk took more than {self.cache_timeout:g}s")
+            return None
 
     def _read_ahead(self, handle: OpenFile, index: int) -> None:
         count = chunk_count(handle.size, self.chunk_size)

@@ -56,6 +56,8 @@ class Service:
         self._threads: list[threading.Thread] = []
         self.mountpoint: str | None = None  # set by the daemon; published for `musicfs unmount`
         self.lock = None   # the daemon's CacheLock, renewed if the cache dir is made anew
+        # statvfs of the cache disk (what `df` on the mount shows), refreshed by probe_cache
+        self.cache_disk_stats = os.statvfs(config.cache.dir)
         self._rescanning = False
 
     @classmethod
@@ -181,6 +183,8 @@ class Service:
 
     def _probe_cache(self) -> None:
         storage, store = self.storage, self.store
+        with contextlib.suppress(OSError):
+            self.cache_disk_stats = os.statvfs(self.config.cache.dir)
         if storage.disk_readonly or storage.index_gone():
             if not storage.disk_readonly and not store.passthrough:
                 store._enter_passthrough(OSError(errno.ENOENT, f"cache index {storage.env_path} is gone"))

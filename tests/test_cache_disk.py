@@ -51,12 +51,19 @@ def test_hung_cache_disk_does_not_hang_reads_and_caching_resumes(tmp_path, hung_
         service.store.verified.clear()     # nothing of it left in memory: a read must load from disk
 
         disk.hang()
-        started = time.monotonic()
-        assert read_file(mount.mountpoint / "0.flac") == files["0.flac"]     # from the origin instead
+        started = time.monotonic()    # a miss: its chunk write hangs, not the read
+        assert read_file(mount.mountpoint / "1.flac") == files["1.flac"]
         assert time.monotonic() - started < 1 + 3
-        assert disk.held() > 0, "the chunk load never reached the hung disk: this test proves nothing"
-        assert service.store.loads_suspended and service.store.passthrough
-        assert read_file(mount.mountpoint / "1.flac") == files["1.flac"]     # misses pass through
+        assert disk.held() > 0, "the chunk write never reached the hung disk: this test proves nothing"
+        assert service.store.passthrough
+        assert service.health.status["o"].state == "healthy"                 # the origin is not blamed
+        started = time.monotonic()
+        assert read_file(mount.mountpoint / "0.flac") == files["0.flac"]     # cached: from the origin instead
+        assert time.monotonic() - started < 1 + 3
+        assert service.store.loads_suspended
+        assert read_file(mount.mountpoint / "3.flac") == files["3.flac"]     # misses pass through
+        assert os.statvfs(mount.mountpoint).f_namemax == 255                 # df does not hang either
+        assert service.health.status["o"].state == "healthy"
 
         disk.release()
         wait_until(lambda: not service.store.passthrough, timeout=10, message="caching to resume")
@@ -76,6 +83,7 @@ def test_cache_dir_deleted_under_the_daemon_is_made_again(tmp_path, mounted):
     shutil.rmtree(cache)
 
     assert read_file(mount.mountpoint / "1.flac") == files["1.flac"]
+    assert os.statvfs(mount.mountpoint).f_namemax == 255     # df on the mount still answers
     wait_until(lambda: (cache / "index.lmdb" / "data.mdb").exists() and not service.store.passthrough,
                timeout=10, message="the cache to be made again")
     assert sorted(os.listdir(mount.mountpoint)) == sorted(files)      # the catalog survived
