@@ -11,9 +11,9 @@ import typer
 from . import __version__, config as config_module
 from .errors import ConfigError, StartupError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="musicfs: one read-only music library from several origins, with a verified local cache.")
-cache_app = typer.Typer(no_args_is_help=True, help="Inspect and check the chunk cache.")
+cache_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Inspect and check the chunk cache.")
 app.add_typer(cache_app, name="cache")
 
 SUBCOMMANDS = {"mount", "unmount", "health", "cache"}
