@@ -399,13 +399,15 @@ class Scanner:
 
     # -- scanning ----------------------------------------------------------------------------
 
-    def scan(self, origins: list[Origin] | None = None, *, first_answer: float | None = None) -> list[ScanResult]:
+    def scan(self, origins: list[Origin] | None = None, *, first_answer: float | None = None,
+             progress=None) -> list[ScanResult]:
         """Scan origins in parallel, each in its own thread, each abandoned if it makes no
         progress for `stall_timeout` seconds (its stored files stay listed).
 
         With `first_answer`, an origin that has not listed its root within that many seconds is
         not waited for: its scan goes on in the background and its files appear when it answers.
-        An origin whose previous scan is still stuck in it is not scanned again."""
+        An origin whose previous scan is still stuck in it is not scanned again. `progress`
+        is called with each running scan's ScanResult about twice a second while waiting."""
         targets = origins if origins is not None else self.origins
         workers = []
         results = []
@@ -424,7 +426,7 @@ class Scanner:
             worker.start()
             workers.append(worker)
         for worker in workers:
-            results.append(worker.wait(self.stall_timeout, first_answer))
+            results.append(worker.wait(self.stall_timeout, first_answer, progress))
         return results
 
     def cancel_all(self) -> None:
@@ -704,12 +706,14 @@ class _ScanWorker(threading.Thread):
             self._done.set()
             self._answered.set()
 
-    def wait(self, stall_timeout: float, first_answer: float | None = None) -> ScanResult:
+    def wait(self, stall_timeout: float, first_answer: float | None = None, progress=None) -> ScanResult:
         if first_answer is not None and not self._answered.wait(first_answer):
             log.warning("origin %s did not answer within %gs; its scan goes on in the background",
                         self.origin.name, first_answer)
             return ScanResult(self.origin.name, complete=False, error=f"no answer within {first_answer:g}s")
-        while not self._done.wait(min(1.0, stall_timeout)):
+        while not self._done.wait(min(0.5, stall_timeout)):
+            if progress is not None:
+                progress(self.result)
             if time.monotonic() - self._last_progress > stall_timeout:
                 self.cancelled = True
                 self.result.error = f"no answer for {stall_timeout:g}s"
@@ -718,8 +722,9 @@ class _ScanWorker(threading.Thread):
                 break
         result = self.result
         if result.complete:
-            log.info("scanned origin %s: %d entries, %d changed, %d removed in %.2fs%s",
-                     result.origin, result.entries, result.changed, result.removed, result.seconds,
+            log.info("scanned origin %s: %d entries, %d changed, %d removed, %d tags read in %.2fs%s",
+                     result.origin, result.entries, result.changed, result.removed, result.tags_read,
+                     result.seconds,
                      f"; {len(result.unreadable)} could not be listed" if result.unreadable else "")
         else:
             log.warning("scan of origin %s incomplete (%s); its stored files stay listed",

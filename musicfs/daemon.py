@@ -191,7 +191,10 @@ def mount(config: Config, mountpoint: Path, *, foreground: bool, fuse_options: d
         raise StartupError(f"cannot lock {lock.path}: {e.strerror}") from None
     if foreground:
         logs.setup(config.log.file, config.log.level, verbose=verbose, stderr=True)
-        _run(config, mountpoint, fuse_options, lock, notify=lambda message: None)
+        progress = _Progress()
+        _run(config, mountpoint, fuse_options, lock,
+             notify=lambda message: progress.show(message.split()[1:]) if message.startswith("progress ")
+             else progress.end())
         return
     _daemonize(config, mountpoint, lock, fuse_options, verbose)
 
@@ -245,11 +248,16 @@ def _wait_for_child(read_end: int, pid: int) -> str:
     """Relay the daemon's "warn ..." lines to stderr until it says "ready" or "error ..."."""
     deadline = time.monotonic() + READY_TIMEOUT
     buffer = b""
+    progress = _Progress()
     with os.fdopen(read_end, "rb", buffering=0) as pipe:
         while True:
             while b"\n" in buffer:
                 raw, buffer = buffer.split(b"\n", 1)
                 line = raw.decode(errors="replace")
+                if line.startswith("progress "):
+                    progress.show(line.split()[1:])
+                    continue
+                progress.end()
                 if line == "ready":
                     return "ready"
                 if line.startswith("error "):
@@ -266,6 +274,30 @@ def _wait_for_child(read_end: int, pid: int) -> str:
             buffer += chunk
     _, status = os.waitpid(pid, 0)
     return f"the daemon exited before mounting (status {status}); see the log"
+
+
+class _Progress:
+    """The first scan's progress on the terminal (files found, tags read, rate), one line
+    rewritten in place; nothing when stderr is not a terminal (cron, systemd, a pipe)."""
+
+    def __init__(self):
+        self.shown = False
+        self.tty = sys.stderr.isatty()
+
+    def show(self, fields: list[str]) -> None:
+        if not self.tty or len(fields) != 4:
+            return
+        origin, files, tags, seconds = fields[0], int(fields[1]), int(fields[2]), float(fields[3])
+        rate = tags / seconds if seconds > 0 else 0.0
+        sys.stderr.write(f"\rmusicfs: first scan of {origin}: {files} entries found, {tags} tags read "
+                         f"({rate:.0f} files/s) ")
+        sys.stderr.flush()
+        self.shown = True
+
+    def end(self) -> None:
+        if self.shown:
+            sys.stderr.write("\n")
+            self.shown = False
 
 
 def _run(config: Config, mountpoint: Path, fuse_options: dict, lock: CacheLock, notify) -> None:
@@ -288,7 +320,10 @@ def _run(config: Config, mountpoint: Path, fuse_options: dict, lock: CacheLock, 
     service.lock = lock
     try:
         answered = check_new_origins(service, warn)
-        service.initial_scan(answered, first_answer=config.health.timeout, warn=warn)
+        started = time.monotonic()
+        service.initial_scan(answered, first_answer=config.health.timeout, warn=warn,
+                             progress=lambda r: notify(f"progress {r.origin} {r.entries} {r.tags_read} "
+                                                       f"{time.monotonic() - started:.1f}"))
         filesystem = MusicFS(service)
 
         def tune_and_report_ready():

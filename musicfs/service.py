@@ -118,7 +118,7 @@ class Service:
     def never_scanned(self) -> list:
         return [o for o in self.origins.values() if not self.catalog.last_scan(o.name)]
 
-    def initial_scan(self, origins=None, *, first_answer: float | None = None, warn=None) -> None:
+    def initial_scan(self, origins=None, *, first_answer: float | None = None, warn=None, progress=None) -> None:
         """Before the first mount of an origin there is nothing stored to show: scan it now so
         the mount does not appear empty (default: every origin never scanned). One that does
         not answer within `first_answer` seconds is not waited for (see Scanner.scan)."""
@@ -127,7 +127,7 @@ class Service:
         todo = self.never_scanned() if origins is None else origins
         if not todo:
             return
-        for result in self.scanner.scan(todo, first_answer=first_answer):
+        for result in self.scanner.scan(todo, first_answer=first_answer, progress=progress):
             if not result.complete and warn is not None:
                 warn(f"first scan of origin {result.origin} incomplete ({result.error or 'cancelled'}); "
                      f"mounting with what it listed, the rest appears once it answers")
