@@ -2,8 +2,14 @@
 
 Peers: direct (page cache, the physical limit), bindfs (a C FUSE passthrough), a minimal fusepy
 passthrough (bench/passthrough.py: the ceiling of our stack), rclone mount --vfs-cache-mode
-full, and musicfs. A peer that is not installed and cannot be installed is skipped with a line.
-Every timing is repeated; the table shows best and median. Nothing here asserts anything.
+full, and musicfs (its paths layout, comparable with the others). A peer that is not installed
+and cannot be installed is skipped with a line. Every timing is repeated; the table shows best
+and median. Nothing here asserts anything.
+
+The tag view is measured beside it ("musicfs-tags"): the small library's header scan, find and
+ls -lR and the mount times in tags mode, its first scan (reading every file's tags) against a
+plain single-threaded mutagen.File() loop over the same files (page cache dropped before each),
+and how many tags an unchanged rescan reads.
 
 Environment: BENCH_BIG_MB (default 512), BENCH_SMALL_FILES (20000), BENCH_REPEAT (3),
 BENCH_CATALOG_FILES (100000).
@@ -153,11 +159,13 @@ class Rclone(Peer):
 
 class Musicfs(Peer):
     name = "musicfs"
+    layout = "paths"
 
     def config(self):
-        cache = WORK / "cache" / f"musicfs-{self.origin.parent.name}"
-        path = WORK / f"musicfs-{self.origin.parent.name}.toml"
-        path.write_text(toml_config([("lib", self.origin)], cache, WORK / "musicfs.log", max_size="10G", level="warning"))
+        cache = WORK / "cache" / f"{self.name}-{self.origin.parent.name}"
+        path = WORK / f"{self.name}-{self.origin.parent.name}.toml"
+        path.write_text(toml_config([("lib", self.origin)], cache, WORK / "musicfs.log", max_size="10G", level="warning",
+                                    layout={"mode": self.layout}))
         return path, cache
 
     def mount(self, fresh_cache=False):
@@ -186,6 +194,38 @@ def read_tree(root: Path, block=1 << 20) -> int:
             while chunk := f.read(block):
                 total += len(chunk)
     return total
+
+
+class MusicfsTags(Musicfs):
+    name = "musicfs-tags"
+    layout = "tags"
+
+
+def first_scan(peer: Musicfs) -> tuple[float, float, tuple[int, int]]:
+    """(best, median) seconds of a first scan of the peer's library into an empty cache, in
+    process, page cache dropped; and (tags read by it, tags read by a rescan right after)."""
+    config_path, cache = peer.config()
+
+    def run():
+        shutil.rmtree(cache, ignore_errors=True)
+        service = Service.open(load_config(config_path))
+        try:
+            first, = service.scanner.scan()
+            again, = service.scanner.scan()
+        finally:
+            service.stop()
+        return first.tags_read, again.tags_read
+    return timed(run, before=drop_caches)
+
+
+def mutagen_loop(root: Path) -> int:
+    import mutagen
+    count = 0
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            mutagen.File(os.path.join(dirpath, name))
+            count += 1
+    return count
 
 
 def read_chunk_files(chunks_dir: Path, threads: int) -> int:
@@ -347,28 +387,54 @@ def main():
         r["rss_MB_20k"] = (rss_mb(peer.pid()),) * 2
         peer.unmount()
 
-    # (f) musicfs mount time with the catalog stored, and RSS
+    # the tag view: the same small library, workloads (d) and (e), and its first scan
+    print("== musicfs-tags")
+    peer = MusicfsTags(small)
+    r = rows.setdefault(peer.name, {})
+    root = peer.mount(fresh_cache=True)
+    header_scan(root)
+    best, med, _ = timed(lambda: header_scan(root), before=drop_caches)
+    r["d_scan_cold_s"] = (best, med)
+    best, med, _ = timed(lambda: header_scan(root))
+    r["d_scan_warm_s"] = (best, med)
+    best, med, _ = timed(lambda: sh("find", root, check=True))
+    r["e_find_s"] = (best, med)
+    best, med, _ = timed(lambda: sh("ls", "-lR", root, check=True))
+    r["e_lsR_s"] = (best, med)
+    r["rss_MB_20k"] = (rss_mb(peer.pid()),) * 2
+    peer.unmount()
+    best, med, count = timed(lambda: mutagen_loop(small), before=drop_caches)
+    r["t_mutagen_loop_s"] = (best, med)
+    best, med, (tags_first, tags_rescan) = first_scan(peer)
+    r["t_first_scan_tags_s"] = (best, med)
+    r["t_tags_read_first"] = (tags_first, tags_first)
+    r["t_tags_read_rescan"] = (tags_rescan, tags_rescan)
+    best, med, _ = first_scan(Musicfs(small))
+    rows["musicfs"]["t_first_scan_paths_s"] = (best, med)
+
+    # (f) musicfs mount time with the catalog stored, and RSS, in both layouts
     for files in (1000, CATALOG_FILES):
         lib = WORK / f"catalog-{files}"
         if not lib.exists():
             print(f"writing a {files}-file library for the mount-time run ...")
             make_library(lib / "tmp", files, size=16, seed=4)
             (lib / "tmp").rename(lib / "lib")
-        peer = Musicfs(lib / "lib")
-        peer.mount(fresh_cache=True)   # the first mount scans and stores the catalog
-        peer.unmount()
-        times = []
-        for _ in range(REPEAT):
-            started = time.perf_counter()
-            root = peer.mount()
-            os.listdir(root)
-            times.append(time.perf_counter() - started)
-            sh("ls", "-lR", root)      # the whole catalog through the daemon once
-            rss, anon = rss_mb(peer.pid()), rss_mb(peer.pid(), "RssAnon")
+        for cls in (Musicfs, MusicfsTags):
+            peer = cls(lib / "lib")
+            peer.mount(fresh_cache=True)   # the first mount scans and stores the catalog
             peer.unmount()
-        rows["musicfs"][f"f_mount_{files}_s"] = (min(times), statistics.median(times))
-        rows["musicfs"][f"f_rss_{files}_MB"] = (rss, rss)
-        rows["musicfs"][f"f_rss_anon_{files}_MB"] = (anon, anon)
+            times = []
+            for _ in range(REPEAT):
+                started = time.perf_counter()
+                root = peer.mount()
+                os.listdir(root)
+                times.append(time.perf_counter() - started)
+                sh("ls", "-lR", root)      # the whole catalog through the daemon once
+                rss, anon = rss_mb(peer.pid()), rss_mb(peer.pid(), "RssAnon")
+                peer.unmount()
+            rows[peer.name][f"f_mount_{files}_s"] = (min(times), statistics.median(times))
+            rows[peer.name][f"f_rss_{files}_MB"] = (rss, rss)
+            rows[peer.name][f"f_rss_anon_{files}_MB"] = (anon, anon)
 
     report(rows, mb)
 
@@ -408,6 +474,21 @@ def report(rows, mb):
     if f"f_mount_{CATALOG_FILES}_s" in m:
         print(f"  mount {CATALOG_FILES} / mount 1000 files: "
               f"{m[f'f_mount_{CATALOG_FILES}_s'][0] / m['f_mount_1000_s'][0]:.2f}x")
+    t = rows.get("musicfs-tags", {})
+    if t:
+        print("\nthe tag view (musicfs-tags against musicfs in its paths layout; <= 1.1x is the target):")
+        for metric in ("d_scan_cold_s", "d_scan_warm_s", "e_find_s", "e_lsR_s", "f_mount_1000_s",
+                       f"f_mount_{CATALOG_FILES}_s"):
+            if metric in t and metric in m:
+                print(f"  {metric:22} tags / paths time: {t[metric][0] / m[metric][0]:6.2f}x")
+        if "t_first_scan_tags_s" in t:
+            files = t["t_tags_read_first"][0]
+            print(f"  first scan in tags mode: {t['t_first_scan_tags_s'][0]:.2f} s, {files / t['t_first_scan_tags_s'][0]:.0f} "
+                  f"files/s, {t['t_first_scan_tags_s'][0] / t['t_mutagen_loop_s'][0]:.2f}x a single-threaded "
+                  f"mutagen.File() loop ({t['t_mutagen_loop_s'][0]:.2f} s; target <= 1.0x); paths mode "
+                  f"{m['t_first_scan_paths_s'][0]:.2f} s")
+            print(f"  tags read by a rescan with nothing changed: {t['t_tags_read_rescan'][0]:.0f} "
+                  f"(first scan: {files:.0f})")
 
 
 if __name__ == "__main__":
