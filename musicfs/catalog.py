@@ -244,6 +244,12 @@ class Catalog:
         with self.storage.begin() as txn:
             return self.storage.get_u64(txn, b"scanned:" + origin.encode())
 
+    def tagged(self, origin: str) -> int:
+        """The tag reader version of the last complete scan of `origin` in the tag view (0:
+        none yet, e.g. the library was only ever mounted in the paths layout)."""
+        with self.storage.begin() as txn:
+            return self.storage.get_u64(txn, b"tagged:" + origin.encode())
+
 
 @dataclass
 class ScanResult:
@@ -391,7 +397,8 @@ class Scanner:
             else:
                 self.view.rebuild(txn, self.storage, self.order, self.recent)
             for key, _ in list(txn.cursor(db=self.storage.meta)):
-                if key.startswith(b"scanned:") and key[8:].decode() not in known:
+                prefix, _, name = key.partition(b":")
+                if prefix in (b"scanned", b"tagged") and name.decode() not in known:
                     txn.delete(key, db=self.storage.meta)
             txn.put(b"origins", fingerprint, db=self.storage.meta)
         log.info("catalog rebuilt for origins %s in %.2fs", ", ".join(self.order), time.monotonic() - started)
@@ -531,6 +538,8 @@ class Scanner:
             result.removed += len(gone)
             if not under:
                 self.storage.put_u64(txn, b"scanned:" + origin.encode(), time.time_ns())
+                if self.view is not None:
+                    self.storage.put_u64(txn, b"tagged:" + origin.encode(), self.view.tag_version)
 
     def _stored_count(self, origin: str, limit: int = 1) -> int:
         prefix = origin.encode() + b"\0"

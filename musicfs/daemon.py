@@ -319,7 +319,7 @@ def _run(config: Config, mountpoint: Path, fuse_options: dict, lock: CacheLock, 
     service.mountpoint = str(mountpoint)
     service.lock = lock
     try:
-        answered = check_new_origins(service, warn)
+        answered = check_new_origins(service, warn) + service.untagged()
         started = time.monotonic()
         service.initial_scan(answered, first_answer=config.health.timeout, warn=warn,
                              progress=lambda r: notify(f"progress {r.origin} {r.entries} {r.tags_read} "

@@ -118,6 +118,16 @@ class Service:
     def never_scanned(self) -> list:
         return [o for o in self.origins.values() if not self.catalog.last_scan(o.name)]
 
+    def untagged(self) -> list:
+        """Origins scanned before, but never with the tag view's current tag reader (mounted in
+        the paths layout until now): their tags are read before mounting, as on a first mount,
+        rather than showing every file under "Unknown Artist" until the next rescan."""
+        view = self.scanner.view
+        if view is None or self.storage.readonly:
+            return []
+        return [o for o in self.origins.values()
+                if self.catalog.last_scan(o.name) and self.catalog.tagged(o.name) != view.tag_version]
+
     def initial_scan(self, origins=None, *, first_answer: float | None = None, warn=None, progress=None) -> None:
         """Before the first mount of an origin there is nothing stored to show: scan it now so
         the mount does not appear empty (default: every origin never scanned). One that does

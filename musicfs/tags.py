@@ -17,8 +17,6 @@ import logging
 import struct
 import unicodedata
 
-import mutagen
-
 from .origins import OriginEntry
 
 log = logging.getLogger(__name__)
@@ -173,6 +171,8 @@ def _normalise(tags) -> dict:
 def read_tags(origin, relpath: bytes, size: int, expect: OriginEntry | None = None) -> tuple[dict | None, int]:
     """(tags, bytes read) of one origin file; tags is None when the file cannot be parsed
     (one log line). Errors of the origin itself (OSError, OriginChanged...) propagate."""
+    import mutagen   # here, not at the top: a mount with a stored catalog never needs it (~40 ms)
+
     source = OriginFile(origin, relpath, size, expect)
     try:
         # The buffer answers mutagen's many small reads and seeks in C; OriginFile is asked

@@ -155,6 +155,7 @@ class TagView:
 
     def __init__(self, template: Template):
         self.template = template
+        self.tag_version = TAG_VERSION
         self.spec = f"tags:{TAG_VERSION}:{template.text}".encode()
 
     def rebuild(self, txn, storage, order: list[str], recent) -> int:

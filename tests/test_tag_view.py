@@ -208,3 +208,64 @@ def test_bad_template_on_the_command_line_is_one_clear_line(tmp_path):
     result = run_musicfs(tmp_path / "mnt", "-O", tmp_path, "--template", "$artist/{$album")
     assert result.returncode == 2
     assert result.stderr.strip() == "musicfs: --template: a '{' is never closed"
+
+
+# -- the guarantees of the paths view hold in the tag view --------------------------------------
+
+def read_outcome(path: Path):
+    try:
+        with open(path, "rb", buffering=0) as f:
+            return f.read()
+    except OSError as e:
+        return e.errno
+
+
+def test_failover_to_a_replica_in_the_tag_view(tmp_path, library, mounted):
+    data = library("a", "x/song.flac", {"artist": "A", "album": "B", "title": "Song"})
+    library("b", "x/song.flac", {"artist": "A", "album": "B", "title": "Song"})
+    service, mount = mounted([("a", tmp_path / "a"), ("b", tmp_path / "b")], faulty={"a"}, **TAGS)
+    service.origins["a"].fail(only={"read"})
+    assert (mount.mountpoint / "A/B/Song.flac").read_bytes() == data
+
+
+def test_cached_files_play_with_every_origin_hung_in_the_tag_view(tmp_path, library, mounted):
+    data = library("nas", "x/song.flac", {"artist": "A", "album": "B", "title": "Song"})
+    service, mount = mounted([("nas", tmp_path / "nas")], faulty={"nas"}, **TAGS)
+    assert (mount.mountpoint / "A/B/Song.flac").read_bytes() == data
+    service.origins["nas"].hang()
+    try:
+        service.store.verified.clear()
+        assert (mount.mountpoint / "A/B/Song.flac").read_bytes() == data
+        assert "Song.flac" in os.listdir(mount.mountpoint / "A/B")
+    finally:
+        service.origins["nas"].release()
+
+
+def test_retag_by_rename_is_never_mixed_in_the_tag_view(tmp_path, library, mounted, audio_cache):
+    import errno
+    old = library("nas", "x/song.flac", {"artist": "A", "album": "B", "title": "Song"})
+    service, mount = mounted([("nas", tmp_path / "nas")], fuse_options={"attr_timeout": 30, "entry_timeout": 30},
+                             **TAGS)
+    shown = mount.mountpoint / "A/B/Song.flac"
+    assert shown.stat().st_size == len(old)
+    new = audio_cache("flac", {"artist": "A", "album": "B", "title": "Song", "genre": "x" * 5000})
+    tmp = tmp_path / "nas" / "x" / "song.tmp"
+    tmp.write_bytes(new)
+    os.replace(tmp, tmp_path / "nas" / "x" / "song.flac")
+    assert read_outcome(shown) in (old, new, errno.EIO)
+    assert read_outcome(shown) == new       # refreshed in place; it moves (if at all) at the next rescan
+
+
+def test_switching_a_known_library_to_the_tag_view_reads_its_tags_before_mounting(tmp_path, library):
+    from .helpers import Daemon
+    library("nas", "x/1.flac", {"artist": "A", "album": "B", "title": "One"})
+    library("nas", "x/2.mp3", {"artist": "A", "album": "B", "title": "Two"})
+    daemon = Daemon(tmp_path, [("nas", tmp_path / "nas")])          # the paths layout first
+    try:
+        daemon.mount()
+        assert tree(daemon.mountpoint) == {"x/1.flac", "x/2.mp3"}
+        daemon.stop()
+        daemon.mount("--layout", "tags")
+        assert tree(daemon.mountpoint) == {"A/B/One.flac", "A/B/Two.mp3"}   # at once, not after a rescan
+    finally:
+        daemon.stop()
