@@ -101,6 +101,20 @@ def content_version(origin: str, mtime_ns: int, token: bytes) -> bytes:
     return origin.encode() + b"\0" + U64.pack(mtime_ns) + token
 
 
+def carried_version(old: bytes | None, kind: int, size: int, sources, version: bytes) -> bytes:
+    """The content version a changed entry gets: `version`, except when the preferred copy went
+    away and a replica of the same size takes over - the same file for open handles (its chunks
+    are verified against the digests known), not a new version."""
+    if old is None or kind != KIND_FILE:
+        return version
+    before = decode_entry(old)
+    gone_from = before.token.partition(b"\0")[0].decode()
+    if (before.kind, before.size) == (kind, size) and gone_from in [o for o, _ in before.sources] \
+            and gone_from not in [o for o, _ in sources]:
+        return before.token
+    return version
+
+
 def version_tag(raw: bytes) -> int:
     """A non-zero 64-bit number naming one version of an entry's content: an open is given it
     as its file handle, and reads that carry another one fail instead of mixing versions."""
@@ -128,7 +142,7 @@ class RecentChanges:
 
     The kernel keeps a file's attributes and pages for up to its attribute timeout; during that
     window a new open must not combine the kernel's old size or old pages with new bytes. The
-    FUSE layer asks `changed_within` on open. Bounded: the oldest entries go first."""
+    FUSE layer asks `recent` on open. Bounded: the oldest entries go first."""
 
     LIMIT = 100_000
 
@@ -322,17 +336,7 @@ class Scanner:
                 self.recent.note(path)
             return
         kind, size, mtime_ns, _, token = winner
-        version = content_version(sources[0][0], mtime_ns, token)
-        if old is not None:
-            before = decode_entry(old)
-            gone_from = before.token.partition(b"\0")[0].decode()
-            if (before.kind, before.size) == (kind, size) and \
-                    gone_from in [origin for origin, _ in before.sources] and \
-                    gone_from not in [origin for origin, _ in sources]:
-                # The preferred copy went away and a replica of the same size takes over:
-                # the same file for open handles (its chunks are verified against the digests
-                # known), not a new version.
-                version = before.token
+        version = carried_version(old, kind, size, sources, content_version(sources[0][0], mtime_ns, token))
         new = encode_entry(kind, size, mtime_ns, sources, version)
         if old == new:
             return
@@ -348,10 +352,10 @@ class Scanner:
         else:
             self._view_dirty = True
 
-    def finish_view(self, force: bool = False) -> None:
+    def finish_view(self) -> None:
         """Rebuild a derived view after records changed, in one write transaction: readers see
         the old tree or the new one. Nothing to do for the paths view."""
-        if self.view is None or not (self._view_dirty or force):
+        if self.view is None or not self._view_dirty:
             return
         started = time.monotonic()
         with self._write_lock, self.storage.begin(write=True) as txn:

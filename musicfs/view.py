@@ -25,7 +25,7 @@ import logging
 
 import xxhash
 
-from .catalog import content_version, decode_entry, decode_record, encode_entry, split
+from .catalog import carried_version, content_version, decode_record, encode_entry, split
 from .layout import (Template, album_key, directory_name, disc_number, display_name, field_values,
                      file_name, split_ext)
 from .origins import KIND_DIR, KIND_FILE
@@ -116,7 +116,7 @@ def build(txn, storage, order: list[str], template: Template) -> dict[bytes, tup
 def write(txn, storage, entries: dict[bytes, tuple], recent) -> int:
     """Make ``entries``/``children`` equal `entries` (one transaction: the caller's). Returns
     how many entries changed. A replica taking over from a copy that went away keeps the
-    content version, as in the paths view (see Scanner._merge)."""
+    content version, as in the paths view (catalog.carried_version)."""
     changed = 0
     stale = []
     for path in txn.cursor(db=storage.entries).iternext(keys=True, values=False):
@@ -130,12 +130,7 @@ def write(txn, storage, entries: dict[bytes, tuple], recent) -> int:
         changed += 1
     for path, (kind, size, mtime_ns, sources, version) in entries.items():
         old = txn.get(path, db=storage.entries)
-        if old is not None and kind == KIND_FILE:
-            before = decode_entry(old)
-            gone_from = before.token.partition(b"\0")[0].decode()
-            if (before.kind, before.size) == (kind, size) and \
-                    gone_from in [o for o, _ in before.sources] and gone_from not in [o for o, _ in sources]:
-                version = before.token
+        version = carried_version(old, kind, size, sources, version)
         raw = encode_entry(kind, size, mtime_ns, sources, version)
         if old is not None and bytes(old) == raw:
             continue
