@@ -20,7 +20,7 @@ from pathlib import Path
 
 from . import logs
 from .config import Config
-from .errors import MusicfsError, OriginUnavailable, StartupError
+from .errors import MusicfsError, OriginMissing, StartupError
 from .pool import CHECK_LANE
 from .storage import LOCK_NAME
 
@@ -166,8 +166,7 @@ def check_new_origins(service, warn) -> list:
         error = future.exception()
         if error is None:
             answered.append(origin)
-        elif isinstance(error, OriginUnavailable) and "does not exist" in str(error) or \
-                isinstance(error, OriginUnavailable) and "is not a directory" in str(error):
+        elif isinstance(error, OriginMissing):
             raise StartupError(f"origin {origin.describe()}: {error}; fix its path in the config (or -O), "
                                f"or mount the NAS first")
         else:

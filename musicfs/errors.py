@@ -32,6 +32,11 @@ class OriginUnavailable(MusicfsError):
     """An origin could not answer (missing, unreachable, failing I/O)."""
 
 
+class OriginMissing(OriginUnavailable):
+    """The origin itself is not there (no such directory, not a directory): on a first mount a
+    mistake in the configuration rather than an outage."""
+
+
 class OriginChanged(MusicfsError):
     """The origin's file is not the version the catalog describes (rewritten, replaced, gone).
     `current` is the origin's entry for it now, None when it is gone or unknown."""

@@ -6,7 +6,7 @@ import os
 import stat as stat_module
 import struct
 
-from ..errors import OriginChanged, OriginUnavailable
+from ..errors import OriginChanged, OriginMissing, OriginUnavailable
 from .base import KIND_DIR, KIND_FILE, Origin, OriginEntry, join
 
 log = logging.getLogger(__name__)
@@ -119,9 +119,9 @@ class LocalOrigin(Origin):
         try:
             st = os.stat(self.root)
         except FileNotFoundError:
-            raise OriginUnavailable(f"{os.fsdecode(self.root)} does not exist") from None
+            raise OriginMissing(f"{os.fsdecode(self.root)} does not exist") from None
         if not stat_module.S_ISDIR(st.st_mode):
-            raise OriginUnavailable(f"{os.fsdecode(self.root)} is not a directory")
+            raise OriginMissing(f"{os.fsdecode(self.root)} is not a directory")
         # A stat of the root can be answered from the client's attribute cache on NFS; opening
         # the directory makes the server answer.
         with os.scandir(self.root) as it:
