@@ -35,7 +35,7 @@ import xxhash
 
 from .cas.store import ChunkStore
 from .errors import NotFound, OriginChanged, OriginUnavailable
-from .layout import split_ext
+from .layout import PATH_MAX, split_ext
 from .origins import KIND_DIR, KIND_FILE, Origin, OriginEntry, join
 from .storage import U64, Storage
 from .tags import AUDIO_EXTENSIONS, read_tags, record_is_current
@@ -279,6 +279,7 @@ class ScanResult:
     # Directories that could not be listed: (path on the origin, reason). Their stored entries
     # were kept; everything else of the origin was scanned.
     unreadable: list[tuple[bytes, str]] = field(default_factory=list)
+    too_long: list[bytes] = field(default_factory=list)   # paths left out: longer than PATH_MAX
 
     def as_status(self) -> dict:
         return {"complete": self.complete, "finished": self.finished, "error": self.error or None,
@@ -582,6 +583,11 @@ class Scanner:
                                         "(a share not mounted?); keeping the stored files")
             for entry in entries:
                 child = join(relpath, entry.name)
+                if len(child) > PATH_MAX - 1:
+                    # Catalog keys are LMDB keys (511 bytes at most): a longer path is left
+                    # out, not allowed to fail the whole scan.
+                    result.too_long.append(child)
+                    continue
                 if entry.kind == KIND_DIR:
                     if entry.identity is not None:
                         if entry.identity in seen_dirs:
@@ -604,6 +610,11 @@ class Scanner:
             raise _Cancelled()
         if batch:
             self._apply_batch(origin.name, generation, batch, result, worker)
+        for path in result.too_long[:10]:
+            log.warning("origin %s: left out %s: its path is longer than the %d bytes the catalog takes",
+                        origin.name, path.decode(errors="replace"), PATH_MAX - 1)
+        if len(result.too_long) > 10:
+            log.warning("origin %s: %d more paths left out for their length", origin.name, len(result.too_long) - 10)
 
     # -- refreshing single entries between scans ---------------------------------------------
 
@@ -711,8 +722,13 @@ class _ScanWorker(threading.Thread):
         finally:
             try:
                 self.scanner.finish_view()   # what was scanned shows, also after a partial walk
-            except Exception as e:  # noqa: BLE001 - a closed index at shutdown; the next scan redoes it
-                log.debug("tag view not rebuilt after the scan of %s: %s", self.origin.name, e)
+            except Exception as e:  # noqa: BLE001 - the next scan tries again
+                if self.cancelled:   # stopping: the index may be closed already
+                    log.debug("tag view not rebuilt after the scan of %s: %s", self.origin.name, e)
+                else:
+                    log.exception("tag view not rebuilt after the scan of %s", self.origin.name)
+                    self.result.error = self.result.error or f"the tag view could not be rebuilt: {e}"
+                    self.result.complete = False
             self.result.seconds = time.monotonic() - started
             self.result.finished = time.time()
             self.scanner.last_results[self.origin.name] = self.result
@@ -733,6 +749,8 @@ class _ScanWorker(threading.Thread):
                 self.result.finished = time.time()
                 self.scanner.last_results[self.origin.name] = self.result
                 break
+        if progress is not None:
+            progress(self.result)
         result = self.result
         if result.complete:
             log.info("scanned origin %s: %d entries, %d changed, %d removed, %d tags read in %.2fs%s",

@@ -28,6 +28,13 @@ UNKNOWN_ARTIST = "Unknown Artist"
 UNKNOWN_ALBUM = "Unknown Album"
 VARIOUS_ARTISTS = "Various Artists"
 NAME_MAX = 255
+# Bytes of a whole shown path. The catalog's keys are LMDB keys, at most 511 bytes, and a
+# directory listing's key is the parent path plus a name: 440 leaves room for both.
+PATH_MAX = 440
+# Of those, the directories of a tag-view path take at most this much (cut evenly when longer),
+# so a file name always keeps at least PATH_MAX - DIRS_MAX bytes and every file of an album
+# lands in the same directory whatever its own name's length.
+DIRS_MAX = 240
 _UNSAFE = re.compile(r'[/\\:*?"<>|\x00-\x1f\x7f]')
 _FIELD = re.compile(r"[a-z]+")
 
@@ -117,6 +124,9 @@ def _parse(text: str) -> list[tuple]:
     segments.append(tuple(stack[0]))
     if any(not parts for parts in segments):
         raise ConfigError("layout.template: an empty path segment (two '/' in a row, or one at an end)")
+    if not _has_field(segments[-1]):
+        raise ConfigError("layout.template: the file name (after the last '/') has no field, so every file "
+                          "would get the same name; end it with $title, e.g. $track $title")
     return segments
 
 
@@ -225,10 +235,34 @@ def directory_name(text: str) -> str:
     return _cut(safe_segment(text), NAME_MAX).rstrip() or "_"
 
 
-def file_name(stem: str, ext: str, suffix: str = "") -> str:
-    """The last segment with its extension (and a collision suffix), cut to 255 bytes at the
-    stem: the extension and the suffix always survive."""
+def _has_field(parts) -> bool:
+    return any(isinstance(p, Field) or (isinstance(p, Group) and _has_field(p.parts)) for p in parts)
+
+
+def file_name(stem: str, ext: str, suffix: str = "", limit: int = NAME_MAX) -> str:
+    """The last segment with its extension (and a collision suffix), cut to `limit` bytes at
+    the stem: the extension and the suffix always survive."""
     ext = _UNSAFE.sub("_", ext)
     tail = suffix + ("." + ext if ext else "")
-    stem = _cut(safe_segment(stem), NAME_MAX - len(tail.encode())).rstrip() or "_"
+    stem = _cut(safe_segment(stem), min(limit, NAME_MAX) - len(tail.encode())).rstrip() or "_"
     return stem + tail
+
+
+def fit_directories(dirs: tuple[str, ...]) -> tuple[str, ...]:
+    """Directory names (already safe) cut evenly so that together they take at most DIRS_MAX
+    bytes: the longest are cut first, to one common length."""
+    sizes = [len(d.encode()) + 1 for d in dirs]          # each with its "/"
+    if sum(sizes) <= DIRS_MAX:
+        return dirs
+    cap = max(DIRS_MAX // max(len(dirs), 1), 8)
+    while sum(min(size, cap + 1) for size in sizes) <= DIRS_MAX:
+        cap += 1
+    cap -= 1
+    return tuple((_cut(d, cap).rstrip() or "_") if len(d.encode()) > cap else d for d in dirs)
+
+
+def shown_path(dirs: tuple[str, ...], stem: str, ext: str, suffix: str = "") -> str:
+    """The tag-view path of a file, within PATH_MAX bytes: fitted directories, then the file
+    name cut to what is left (never below what DIRS_MAX leaves)."""
+    used = sum(len(d.encode()) + 1 for d in dirs)
+    return "/".join((*dirs, file_name(stem, ext, suffix, PATH_MAX - used - 1)))

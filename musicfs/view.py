@@ -27,7 +27,7 @@ import xxhash
 
 from .catalog import carried_version, content_version, decode_record, encode_entry, split
 from .layout import (Template, album_key, directory_name, disc_number, display_name, field_values,
-                     file_name, split_ext)
+                     fit_directories, shown_path, split_ext)
 from .origins import KIND_DIR, KIND_FILE
 from .tags import AUDIO_EXTENSIONS, TAG_VERSION
 from .tags import decode_record as decode_tags
@@ -72,29 +72,36 @@ def build(txn, storage, order: list[str], template: Template) -> dict[bytes, tup
         discs[album_key(tags)] = max(discs[album_key(tags)], disc_number(tags) or 0)
 
     wanted: dict[str, list] = collections.defaultdict(list)     # shown path -> claimants
-    folder_dirs: dict[bytes, set] = collections.defaultdict(set)
+    folder_dirs: dict[bytes, set] = collections.defaultdict(set)      # audio directly in a folder
+    below_dirs: dict[bytes, set] = collections.defaultdict(set)       # audio anywhere below it
     for index, relpath, copies, tags in audio:
         name = relpath.rpartition(b"/")[2]
         values = field_values(tags, name, copies[0][0], discs[album_key(tags)])
         segments = template.render(values)
-        dirs = tuple(directory_name(s) for s in segments[:-1])
-        wanted_name = (dirs, segments[-1], values["ext"])
-        wanted["/".join((*dirs, file_name(segments[-1], values["ext"])))].append((index, relpath, copies, wanted_name))
-        folder_dirs[relpath.rpartition(b"/")[0]].add(dirs)
+        dirs = fit_directories(tuple(directory_name(s) for s in segments[:-1]))
+        wanted[shown_path(dirs, segments[-1], values["ext"])].append(
+            (index, relpath, copies, (dirs, segments[-1], values["ext"])))
+        folder = relpath.rpartition(b"/")[0]
+        folder_dirs[folder].add(dirs)
+        while True:   # Album/cover.jpg beside Album/CD1/, Album/CD2/ follows the album too
+            below_dirs[folder].add(dirs)
+            if not folder:
+                break
+            folder = folder.rpartition(b"/")[0]
     for index, relpath, copies in sidecars:
-        albums = folder_dirs.get(relpath.rpartition(b"/")[0])
+        folder = relpath.rpartition(b"/")[0]
+        albums = folder_dirs.get(folder) or (below_dirs.get(folder) if folder else None)
         if not albums or len(albums) != 1:
             continue
         dirs, = albums
         stem, ext = split_ext(relpath.rpartition(b"/")[2])
-        wanted["/".join((*dirs, file_name(display_name(stem), ext)))].append(
-            (index, relpath, copies, (dirs, display_name(stem), ext)))
+        wanted[shown_path(dirs, display_name(stem), ext)].append((index, relpath, copies, (dirs, display_name(stem), ext)))
 
     entries: dict[bytes, tuple] = {}
     for path, claimants in wanted.items():
         claimants.sort(key=lambda c: (c[0], c[1]))
         for position, (_, relpath, copies, (dirs, stem, ext)) in enumerate(claimants):
-            shown = path if position == 0 else "/".join((*dirs, file_name(stem, ext, collision_suffix(relpath))))
+            shown = path if position == 0 else shown_path(dirs, stem, ext, collision_suffix(relpath))
             kind, size, mtime_ns, _, token = copies[0][1]
             sources = tuple((name, relpath) for name, _ in copies)
             entries[("/" + shown).encode()] = (KIND_FILE, size, mtime_ns, sources,

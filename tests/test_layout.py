@@ -100,3 +100,20 @@ def test_config_rejects_a_bad_layout_naming_the_key():
     with pytest.raises(ConfigError, match="layout.mode: must be one of tags, paths"):
         config_module.parse({"layout": {"mode": "genre"}})
     assert config_module.parse({}).layout.mode == "tags"
+
+
+def test_a_whole_path_fits_the_catalog_and_an_album_stays_in_one_directory():
+    from musicfs.layout import DIRS_MAX, PATH_MAX, fit_directories, shown_path
+    dirs = fit_directories((directory_name("A" * 115), directory_name("B" * 197), directory_name("C" * 250)))
+    assert sum(len(d.encode()) + 1 for d in dirs) <= DIRS_MAX
+    long_title = shown_path(dirs, "T" * 225, "flac")
+    short_title = shown_path(dirs, "Intro", "flac", " [abcdef]")
+    assert len(("/" + long_title).encode()) <= PATH_MAX and long_title.endswith(".flac")
+    assert long_title.rsplit("/", 1)[0] == short_title.rsplit("/", 1)[0]     # the same album directory
+    assert fit_directories(("Short", "Also short")) == ("Short", "Also short")
+
+
+def test_a_template_whose_file_name_has_no_field_is_refused():
+    for template in ("{}", "..", "$artist/static"):
+        with pytest.raises(ConfigError, match="the file name .* has no field"):
+            Template(template)

@@ -269,3 +269,37 @@ def test_switching_a_known_library_to_the_tag_view_reads_its_tags_before_mountin
         assert tree(daemon.mountpoint) == {"A/B/One.flac", "A/B/Two.mp3"}   # at once, not after a rescan
     finally:
         daemon.stop()
+
+
+def test_long_tags_and_deep_folders_never_empty_the_view(tmp_path, library, mounted):
+    # every name under 255 bytes, the whole path far over what a catalog key can hold
+    library("nas", "classic/04.flac", {"artist": "A" * 115, "album": "B" * 197, "title": "C" * 225, "track": "4"})
+    library("nas", "classic/05.flac", {"artist": "A" * 115, "album": "B" * 197, "title": "Short", "track": "5"})
+    library("nas", "ok/ok.flac", {"artist": "Fine", "album": "Fine", "title": "fine"})
+    service, mount = mounted([("nas", tmp_path / "nas")], **TAGS)
+    shown = tree(mount.mountpoint)
+    assert "Fine/Fine/fine.flac" in shown and len(shown) == 3
+    classic = sorted(p for p in shown if p.startswith("A"))
+    assert classic[0].rsplit("/", 1)[0] == classic[1].rsplit("/", 1)[0]     # one album directory
+    assert all(len(("/" + p).encode()) <= 440 for p in shown)
+
+
+def test_a_path_too_long_for_the_catalog_is_left_out_alone(tmp_path, service_factory, caplog):
+    deep = tmp_path / "nas" / ("d" * 200) / ("d" * 200) / ("d" * 200)
+    deep.mkdir(parents=True)
+    (deep / "deep.flac").write_bytes(b"x")
+    (tmp_path / "nas" / "ok").mkdir()
+    (tmp_path / "nas" / "ok" / "ok.flac").write_bytes(b"y")
+    service = service_factory([("nas", tmp_path / "nas")])        # the paths layout
+    result, = service.scanner.scan()
+    assert result.complete, result.error
+    assert service.catalog.lookup(b"/ok/ok.flac") is not None
+    assert "its path is longer than" in caplog.text
+
+
+def test_cover_above_disc_folders_follows_the_album(tmp_path, library, mounted):
+    library("nas", "Album/CD1/1.flac", {"artist": "A", "album": "Double", "title": "One", "disc": "1/2"})
+    library("nas", "Album/CD2/1.flac", {"artist": "A", "album": "Double", "title": "Two", "disc": "2/2"})
+    (tmp_path / "nas" / "Album" / "cover.jpg").write_bytes(b"jpeg")
+    service, mount = mounted([("nas", tmp_path / "nas")], **TAGS)
+    assert tree(mount.mountpoint) == {"A/Double/1- One.flac", "A/Double/2- Two.flac", "A/Double/cover.jpg"}
