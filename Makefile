@@ -10,11 +10,11 @@ DEMO_MNT := demo-mnt
 install: system-packages $(BIN)/musicfs
 
 # fuse provides fusermount and libfuse2 the library fusepy loads; only root can install them.
-# ffmpeg is for the tests (real audio files for the tag view); they are skipped without it.
+# ffmpeg and sshd are for the tests (real audio files, an sftp origin); skipped without them.
 system-packages:
 	@if [ "$$(id -u)" = 0 ] && ! { command -v fusermount >/dev/null && ldconfig -p | grep -q 'libfuse.so.2' \
-			&& command -v ffmpeg >/dev/null; }; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fuse libfuse2 ffmpeg; \
+			&& command -v ffmpeg >/dev/null && [ -x /usr/sbin/sshd ]; }; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fuse libfuse2 ffmpeg openssh-server; \
 	elif ! command -v fusermount >/dev/null; then \
 		echo "musicfs needs fusermount and libfuse2: sudo apt-get install fuse libfuse2"; exit 1; \
 	fi

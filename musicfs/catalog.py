@@ -426,6 +426,10 @@ class Scanner:
         for origin in targets:
             with self._workers_lock:
                 previous = self._workers.get(origin.name)
+            if previous is not None and previous.is_alive() and not previous.stalled(self.stall_timeout):
+                previous.wait(self.stall_timeout)   # a scan under way: let it finish, then scan anew
+            with self._workers_lock:
+                previous = self._workers.get(origin.name)
                 if previous is not None and previous.is_alive():
                     result = ScanResult(origin.name, complete=False, finished=time.time(),
                                         error=f"the previous scan has been stuck in it for "
@@ -702,6 +706,9 @@ class _ScanWorker(threading.Thread):
     def progress(self) -> None:
         self._last_progress = time.monotonic()
         self._answered.set()
+
+    def stalled(self, stall_timeout: float) -> bool:
+        return self.cancelled or time.monotonic() - self._last_progress > stall_timeout
 
     def run(self) -> None:
         started = time.monotonic()

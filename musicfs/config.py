@@ -32,6 +32,10 @@ DEFAULT_RESCAN_INTERVAL = 3600.0
 # At most this many pool workers may be busy with one origin's I/O at once, so reads stuck in a
 # dead NFS syscall can never take the whole pool.
 DEFAULT_WORKERS_PER_ORIGIN = 4
+# Remote origins: sessions (SFTP channels, S3 HTTP connections) per origin, and how long one
+# request may take before it counts as failed (its own deadline, below [fuse].read_timeout).
+DEFAULT_CONNECTIONS = 4
+DEFAULT_ORIGIN_TIMEOUT = 10.0
 
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
@@ -78,9 +82,15 @@ def parse_size(value: str | int, key: str = "size") -> int:
 
 @dataclass(frozen=True)
 class OriginConfig:
+    """One [[origins]] table. `path`: a local directory, or the directory on an SFTP server
+    ("" for S3, whose place is `bucket` + `prefix`). `options`: the type's own keys (host,
+    bucket...), validated by _ORIGIN_TYPES."""
     name: str
-    path: Path
+    path: Path | str
     type: str = "local"
+    connections: int = DEFAULT_CONNECTIONS
+    timeout: float = DEFAULT_ORIGIN_TIMEOUT
+    options: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -183,8 +193,30 @@ _SCHEMA = {
     "layout": {"mode": ((str,), _mode), "template": ((str,), _template)},
     "log": {"file": ((str,), _path), "level": ((str,), _level)},
 }
-_ORIGIN_SCHEMA = {"name": ((str,), None), "type": ((str,), None), "path": ((str,), _path)}
-ORIGIN_TYPES = ("local",)
+def _port(value, key):
+    if not 0 < value < 65536:
+        raise ConfigError(f"{key}: must be a TCP port (1-65535), got {value}")
+    return value
+
+
+# Keys every origin takes, then each type's own: (accepted TOML types, converter), and which
+# of them a table must have.
+_ORIGIN_COMMON = {"name": ((str,), None), "type": ((str,), None), "connections": ((int,), _positive_int),
+                  "timeout": (_Number, _seconds)}
+_ORIGIN_TYPES = {
+    "local": {"path": ((str,), _path)},
+    "sftp": {"host": ((str,), None), "port": ((int,), _port), "user": ((str,), None), "path": ((str,), None),
+             "key_file": ((str,), _path), "known_hosts": ((str,), _path)},
+    "s3": {"bucket": ((str,), None), "prefix": ((str,), None), "endpoint_url": ((str,), None),
+           "region": ((str,), None), "profile": ((str,), None)},
+}
+_ORIGIN_REQUIRED = {"local": ("path",), "sftp": ("host", "path"), "s3": ("bucket",)}
+ORIGIN_TYPES = tuple(_ORIGIN_TYPES)
+# Secrets that users may try to put in the file: never accepted there.
+_SECRETS = {"password": "use a key file or ssh-agent", "passphrase": "use ssh-agent for a key with a passphrase",
+            "secret_access_key": "use the standard AWS credential chain (environment, ~/.aws, profile)",
+            "aws_secret_access_key": "use the standard AWS credential chain (environment, ~/.aws, profile)",
+            "access_key_id": "use the standard AWS credential chain (environment, ~/.aws, profile)"}
 
 
 def _typename(types) -> str:
@@ -206,19 +238,25 @@ def _parse_origins(raw, where: str) -> tuple[OriginConfig, ...]:
         prefix = f"origins[{index}]"
         if not isinstance(table, dict):
             raise ConfigError(f"{prefix}: expected a table")
+        kind = table.get("type", "local")
+        if kind not in _ORIGIN_TYPES:
+            raise ConfigError(f"{prefix}.type: unknown origin type {kind!r} (known: {', '.join(ORIGIN_TYPES)})")
+        schema = {**_ORIGIN_COMMON, **_ORIGIN_TYPES[kind]}
         for key in table:
-            if key not in _ORIGIN_SCHEMA:
-                raise ConfigError(f"{prefix}.{key}: unknown key (known: {', '.join(_ORIGIN_SCHEMA)})")
-        if "path" not in table:
-            raise ConfigError(f"{prefix}.path: missing; every origin needs a path")
-        values = {k: _convert(f"{prefix}.{k}", v, *_ORIGIN_SCHEMA[k]) for k, v in table.items()}
-        values.setdefault("name", f"origin{index + 1}")
-        values.setdefault("type", "local")
-        if values["type"] not in ORIGIN_TYPES:
-            raise ConfigError(f"{prefix}.type: unknown origin type {values['type']!r} (known: {', '.join(ORIGIN_TYPES)})")
-        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", values["name"]):
-            raise ConfigError(f"{prefix}.name: {values['name']!r} must be 1-64 letters, digits, '.', '_' or '-'")
-        origins.append(OriginConfig(**values))
+            if key in _SECRETS:
+                raise ConfigError(f"{prefix}.{key}: secrets never go in the config file; {_SECRETS[key]}")
+            if key not in schema:
+                raise ConfigError(f"{prefix}.{key}: unknown key for a {kind} origin (known: {', '.join(schema)})")
+        for key in _ORIGIN_REQUIRED[kind]:
+            if key not in table:
+                raise ConfigError(f"{prefix}.{key}: missing; a {kind} origin needs {' and '.join(_ORIGIN_REQUIRED[kind])}")
+        values = {k: _convert(f"{prefix}.{k}", v, *schema[k]) for k, v in table.items()}
+        name = values.pop("name", f"origin{index + 1}")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
+            raise ConfigError(f"{prefix}.name: {name!r} must be 1-64 letters, digits, '.', '_' or '-'")
+        values.pop("type", None)
+        common = {k: values.pop(k) for k in ("connections", "timeout") if k in values}
+        origins.append(OriginConfig(name=name, path=values.pop("path", ""), type=kind, options=values, **common))
     names = [o.name for o in origins]
     duplicate = next((n for n in names if names.count(n) > 1), None)
     if duplicate:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from . import logs
 from .config import Config
-from .errors import MusicfsError, OriginMissing, StartupError
+from .errors import MusicfsError, OriginMisconfigured, StartupError
 from .pool import CHECK_LANE
 from .storage import LOCK_NAME
 
@@ -166,14 +166,19 @@ def check_new_origins(service, warn) -> list:
         error = future.exception()
         if error is None:
             answered.append(origin)
-        elif isinstance(error, OriginMissing):
-            raise StartupError(f"origin {origin.describe()}: {error}; fix its path in the config (or -O), "
-                               f"or mount the NAS first")
+        elif isinstance(error, OriginMisconfigured):
+            raise StartupError(f"origin {origin.describe()}: {error}" + (
+                "; fix its path in the config (or -O), or mount the NAS first" if origin_is_local(origin) else ""))
         else:
             reason = getattr(error, "strerror", None) or str(error)
             warn(f"origin {origin.describe()} fails ({reason}); mounting without it "
                  f"(its files appear once it works)")
     return answered
+
+
+def origin_is_local(origin) -> bool:
+    from .origins import LocalOrigin
+    return isinstance(origin, LocalOrigin)
 
 
 def mount(config: Config, mountpoint: Path, *, foreground: bool, fuse_options: dict, verbose: int) -> None:

@@ -32,9 +32,13 @@ class OriginUnavailable(MusicfsError):
     """An origin could not answer (missing, unreachable, failing I/O)."""
 
 
-class OriginMissing(OriginUnavailable):
-    """The origin itself is not there (no such directory, not a directory): on a first mount a
-    mistake in the configuration rather than an outage."""
+class OriginMisconfigured(OriginUnavailable):
+    """The origin cannot work as configured (its directory or bucket is not there, an unknown
+    host key, credentials refused): on a first mount a mistake to fix, not an outage to wait out."""
+
+
+class OriginMissing(OriginMisconfigured):
+    """The origin's directory (or bucket) is not there."""
 
 
 class OriginChanged(MusicfsError):

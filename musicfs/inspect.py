@@ -129,7 +129,10 @@ def daemon_of_mountpoint(mountpoint: Path) -> tuple[int | None, Path | None]:
 def config_summary(config: Config) -> dict:
     """What the cron probe needs of a daemon's configuration, published in its status file, so
     that `musicfs health MOUNTPOINT` works for a mount started without a config file."""
-    return {"origins": [{"name": o.name, "type": o.type, "path": str(o.path)} for o in config.origins],
+    return {"origins": [{"name": o.name, "type": o.type, "path": str(o.path), "connections": o.connections,
+                         "timeout": o.timeout, "options": {k: str(v) if isinstance(v, Path) else v
+                                                           for k, v in o.options.items()}}
+                        for o in config.origins],
             "health_timeout": config.health.timeout, "cache_max_size": config.cache.max_size,
             "log_file": str(config.log.file), "log_level": config.log.level}
 
@@ -141,13 +144,23 @@ def config_from_status(status: dict) -> Config | None:
         return None
     try:
         return Config(
-            origins=tuple(OriginConfig(name=o["name"], path=Path(o["path"]), type=o.get("type", "local"))
-                          for o in summary["origins"]),
+            origins=tuple(_origin_from_summary(o) for o in summary["origins"]),
             cache=CacheConfig(dir=Path(status["cache_dir"]), max_size=int(summary["cache_max_size"])),
             health=HealthConfig(timeout=float(summary["health_timeout"])),
             log=LogConfig(file=Path(summary["log_file"]), level=summary.get("log_level", "info")))
     except (KeyError, TypeError, ValueError):
         return None
+
+
+def _origin_from_summary(o: dict) -> OriginConfig:
+    kind = o.get("type", "local")
+    options = dict(o.get("options") or {})
+    for key in ("key_file", "known_hosts"):
+        if key in options:
+            options[key] = Path(options[key])
+    extra = {k: o[k] for k in ("connections", "timeout") if k in o}
+    return OriginConfig(name=o["name"], path=Path(o["path"]) if kind == "local" else o["path"], type=kind,
+                        options=options, **extra)
 
 
 def read_status(cache_dir: Path) -> dict | None:

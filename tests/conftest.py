@@ -9,7 +9,7 @@ from musicfs.origins import LocalOrigin
 from musicfs.service import Service
 
 from .faulty import FaultyOrigin
-from .helpers import FIXTURES, HungOrigin, InProcessMount
+from .helpers import FIXTURES, HungOrigin, InProcessMount, SshServer
 
 FUSE_AVAILABLE = os.path.exists("/dev/fuse") and shutil.which("fusermount") is not None
 
@@ -107,3 +107,13 @@ def hung_origin(tmp_path):
     yield make
     for origin in made:
         origin.stop()
+
+
+@pytest.fixture
+def sshd(tmp_path):
+    """A real OpenSSH server on loopback (skipped where sshd is not installed)."""
+    if not os.path.exists("/usr/sbin/sshd"):
+        pytest.skip("needs OpenSSH's sshd (apt-get install openssh-server)")
+    server = SshServer(tmp_path).start()
+    yield server
+    server.stop()

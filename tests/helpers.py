@@ -280,3 +280,85 @@ def run_bounded(args, timeout: float, **kwargs) -> subprocess.CompletedProcess:
         process.kill()
         raise AssertionError(f"{' '.join(map(str, args))} did not finish within {timeout}s") from None
     return subprocess.CompletedProcess(args, process.returncode, out, err)
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class SshServer:
+    """OpenSSH's sshd on 127.0.0.1, in the foreground, with a throwaway host key and user key
+    (no system service). `known_hosts` and `key_file` are what an sftp origin needs."""
+
+    def __init__(self, tmp: Path):
+        self.dir = tmp / "sshd"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.host_key = self.dir / "host_ed25519"
+        self.key_file = self.dir / "user_ed25519"
+        self.known_hosts = self.dir / "known_hosts"
+        self.process: subprocess.Popen | None = None
+        for key in (self.host_key, self.key_file):
+            if not key.exists():
+                subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+        (self.dir / "authorized_keys").write_text(Path(f"{self.key_file}.pub").read_text())
+        host_pub = Path(f"{self.host_key}.pub").read_text().split()
+        self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {host_pub[0]} {host_pub[1]}\n")
+        self.config = self.dir / "sshd_config"
+        self.config.write_text("\n".join([
+            f"Port {self.port}", "ListenAddress 127.0.0.1", f"HostKey {self.host_key}",
+            f"PidFile {self.dir / 'sshd.pid'}", f"AuthorizedKeysFile {self.dir / 'authorized_keys'}",
+            "PermitRootLogin yes", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
+            "StrictModes no", "UsePAM no", "Subsystem sftp internal-sftp", "LogLevel ERROR", ""]))
+
+    def start(self) -> "SshServer":
+        os.makedirs("/run/sshd", exist_ok=True)   # sshd's privilege separation directory
+        self.process = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(self.config)],
+                                        stderr=open(self.dir / "sshd.log", "ab"))
+
+        def listening():
+            import socket
+            if self.process.poll() is not None:
+                raise AssertionError(f"sshd exited: {(self.dir / 'sshd.log').read_text()}")
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", self.port)) == 0
+        wait_until(listening, timeout=10, message="sshd to listen")
+        return self
+
+    def origin_table(self, name: str, path: Path) -> dict:
+        return {"name": name, "type": "sftp", "host": "127.0.0.1", "port": self.port, "user": "root",
+                "path": str(path), "key_file": str(self.key_file), "known_hosts": str(self.known_hosts),
+                "timeout": 5}
+
+    def sessions(self) -> list[int]:
+        """PIDs of the sshd processes serving connections (children of the listener)."""
+        if self.process is None:
+            return []
+        found, parents = [], {self.process.pid}
+        for _ in range(3):
+            for entry in os.listdir("/proc"):
+                if not entry.isdigit():
+                    continue
+                try:
+                    with open(f"/proc/{entry}/stat") as f:
+                        ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                except (OSError, ValueError, IndexError):
+                    continue
+                if ppid in parents and int(entry) not in found:
+                    found.append(int(entry))
+            parents |= set(found)
+        return found
+
+    def stop(self) -> None:
+        """The whole server gone, established connections too (killing only the listener
+        leaves every session running)."""
+        if self.process is not None:
+            for pid in self.sessions():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, 9)
+            self.process.kill()
+            self.process.wait()
+            self.process = None

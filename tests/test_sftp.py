@@ -1,0 +1,176 @@
+"""The sftp origin against a real OpenSSH server on loopback (tests/helpers.SshServer)."""
+import errno
+import os
+import shutil
+import signal
+import time
+
+import pytest
+
+from musicfs import config as config_module
+from musicfs.errors import OriginMisconfigured
+from musicfs.origins import build
+from musicfs.service import Service
+
+from .helpers import FIXTURES, Daemon, is_mounted, run_musicfs, toml_config, wait_until
+
+pytestmark = [pytest.mark.mount, pytest.mark.slow]
+
+MiB = 1 << 20
+
+
+def sftp_config(tmp_path, sshd, remote, layout="paths", **sections):
+    document = {"cache": {"dir": str(tmp_path / "cache")}, "log": {"file": str(tmp_path / "musicfs.log")},
+                "layout": {"mode": layout}, "origins": [sshd.origin_table("ssh", remote)]}
+    document.update(sections)
+    return config_module.parse(document)
+
+
+@pytest.fixture
+def remote_library(tmp_path):
+    remote = tmp_path / "remote"
+    shutil.copytree(FIXTURES / "origin-a", remote)
+    big = os.urandom(3 * MiB + 4321)
+    (remote / "big.flac").write_bytes(big)
+    return remote, big
+
+
+@pytest.fixture
+def sftp_mount(tmp_path, sshd, remote_library, in_process_mount):
+    services = []
+
+    def make(layout="paths", **sections):
+        service = Service.open(sftp_config(tmp_path, sshd, remote_library[0], layout, **sections))
+        services.append(service)
+        service.initial_scan()
+        return service, in_process_mount(service)
+    yield make
+
+
+def test_byte_exact_reads_and_ranges_over_sftp(sftp_mount, remote_library):
+    remote, big = remote_library
+    service, mount = sftp_mount()
+    for path in remote.rglob("*"):
+        if path.is_file():
+            assert (mount.mountpoint / path.relative_to(remote)).read_bytes() == path.read_bytes(), path
+    with open(mount.mountpoint / "big.flac", "rb", buffering=0) as f:
+        f.seek(MiB + 17)
+        assert f.read(100_000) == big[MiB + 17:MiB + 17 + 100_000]
+
+
+def test_tag_view_from_remote_tags(sftp_mount):
+    service, mount = sftp_mount("tags")
+    assert sorted(os.listdir(mount.mountpoint / "Test Pattern" / "Signals (2019)")) == [
+        "01 Sine 440.flac", "02 Sine 880.flac", "03 AC_DC.mp3"]
+    assert service.scanner.last_results["ssh"].tags_read == 6   # 5 fixtures and big.flac
+
+
+def test_rescans_see_added_changed_and_removed_files(sftp_mount, remote_library):
+    remote, _ = remote_library
+    service, mount = sftp_mount()
+    (remote / "new.flac").write_bytes(b"new" * 1000)
+    (remote / "big.flac").unlink()
+    os.utime(remote / "Test Pattern/Signals/01 Sine 440.flac", (1, 1))
+    result, = service.scanner.scan()   # (or the mount's first background rescan, if still running)
+    assert result.complete, result.error
+    assert service.catalog.lookup(b"/new.flac") is not None and service.catalog.lookup(b"/big.flac") is None
+    assert service.catalog.lookup(b"/Test Pattern/Signals/01 Sine 440.flac").mtime_ns == 1_000_000_000
+    assert (mount.mountpoint / "new.flac").read_bytes() == b"new" * 1000
+    assert not (mount.mountpoint / "big.flac").exists()
+
+
+def test_a_file_changed_between_scan_and_read_is_never_mixed(sftp_mount, remote_library):
+    remote, big = remote_library
+    service, mount = sftp_mount()
+    new = os.urandom(len(big) + 10)
+    (remote / "big.tmp").write_bytes(new)
+    os.replace(remote / "big.tmp", remote / "big.flac")
+    os.utime(remote / "big.flac", (time.time() + 5, time.time() + 5))   # SFTP mtimes are whole seconds
+    try:
+        outcome = (mount.mountpoint / "big.flac").read_bytes()
+    except OSError as e:
+        outcome = e.errno
+    assert outcome in (big, new, errno.EIO)
+    assert (mount.mountpoint / "big.flac").read_bytes() == new
+
+
+def test_sshd_killed_mid_read_fails_within_the_timeout_and_recovers(sftp_mount, sshd, remote_library):
+    remote, big = remote_library
+    service, mount = sftp_mount(health={"interval": 0.5, "timeout": 2})
+    sshd.stop()
+    started = time.monotonic()
+    with pytest.raises(OSError) as info:
+        (mount.mountpoint / "big.flac").read_bytes()
+    assert info.value.errno == errno.EIO
+    assert time.monotonic() - started < 5 + 2
+    sshd.start()     # the same port and keys: the NAS is back
+    wait_until(lambda: _reads(mount.mountpoint / "big.flac") == big, timeout=20, interval=0.5,
+               message="reads to work again once sshd is back")
+
+
+def _reads(path):
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
+def test_a_server_that_stops_answering_is_bounded_by_the_timeout(sftp_mount, sshd, remote_library):
+    remote, big = remote_library
+    service, mount = sftp_mount(health={"interval": 60})
+    assert (mount.mountpoint / "Test Pattern/Signals/02 Sine 880.flac").read_bytes()
+    sessions = sshd.sessions()
+    assert sessions, "no sshd session process found"
+    for pid in sessions:
+        os.kill(pid, signal.SIGSTOP)    # the peer stops answering; the TCP connection stays up
+    try:
+        started = time.monotonic()
+        # the stuck connection is given up after `timeout` (5 s); a new one may serve the read
+        assert _reads(mount.mountpoint / "big.flac") in (big, None)
+        assert time.monotonic() - started < 5 + 3
+        assert service.pool.busy("ssh") <= service.config.health.workers_per_origin
+    finally:
+        for pid in sessions:
+            os.kill(pid, signal.SIGCONT)
+
+
+def test_wrong_host_key_is_a_clear_error_never_accepted(tmp_path, sshd, remote_library):
+    remote, _ = remote_library
+    wrong = tmp_path / "wrong_known_hosts"
+    other = tmp_path / "other"
+    os.system(f"ssh-keygen -q -t ed25519 -N '' -f {other}")
+    wrong.write_text(f"[127.0.0.1]:{sshd.port} " + " ".join((tmp_path / "other.pub").read_text().split()[:2]) + "\n")
+    table = {**sshd.origin_table("ssh", remote), "known_hosts": str(wrong)}
+    origin = build(config_module.parse({"origins": [table]}).origins[0])
+    with pytest.raises(OriginMisconfigured, match="CHANGED"):
+        origin.check()
+    table["known_hosts"] = str(tmp_path / "empty_known_hosts")
+    origin = build(config_module.parse({"origins": [table]}).origins[0])
+    with pytest.raises(OriginMisconfigured, match="is not in"):
+        origin.check()
+
+    # on a first mount it is one line and no mount
+    daemon = Daemon(tmp_path, [])
+    daemon.config.write_text(toml_config([], daemon.cache_dir, daemon.log_file) + "\n[[origins]]\n" + "\n".join(
+        f"{k} = {v!r}" if not isinstance(v, str) else f'{k} = "{v}"' for k, v in table.items()) + "\n")
+    result = run_musicfs(daemon.mountpoint, "-c", daemon.config)
+    assert result.returncode == 1 and "is not in" in result.stderr and len(result.stderr.splitlines()) == 1
+    assert not is_mounted(daemon.mountpoint)
+
+
+def test_wrong_user_key_is_a_clear_error(tmp_path, sshd, remote_library):
+    other = tmp_path / "stranger"
+    os.system(f"ssh-keygen -q -t ed25519 -N '' -f {other}")
+    table = {**sshd.origin_table("ssh", remote_library[0]), "key_file": str(other)}
+    origin = build(config_module.parse({"origins": [table]}).origins[0])
+    with pytest.raises(OriginMisconfigured, match="no key was accepted|authentication failed"):
+        origin.check()
+
+
+def test_sftp_config_errors_name_the_key():
+    with pytest.raises(config_module.ConfigError, match=r"origins\[0\]\.hots: unknown key for a sftp origin"):
+        config_module.parse({"origins": [{"type": "sftp", "hots": "x", "path": "/m"}]})
+    with pytest.raises(config_module.ConfigError, match=r"origins\[0\]\.host: missing"):
+        config_module.parse({"origins": [{"type": "sftp", "path": "/m"}]})
+    with pytest.raises(config_module.ConfigError, match="secrets never go in the config file"):
+        config_module.parse({"origins": [{"type": "sftp", "host": "h", "path": "/m", "password": "x"}]})
