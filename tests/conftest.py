@@ -9,7 +9,7 @@ from musicfs.origins import LocalOrigin
 from musicfs.service import Service
 
 from .faulty import FaultyOrigin
-from .helpers import FIXTURES, HungOrigin, InProcessMount, SshServer
+from .helpers import FIXTURES, HungOrigin, InProcessMount, MotoServer, SshServer
 
 FUSE_AVAILABLE = os.path.exists("/dev/fuse") and shutil.which("fusermount") is not None
 
@@ -115,5 +115,17 @@ def sshd(tmp_path):
     if not os.path.exists("/usr/sbin/sshd"):
         pytest.skip("needs OpenSSH's sshd (apt-get install openssh-server)")
     server = SshServer(tmp_path).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def moto(tmp_path, monkeypatch):
+    """moto's S3 server on a free port, with throwaway credentials in the environment."""
+    pytest.importorskip("moto")
+    for key, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                       ("AWS_DEFAULT_REGION", "us-east-1")):
+        monkeypatch.setenv(key, value)
+    server = MotoServer(tmp_path).start()
     yield server
     server.stop()

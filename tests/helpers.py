@@ -362,3 +362,47 @@ class SshServer:
             self.process.kill()
             self.process.wait()
             self.process = None
+
+
+class MotoServer:
+    """moto's S3 server on 127.0.0.1 (a real HTTP server speaking the S3 API, in memory)."""
+
+    def __init__(self, tmp: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tmp / "moto.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "MotoServer":
+        server = Path(sys.executable).parent / "moto_server"
+        self.process = subprocess.Popen([str(server), "-H", "127.0.0.1", "-p", str(self.port)],
+                                        stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
+
+        def listening():
+            import socket
+            if self.process.poll() is not None:
+                raise AssertionError(f"moto_server exited: {self.log.read_text()}")
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", self.port)) == 0
+        wait_until(listening, timeout=30, message="moto_server to listen")
+        return self
+
+    def client(self):
+        import boto3
+        return boto3.client("s3", endpoint_url=self.url, region_name="us-east-1")
+
+    def upload(self, bucket: str, prefix: str, root: Path) -> None:
+        client = self.client()
+        for path in sorted(root.rglob("*")):
+            if path.is_file():
+                client.put_object(Bucket=bucket, Key=prefix + path.relative_to(root).as_posix(), Body=path.read_bytes())
+
+    def origin_table(self, name: str, bucket: str, prefix: str = "") -> dict:
+        return {"name": name, "type": "s3", "bucket": bucket, "prefix": prefix, "endpoint_url": self.url,
+                "region": "us-east-1", "timeout": 3}
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None

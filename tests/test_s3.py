@@ -1,0 +1,129 @@
+"""The s3 origin against a real S3 API server (moto's, on loopback)."""
+import errno
+import os
+import shutil
+import time
+
+import pytest
+
+from musicfs import config as config_module
+from musicfs.errors import OriginMissing
+from musicfs.origins import build
+from musicfs.service import Service
+
+from .helpers import FIXTURES, Daemon, is_mounted, run_musicfs, toml_config, wait_until
+
+pytestmark = [pytest.mark.mount, pytest.mark.slow]
+
+MiB = 1 << 20
+PREFIX = "library/"
+
+
+@pytest.fixture
+def bucket(tmp_path, moto):
+    local = tmp_path / "upload"
+    shutil.copytree(FIXTURES / "origin-a", local)
+    big = os.urandom(3 * MiB + 999)
+    (local / "big.flac").write_bytes(big)
+    moto.client().create_bucket(Bucket="music")
+    moto.upload("music", PREFIX, local)
+    moto.client().put_object(Bucket="music", Key="elsewhere/not-mine.flac", Body=b"outside the prefix")
+    return local, big
+
+
+@pytest.fixture
+def s3_mount(tmp_path, moto, bucket, in_process_mount):
+    def make(layout="paths", **sections):
+        document = {"cache": {"dir": str(tmp_path / "cache")}, "log": {"file": str(tmp_path / "musicfs.log")},
+                    "layout": {"mode": layout}, "origins": [moto.origin_table("s3", "music", PREFIX)]}
+        document.update(sections)
+        service = Service.open(config_module.parse(document))
+        service.initial_scan()
+        return service, in_process_mount(service)
+    return make
+
+
+def test_byte_exact_reads_and_ranges_from_s3(s3_mount, bucket):
+    local, big = bucket
+    service, mount = s3_mount()
+    shown = sorted(str(p.relative_to(mount.mountpoint)) for p in mount.mountpoint.rglob("*") if p.is_file())
+    assert shown == sorted(str(p.relative_to(local)) for p in local.rglob("*") if p.is_file())
+    for path in local.rglob("*"):
+        if path.is_file():
+            assert (mount.mountpoint / path.relative_to(local)).read_bytes() == path.read_bytes(), path
+    with open(mount.mountpoint / "big.flac", "rb", buffering=0) as f:
+        f.seek(2 * MiB + 5)
+        assert f.read(300_000) == big[2 * MiB + 5:2 * MiB + 5 + 300_000]
+
+
+def test_tag_view_from_s3_tags(s3_mount):
+    service, mount = s3_mount("tags")
+    assert sorted(os.listdir(mount.mountpoint / "Test Pattern" / "Signals (2019)")) == [
+        "01 Sine 440.flac", "02 Sine 880.flac", "03 AC_DC.mp3"]
+
+
+def test_rescans_see_added_changed_and_removed_objects(s3_mount, moto):
+    service, mount = s3_mount()
+    client = moto.client()
+    client.put_object(Bucket="music", Key=PREFIX + "new/new.flac", Body=b"new" * 100)
+    client.delete_object(Bucket="music", Key=PREFIX + "big.flac")
+    client.put_object(Bucket="music", Key=PREFIX + "Test Pattern/Signals/02 Sine 880.flac", Body=b"retagged")
+    result, = service.scanner.scan()
+    assert result.complete, result.error
+    assert service.catalog.lookup(b"/big.flac") is None
+    assert (mount.mountpoint / "new/new.flac").read_bytes() == b"new" * 100
+    assert (mount.mountpoint / "Test Pattern/Signals/02 Sine 880.flac").read_bytes() == b"retagged"
+
+
+def test_an_object_replaced_between_scan_and_read_is_never_mixed(s3_mount, moto, bucket):
+    local, big = bucket
+    service, mount = s3_mount()
+    new = os.urandom(len(big))                  # same size: only the ETag tells them apart
+    moto.client().put_object(Bucket="music", Key=PREFIX + "big.flac", Body=new)
+    try:
+        outcome = (mount.mountpoint / "big.flac").read_bytes()
+    except OSError as e:
+        outcome = e.errno
+    assert outcome in (big, new, errno.EIO)
+    assert (mount.mountpoint / "big.flac").read_bytes() == new
+
+
+def test_s3_server_stopped_fails_within_the_timeout_and_recovers(s3_mount, moto, bucket):
+    local, big = bucket
+    service, mount = s3_mount(health={"interval": 0.5, "timeout": 2})
+    moto.stop()
+    started = time.monotonic()
+    with pytest.raises(OSError) as info:
+        (mount.mountpoint / "big.flac").read_bytes()
+    assert info.value.errno == errno.EIO and time.monotonic() - started < 3 * 3 + 3
+    assert (mount.mountpoint / "Test Pattern").is_dir()          # still listed
+    moto.start()                                                 # back, with its data restored
+    moto.client().create_bucket(Bucket="music")
+    moto.upload("music", PREFIX, local)
+
+    def reads():
+        try:
+            return (mount.mountpoint / "big.flac").read_bytes() == big
+        except OSError:
+            return False
+    wait_until(reads, timeout=20, interval=0.5, message="reads to work again once S3 is back")
+
+
+def test_missing_bucket_is_a_clear_error(tmp_path, moto):
+    origin = build(config_module.parse({"origins": [moto.origin_table("s3", "no-such-bucket")]}).origins[0])
+    with pytest.raises(OriginMissing, match="bucket no-such-bucket does not exist"):
+        origin.check()
+    daemon = Daemon(tmp_path, [])
+    table = moto.origin_table("s3", "no-such-bucket")
+    daemon.config.write_text(toml_config([], daemon.cache_dir, daemon.log_file) + "\n[[origins]]\n" + "\n".join(
+        f"{k} = {v!r}" if not isinstance(v, str) else f'{k} = "{v}"' for k, v in table.items()) + "\n")
+    result = run_musicfs(daemon.mountpoint, "-c", daemon.config, env={**os.environ})
+    assert result.returncode == 1 and "bucket no-such-bucket does not exist" in result.stderr
+    assert len(result.stderr.splitlines()) == 1 and not is_mounted(daemon.mountpoint)
+
+
+def test_s3_config_errors_name_the_key():
+    with pytest.raises(config_module.ConfigError, match=r"origins\[0\]\.bukket: unknown key for a s3 origin"):
+        config_module.parse({"origins": [{"type": "s3", "bukket": "x"}]})
+    with pytest.raises(config_module.ConfigError, match="secrets never go in the config file"):
+        config_module.parse({"origins": [{"type": "s3", "bucket": "b", "secret_access_key": "x"}]})
