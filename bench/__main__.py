@@ -11,8 +11,11 @@ ls -lR and the mount times in tags mode, its first scan (reading every file's ta
 plain single-threaded mutagen.File() loop over the same files (page cache dropped before each),
 and how many tags an unchanged rescan reads.
 
+Remote origins (bench/remote.py): musicfs's sftp and s3 origins against sshfs and rclone on the
+same loopback servers.
+
 Environment: BENCH_BIG_MB (default 512), BENCH_SMALL_FILES (20000), BENCH_REPEAT (3),
-BENCH_CATALOG_FILES (100000).
+BENCH_CATALOG_FILES (100000), BENCH_REMOTE (1; 0 skips the remote origins).
 """
 from __future__ import annotations
 
@@ -436,6 +439,9 @@ def main():
             rows[peer.name][f"f_rss_{files}_MB"] = (rss, rss)
             rows[peer.name][f"f_rss_anon_{files}_MB"] = (anon, anon)
 
+    if os.environ.get("BENCH_REMOTE", "1") != "0":
+        from bench import remote
+        remote.run(rows, big, WORK)
     report(rows, mb)
 
 
@@ -471,6 +477,8 @@ def report(rows, mb):
     if "b_chunk_files_raw_MBps" in m:
         print(f"  b_cached_cold_MBps     musicfs vs its chunk files read without FUSE "
               f"({PRELOAD_WORKERS} threads): {m['b_cached_cold_MBps'][0] / m['b_chunk_files_raw_MBps'][0]:.2f}x")
+    from bench import remote
+    remote.report(rows)
     if f"f_mount_{CATALOG_FILES}_s" in m:
         print(f"  mount {CATALOG_FILES} / mount 1000 files: "
               f"{m[f'f_mount_{CATALOG_FILES}_s'][0] / m['f_mount_1000_s'][0]:.2f}x")

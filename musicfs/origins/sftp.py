@@ -111,6 +111,9 @@ class SftpOrigin(Origin):
             sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
         except OSError as e:
             raise OriginUnavailable(f"{what}: cannot connect ({e.strerror or e})") from None
+        # Without TCP_NODELAY a burst of read requests meets Nagle's algorithm and the server's
+        # delayed ACK: ~40 ms stalls per chunk (20 MB/s on loopback instead of ~100).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         transport = paramiko.Transport(sock)
         try:
             transport.banner_timeout = transport.auth_timeout = transport.handshake_timeout = self.timeout

@@ -1,0 +1,181 @@
+"""Remote origins in `make bench`: musicfs's sftp and s3 origins against the tools a user would
+mount the same servers with, in one run: sshfs and rclone (sftp) on one OpenSSH sshd on
+loopback, rclone (s3) on one moto S3 server. The servers are the test suite's (tests/helpers).
+
+Workloads: first read of the large files (empty caches), the same read again with the page
+cache dropped (musicfs and rclone from their disk caches, sshfs from the server again), and a
+header scan (open + read 4 KiB) of a 2,000-file library, cold. Loopback has no latency of its
+own, so these figures compare the stacks' own costs, not a real network's.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from tests.helpers import MotoServer, SshServer, toml_config
+
+REMOTE_FILES = 2000
+
+
+class Remote:
+    """A mount of a remote library by one tool."""
+    name = "?"
+
+    def __init__(self, work: Path, mnt: Path):
+        self.work = work
+        self.mnt = mnt
+        self.proc = None
+
+    def mount(self, fresh_cache=False) -> Path:
+        raise NotImplementedError
+
+    def unmount(self):
+        from bench.__main__ import unmount
+        unmount(self.mnt)
+        if self.proc:
+            self.proc.wait(30)
+            self.proc = None
+
+
+class Sshfs(Remote):
+    name = "sshfs"
+
+    def __init__(self, work, mnt, sshd: SshServer, path: Path):
+        super().__init__(work, mnt)
+        self.sshd, self.path = sshd, path
+
+    def mount(self, fresh_cache=False):
+        from bench.__main__ import sh, wait_mounted
+        self.mnt.mkdir(parents=True, exist_ok=True)
+        sh("sshfs", "-o", f"ro,port={self.sshd.port},IdentityFile={self.sshd.key_file},"
+           f"UserKnownHostsFile={self.sshd.known_hosts},StrictHostKeyChecking=yes",
+           f"root@127.0.0.1:{self.path}", self.mnt)
+        wait_mounted(self.mnt)
+        return self.mnt
+
+
+class RcloneRemote(Remote):
+    def __init__(self, work, mnt, name: str, remote: str, flags: list[str]):
+        super().__init__(work, mnt)
+        self.name, self.remote, self.flags = name, remote, flags
+
+    def mount(self, fresh_cache=False):
+        from bench.__main__ import wait_mounted
+        self.mnt.mkdir(parents=True, exist_ok=True)
+        cache = self.work / "cache" / self.name
+        if fresh_cache:
+            shutil.rmtree(cache, ignore_errors=True)
+        # rclone's S3 backend refuses a custom CA bundle on a plain-HTTP endpoint; some machines set one
+        env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
+        self.proc = subprocess.Popen(["rclone", "mount", self.remote, str(self.mnt), "--read-only",
+                                      "--vfs-cache-mode", "full", "--cache-dir", str(cache), *self.flags],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        wait_mounted(self.mnt)
+        return self.mnt
+
+
+class MusicfsRemote(Remote):
+    def __init__(self, work, mnt, name: str, origin: dict):
+        super().__init__(work, mnt)
+        self.name, self.origin = name, origin
+
+    def mount(self, fresh_cache=False):
+        from bench.__main__ import MUSICFS, ROOT, sh
+        self.mnt.mkdir(parents=True, exist_ok=True)
+        cache = self.work / "cache" / self.name
+        if fresh_cache:
+            shutil.rmtree(cache, ignore_errors=True)
+        config = self.work / f"{self.name}.toml"
+        text = toml_config([], cache, self.work / f"{self.name}.log", max_size="10G", level="warning")
+        text += "[[origins]]\n" + "".join(f'{k} = "{v}"\n' if isinstance(v, str) else f"{k} = {v}\n"
+                                          for k, v in self.origin.items())
+        config.write_text(text)
+        sh(*MUSICFS, self.mnt, "-c", config, cwd=ROOT)
+        return self.mnt
+
+    def unmount(self):
+        from bench.__main__ import MUSICFS, ROOT, sh
+        sh(*MUSICFS, "unmount", self.mnt, cwd=ROOT, check=False)
+
+
+def run(rows: dict, big: Path, work: Path) -> None:
+    """Add the remote rows (keys r_*) to `rows`."""
+    from bench.__main__ import drop_caches, header_scan, make_library, read_tree, timed
+    if not (shutil.which("rclone") and Path("/usr/sbin/sshd").exists()):
+        print("skipping remote origins: needs sshd (openssh-server) and rclone")
+        return
+    small = work / f"remote-small-{REMOTE_FILES}"
+    if not small.exists():
+        make_library(small / "tmp", REMOTE_FILES, size=8192, seed=5)
+        (small / "tmp").rename(small / "lib")
+    mb = sum(p.stat().st_size for p in big.rglob("*.flac")) / 1e6
+    sshd = SshServer(work / "servers").start()
+    moto = MotoServer(work / "servers")
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+    moto.start()
+    try:
+        client = moto.client()
+        for bucket, root in (("big", big), ("small", small / "lib")):
+            client.create_bucket(Bucket=bucket)
+            moto.upload(bucket, "", root)
+        sftp_flags = ["--sftp-host", "127.0.0.1", "--sftp-port", str(sshd.port), "--sftp-user", "root",
+                      "--sftp-key-file", str(sshd.key_file), "--sftp-known-hosts-file", str(sshd.known_hosts)]
+        s3_flags = ["--s3-provider", "Other", "--s3-endpoint", moto.url, "--s3-access-key-id", "testing",
+                    "--s3-secret-access-key", "testing", "--s3-region", "us-east-1"]
+        for kind, peers in (
+            ("sftp", lambda root, tag: [
+                Sshfs(work, work / "mnt" / f"sshfs-{tag}", sshd, root),
+                RcloneRemote(work, work / "mnt" / f"rclone-sftp-{tag}", f"rclone-sftp-{tag}", f":sftp:{root}",
+                             sftp_flags),
+                MusicfsRemote(work, work / "mnt" / f"musicfs-sftp-{tag}", f"musicfs-sftp-{tag}",
+                              {**sshd.origin_table("ssh", root), "timeout": 30})]),
+            ("s3", lambda root, tag: [
+                RcloneRemote(work, work / "mnt" / f"rclone-s3-{tag}", f"rclone-s3-{tag}", f":s3:{tag}", s3_flags),
+                MusicfsRemote(work, work / "mnt" / f"musicfs-s3-{tag}", f"musicfs-s3-{tag}",
+                              {**moto.origin_table("bucket", tag), "timeout": 30})]),
+        ):
+            print(f"== remote: {kind}")
+            for peer in peers(big, "big"):
+                label = peer.name.rsplit("-", 1)[0]
+                r = rows.setdefault(label, {})
+                drop_caches()
+                root = peer.mount(fresh_cache=True)
+                started = time.perf_counter()
+                read_tree(root)
+                r[f"r_{kind}_first_MBps"] = (mb / (time.perf_counter() - started),) * 2
+                best, med, _ = timed(lambda: read_tree(root), before=drop_caches)
+                r[f"r_{kind}_reread_MBps"] = (mb / best, mb / med)
+                peer.unmount()
+            for peer in peers(small / "lib" if kind == "sftp" else "small", "small"):
+                label = peer.name.rsplit("-", 1)[0]
+                root = peer.mount(fresh_cache=True)
+                drop_caches()
+                started = time.perf_counter()
+                header_scan(root)
+                rows[label][f"r_{kind}_scan_2k_cold_s"] = (time.perf_counter() - started,) * 2
+                peer.unmount()
+    finally:
+        moto.stop()
+        sshd.stop()
+
+
+def report(rows: dict) -> None:
+    def ratio(metric, a, b, higher=True):
+        if metric in rows.get(a, {}) and metric in rows.get(b, {}):
+            x, y = rows[a][metric][0], rows[b][metric][0]
+            print(f"  {metric:24} {a} vs {b}: {(x / y if higher else y / x):6.2f}x")
+    if not any(k.startswith("r_") for r in rows.values() for k in r):
+        return
+    print("\nremote origins (>1 means musicfs is better; targets: sftp first read >= 1.0x sshfs, re-read "
+          ">= 3x sshfs, 2k scan <= 1.0x sshfs time; s3 first read >= 1.0x rclone, re-read >= 1.5x):")
+    for metric in ("r_sftp_first_MBps", "r_sftp_reread_MBps"):
+        ratio(metric, "musicfs-sftp", "sshfs")
+        ratio(metric, "musicfs-sftp", "rclone-sftp")
+    ratio("r_sftp_scan_2k_cold_s", "musicfs-sftp", "sshfs", higher=False)
+    ratio("r_sftp_scan_2k_cold_s", "musicfs-sftp", "rclone-sftp", higher=False)
+    for metric in ("r_s3_first_MBps", "r_s3_reread_MBps"):
+        ratio(metric, "musicfs-s3", "rclone-s3")
+    ratio("r_s3_scan_2k_cold_s", "musicfs-s3", "rclone-s3", higher=False)
