@@ -49,7 +49,8 @@ FILE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EISDIR, errno.ELOOP, errno.ENAME
 VANISHED_ERRNOS = {errno.ENOENT, errno.ENOTDIR}
 # Files whose read state (known chunk digests, sequential position) is kept between reads.
 OPEN_FILES = 1024
-# Chunks fetched ahead of a sequential reader: enough to hide one origin round trip.
+# Chunks fetched ahead of a sequential reader: enough to hide one origin round trip. An origin
+# may ask for more (Origin.readahead_chunks): a remote one is limited by latency, not bandwidth.
 READAHEAD_CHUNKS = 2
 
 
@@ -348,7 +349,8 @@ class Reader:
     def _read_ahead(self, handle: OpenFile, index: int) -> None:
         count = chunk_count(handle.size, self.chunk_size)
         source = handle.sources[0]
-        for ahead in range(index, min(index + READAHEAD_CHUNKS, count)):
+        depth = getattr(self.origins.get(source.origin), "readahead_chunks", READAHEAD_CHUNKS)
+        for ahead in range(index, min(index + depth, count)):
             digest = handle.digests[ahead]
             if digest is not None:
                 if self.store.loads_suspended:

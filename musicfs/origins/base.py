@@ -35,6 +35,10 @@ class OriginEntry:
 class Origin(ABC):
     """One source of files. Implementations must be safe to call from several threads."""
 
+    # Chunks a sequential reader fetches ahead from this origin, concurrently (within the
+    # origin's worker budget): a local disk needs few; a remote origin hides its latency so.
+    readahead_chunks = 2
+
     def __init__(self, name: str):
         self.name = name
 

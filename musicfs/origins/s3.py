@@ -37,6 +37,8 @@ def _code(error: botocore.exceptions.ClientError) -> str:
 
 
 class S3Origin(Origin):
+    readahead_chunks = 6   # several requests in flight: a round trip, not bandwidth, is the limit
+
     def __init__(self, config):
         super().__init__(config.name)
         options = config.options

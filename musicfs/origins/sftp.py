@@ -55,6 +55,8 @@ def _translate(error: BaseException, what: str) -> BaseException:
 
 
 class SftpOrigin(Origin):
+    readahead_chunks = 6   # several requests in flight: a round trip, not bandwidth, is the limit
+
     def __init__(self, config):
         super().__init__(config.name)
         options = config.options
