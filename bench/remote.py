@@ -103,10 +103,11 @@ class MusicfsRemote(Remote):
 
 def run(rows: dict, big: Path, work: Path) -> None:
     """Add the remote rows (keys r_*) to `rows`."""
-    from bench.__main__ import drop_caches, header_scan, make_library, read_tree, timed
-    if not (shutil.which("rclone") and Path("/usr/sbin/sshd").exists()):
+    from bench.__main__ import drop_caches, ensure_installed, header_scan, make_library, read_tree, timed
+    if not (ensure_installed("rclone", "rclone") and ensure_installed("sshd", "openssh-server")):
         print("skipping remote origins: needs sshd (openssh-server) and rclone")
         return
+    have_sshfs = ensure_installed("sshfs", "sshfs")
     small = work / f"remote-small-{REMOTE_FILES}"
     if not small.exists():
         make_library(small / "tmp", REMOTE_FILES, size=8192, seed=5)
@@ -127,7 +128,7 @@ def run(rows: dict, big: Path, work: Path) -> None:
                     "--s3-secret-access-key", "testing", "--s3-region", "us-east-1"]
         for kind, peers in (
             ("sftp", lambda root, tag: [
-                Sshfs(work, work / "mnt" / f"sshfs-{tag}", sshd, root),
+                *([Sshfs(work, work / "mnt" / f"sshfs-{tag}", sshd, root)] if have_sshfs else []),
                 RcloneRemote(work, work / "mnt" / f"rclone-sftp-{tag}", f"rclone-sftp-{tag}", f":sftp:{root}",
                              sftp_flags),
                 MusicfsRemote(work, work / "mnt" / f"musicfs-sftp-{tag}", f"musicfs-sftp-{tag}",
