@@ -193,6 +193,12 @@ _SCHEMA = {
     "layout": {"mode": ((str,), _mode), "template": ((str,), _template)},
     "log": {"file": ((str,), _path), "level": ((str,), _level)},
 }
+def _url(value, key):
+    if not re.fullmatch(r"https?://[^/\s]+(/.*)?", value):
+        raise ConfigError(f"{key}: must be a URL such as http://127.0.0.1:9000, got {value!r}")
+    return value
+
+
 def _port(value, key):
     if not 0 < value < 65536:
         raise ConfigError(f"{key}: must be a TCP port (1-65535), got {value}")
@@ -207,7 +213,7 @@ _ORIGIN_TYPES = {
     "local": {"path": ((str,), _path)},
     "sftp": {"host": ((str,), None), "port": ((int,), _port), "user": ((str,), None), "path": ((str,), None),
              "key_file": ((str,), _path), "known_hosts": ((str,), _path)},
-    "s3": {"bucket": ((str,), None), "prefix": ((str,), None), "endpoint_url": ((str,), None),
+    "s3": {"bucket": ((str,), None), "prefix": ((str,), None), "endpoint_url": ((str,), _url),
            "region": ((str,), None), "profile": ((str,), None)},
 }
 _ORIGIN_REQUIRED = {"local": ("path",), "sftp": ("host", "path"), "s3": ("bucket",)}
@@ -230,6 +236,10 @@ def _convert(key: str, value, types, converter):
     return converter(value, key) if converter else value
 
 
+def _a(kind: str) -> str:
+    return ("an " if kind[0] in "aeiosx" else "a ") + kind   # an s3 / an sftp / a local
+
+
 def _parse_origins(raw, where: str) -> tuple[OriginConfig, ...]:
     if not isinstance(raw, list):
         raise ConfigError(f"origins: expected [[origins]] tables, got {raw!r}")
@@ -246,10 +256,10 @@ def _parse_origins(raw, where: str) -> tuple[OriginConfig, ...]:
             if key in _SECRETS:
                 raise ConfigError(f"{prefix}.{key}: secrets never go in the config file; {_SECRETS[key]}")
             if key not in schema:
-                raise ConfigError(f"{prefix}.{key}: unknown key for a {kind} origin (known: {', '.join(schema)})")
+                raise ConfigError(f"{prefix}.{key}: unknown key for {_a(kind)} origin (known: {', '.join(schema)})")
         for key in _ORIGIN_REQUIRED[kind]:
             if key not in table:
-                raise ConfigError(f"{prefix}.{key}: missing; a {kind} origin needs {' and '.join(_ORIGIN_REQUIRED[kind])}")
+                raise ConfigError(f"{prefix}.{key}: missing; {_a(kind)} origin needs {' and '.join(_ORIGIN_REQUIRED[kind])}")
         values = {k: _convert(f"{prefix}.{k}", v, *schema[k]) for k, v in table.items()}
         name = values.pop("name", f"origin{index + 1}")
         if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):

@@ -59,6 +59,8 @@ class Service:
         # statvfs of the cache disk (what `df` on the mount shows), refreshed by probe_cache
         self.cache_disk_stats = os.statvfs(config.cache.dir)
         self._rescanning = False
+        # Set after each pass of the background rescan (the first runs right after mount).
+        self.rescanned = threading.Event()
 
     @classmethod
     def open(cls, config: Config, origins: dict | None = None) -> "Service":
@@ -248,6 +250,7 @@ class Service:
                 self.scanner.scan()
             except Exception:
                 log.exception("rescan failed")
+            self.rescanned.set()
             self._stopping.wait(self.config.catalog.rescan_interval)
 
     @property

@@ -89,7 +89,11 @@ def mounted(service_factory, in_process_mount):
     def build(origins, faulty=(), fuse_options=None, **overrides):
         service = service_factory(origins, faulty=faulty, **overrides)
         service.initial_scan()
-        return service, in_process_mount(service, **(fuse_options or {}))
+        mount = in_process_mount(service, **(fuse_options or {}))
+        # The mount's first background rescan runs now; a test that changes origin files while
+        # it runs would race with a listing taken before the change.
+        assert service.rescanned.wait(30), "the first background rescan did not finish"
+        return service, mount
     return build
 
 

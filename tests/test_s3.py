@@ -39,7 +39,9 @@ def s3_mount(tmp_path, moto, bucket, in_process_mount):
         document.update(sections)
         service = Service.open(config_module.parse(document))
         service.initial_scan()
-        return service, in_process_mount(service)
+        mount = in_process_mount(service)
+        assert service.rescanned.wait(30), "the first background rescan did not finish"
+        return service, mount
     return make
 
 
@@ -123,7 +125,17 @@ def test_missing_bucket_is_a_clear_error(tmp_path, moto):
 
 
 def test_s3_config_errors_name_the_key():
-    with pytest.raises(config_module.ConfigError, match=r"origins\[0\]\.bukket: unknown key for a s3 origin"):
+    with pytest.raises(config_module.ConfigError, match=r"origins\[0\]\.bukket: unknown key for an s3 origin"):
         config_module.parse({"origins": [{"type": "s3", "bukket": "x"}]})
     with pytest.raises(config_module.ConfigError, match="secrets never go in the config file"):
         config_module.parse({"origins": [{"type": "s3", "bucket": "b", "secret_access_key": "x"}]})
+
+
+def test_a_mistyped_prefix_or_endpoint_or_profile_is_named(moto, bucket):
+    table = moto.origin_table("s3", "music", "librery/")
+    with pytest.raises(OriginMissing, match="no objects under prefix 'librery/' in bucket music"):
+        build(config_module.parse({"origins": [table]}).origins[0]).check()
+    with pytest.raises(config_module.ConfigError, match=r"endpoint_url: must be a URL"):
+        config_module.parse({"origins": [{**table, "endpoint_url": "127.0.0.1:9000"}]})
+    with pytest.raises(config_module.ConfigError, match="profile 'nosuch' is not in"):
+        build(config_module.parse({"origins": [{**table, "profile": "nosuch"}]}).origins[0])

@@ -43,7 +43,9 @@ def sftp_mount(tmp_path, sshd, remote_library, in_process_mount):
         service = Service.open(sftp_config(tmp_path, sshd, remote_library[0], layout, **sections))
         services.append(service)
         service.initial_scan()
-        return service, in_process_mount(service)
+        mount = in_process_mount(service)
+        assert service.rescanned.wait(30), "the first background rescan did not finish"
+        return service, mount
     yield make
 
 
@@ -62,7 +64,8 @@ def test_tag_view_from_remote_tags(sftp_mount):
     service, mount = sftp_mount("tags")
     assert sorted(os.listdir(mount.mountpoint / "Test Pattern" / "Signals (2019)")) == [
         "01 Sine 440.flac", "02 Sine 880.flac", "03 AC_DC.mp3"]
-    assert service.scanner.last_results["ssh"].tags_read == 6   # 5 fixtures and big.flac
+    with service.storage.begin() as txn:      # read from the server: 5 fixtures and big.flac
+        assert txn.stat(service.storage.tags)["entries"] == 6
 
 
 def test_rescans_see_added_changed_and_removed_files(sftp_mount, remote_library):
@@ -168,9 +171,36 @@ def test_wrong_user_key_is_a_clear_error(tmp_path, sshd, remote_library):
 
 
 def test_sftp_config_errors_name_the_key():
-    with pytest.raises(config_module.ConfigError, match=r"origins\[0\]\.hots: unknown key for a sftp origin"):
+    with pytest.raises(config_module.ConfigError, match=r"origins\[0\]\.hots: unknown key for an sftp origin"):
         config_module.parse({"origins": [{"type": "sftp", "hots": "x", "path": "/m"}]})
     with pytest.raises(config_module.ConfigError, match=r"origins\[0\]\.host: missing"):
         config_module.parse({"origins": [{"type": "sftp", "path": "/m"}]})
     with pytest.raises(config_module.ConfigError, match="secrets never go in the config file"):
         config_module.parse({"origins": [{"type": "sftp", "host": "h", "path": "/m", "password": "x"}]})
+
+
+def test_a_server_restart_does_not_fail_the_next_read(sftp_mount, sshd, remote_library):
+    remote, big = remote_library
+    service, mount = sftp_mount(health={"interval": 3600})
+    for name in ("01 Sine 440.flac", "02 Sine 880.flac", "03 AC-DC.mp3"):   # several pooled sessions
+        (mount.mountpoint / "Test Pattern/Signals" / name).read_bytes()
+    sshd.stop()
+    sshd.start()          # back at once, same port and keys: every pooled session is dead
+    assert (mount.mountpoint / "big.flac").read_bytes() == big
+
+
+def test_key_file_problems_are_named(tmp_path, sshd, remote_library):
+    table = {**sshd.origin_table("ssh", remote_library[0]), "key_file": str(tmp_path / "no-such-key")}
+    with pytest.raises(OriginMisconfigured, match="key_file .*no-such-key cannot be used"):
+        build(config_module.parse({"origins": [table]}).origins[0]).check()
+    protected = tmp_path / "protected"
+    os.system(f"ssh-keygen -q -t ed25519 -N 'secret words' -f {protected}")
+    table["key_file"] = str(protected)
+    env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
+    os.environ.pop("SSH_AUTH_SOCK", None)
+    try:
+        with pytest.raises(OriginMisconfigured, match="protected by a passphrase: load it into ssh-agent"):
+            build(config_module.parse({"origins": [table]}).origins[0]).check()
+    finally:
+        os.environ.clear()
+        os.environ.update(env)

@@ -21,11 +21,12 @@ import boto3
 import botocore.config
 import botocore.exceptions
 
-from ..errors import OriginChanged, OriginMisconfigured, OriginMissing, OriginUnavailable
+from ..errors import ConfigError, OriginChanged, OriginMisconfigured, OriginMissing, OriginUnavailable
 from .base import KIND_DIR, KIND_FILE, Origin, OriginEntry
 
 log = logging.getLogger(__name__)
 
+ATTEMPTS = 2   # botocore's standard retry mode: one retry of a throttled or failed request
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
 _DENIED = {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
            "InvalidToken", "AllAccessDisabled"}
@@ -46,13 +47,19 @@ class S3Origin(Origin):
         prefix = options.get("prefix", "").strip("/")
         self.prefix = prefix + "/" if prefix else ""
         self.endpoint_url = options.get("endpoint_url")
-        session = boto3.session.Session(profile_name=options.get("profile")) if options.get("profile") \
-            else boto3.session.Session()
+        try:
+            session = boto3.session.Session(profile_name=options.get("profile")) if options.get("profile") \
+                else boto3.session.Session()
+        except botocore.exceptions.ProfileNotFound:
+            raise ConfigError(f"origin {self.name}: profile {options['profile']!r} is not in ~/.aws/config or "
+                              f"~/.aws/credentials") from None
+        # `timeout` bounds a whole request, retries included: each of the attempts gets its share.
+        per_attempt = max(config.timeout / ATTEMPTS, 1.0)
         self.client = session.client(
             "s3", endpoint_url=self.endpoint_url, region_name=options.get("region"),
             config=botocore.config.Config(max_pool_connections=config.connections,
-                                          retries={"mode": "standard", "max_attempts": 3},
-                                          connect_timeout=config.timeout, read_timeout=config.timeout))
+                                          retries={"mode": "standard", "max_attempts": ATTEMPTS},
+                                          connect_timeout=per_attempt, read_timeout=per_attempt))
 
     def describe(self) -> str:
         where = f" at {self.endpoint_url}" if self.endpoint_url else ""
@@ -64,7 +71,7 @@ class S3Origin(Origin):
         """botocore's errors as musicfs's: a missing key is ENOENT (a catalog change), a missing
         bucket or refused credentials a misconfiguration, a replaced object OriginChanged, the
         rest of the transport OriginUnavailable."""
-        what = f"origin {self.name} (s3://{self.bucket}/{key})"
+        what = f"s3://{self.bucket}/{key}"
         if isinstance(error, botocore.exceptions.ClientError):
             code = _code(error)
             if code == "NoSuchBucket":
@@ -166,10 +173,16 @@ class S3Origin(Origin):
     def check(self) -> None:
         try:
             self.client.head_bucket(Bucket=self.bucket)
+            if self.prefix:   # a mistyped prefix would otherwise be an empty library, silently
+                listed = self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1)
+                if not listed.get("KeyCount"):
+                    raise OriginMissing(f"no objects under prefix {self.prefix!r} in bucket {self.bucket}")
         except botocore.exceptions.ClientError as e:
             if _code(e) in ("404", "NoSuchBucket", "NotFound"):
                 raise OriginMissing(f"bucket {self.bucket} does not exist") from None
             raise self._translate(e, self.prefix) from None
+        except OriginMissing:
+            raise
         except Exception as e:  # noqa: BLE001 - translated below
             raise self._translate(e, self.prefix) from None
 

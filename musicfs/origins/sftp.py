@@ -88,19 +88,27 @@ class SftpOrigin(Origin):
         entry = known.lookup(self._host_id())
         fix = f"ssh-keyscan -p {self.port} {self.host} >> {self.known_hosts}"
         if entry is None or key.get_name() not in entry:
-            raise HostKeyError(f"origin {self.name}: the host key of {self._host_id()} is not in {self.known_hosts}; "
+            raise HostKeyError(f"the host key of {self._host_id()} is not in {self.known_hosts}; "
                                f"check it and add it (e.g. {fix})")
         if entry[key.get_name()] != key:
-            raise HostKeyError(f"origin {self.name}: the host key of {self._host_id()} CHANGED (not the one in "
+            raise HostKeyError(f"the host key of {self._host_id()} CHANGED (not the one in "
                                f"{self.known_hosts}); if the server really was reinstalled, remove the old key "
                                f"(ssh-keygen -R '{self._host_id()}' -f {self.known_hosts}) and add the new one")
 
     def _keys(self):
         if self.key_file:
-            yield paramiko.PKey.from_path(str(self.key_file))
-            return
+            try:
+                yield paramiko.PKey.from_path(str(self.key_file))
+                return
+            except (paramiko.PasswordRequiredException, TypeError):
+                pass    # protected by a passphrase (cryptography says so with a TypeError): ssh-agent may hold it
+            except (OSError, paramiko.SSHException, ValueError) as e:
+                raise OriginMisconfigured(f"key_file {self.key_file} cannot be used: "
+                                          f"{getattr(e, 'strerror', None) or e}") from None
         with contextlib.suppress(Exception):
             yield from paramiko.Agent().get_keys()
+        if self.key_file:
+            return
         for name in DEFAULT_KEYS:
             path = os.path.expanduser(f"~/.ssh/{name}")
             if os.path.exists(path):
@@ -108,9 +116,11 @@ class SftpOrigin(Origin):
                     yield paramiko.PKey.from_path(path)
 
     def _connect(self) -> paramiko.Transport:
-        what = f"origin {self.name} ({self.host}:{self.port})"
+        what = f"{self.host}:{self.port}"
         try:
             sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+        except socket.gaierror as e:   # a name that does not resolve: a typo more likely than an outage
+            raise OriginMisconfigured(f"{what}: cannot resolve {self.host} ({e.strerror or e})") from None
         except OSError as e:
             raise OriginUnavailable(f"{what}: cannot connect ({e.strerror or e})") from None
         # Without TCP_NODELAY a burst of read requests meets Nagle's algorithm and the server's
@@ -129,8 +139,9 @@ class SftpOrigin(Origin):
                 if transport.is_authenticated():
                     break
             if not transport.is_authenticated():
-                raise OriginMisconfigured(f"{what}: no key was accepted for user {self.user}; set key_file or "
-                                          f"load the key into ssh-agent")
+                hint = (f"key_file {self.key_file} is protected by a passphrase: load it into ssh-agent"
+                        if self.key_file else "set key_file or load the key into ssh-agent")
+                raise OriginMisconfigured(f"{what}: no key was accepted for user {self.user}; {hint}")
             transport.set_keepalive(KEEPALIVE_SECONDS)
             return transport
         except BaseException as e:
@@ -160,6 +171,13 @@ class SftpOrigin(Origin):
         try:
             with self._idle_lock:
                 client = self._idle.pop() if self._idle else None
+            if client is not None and (client.sock.closed or self._transport is None
+                                       or not self._transport.is_active()):
+                # Its connection died (a server restart): so did every other idle session's.
+                with contextlib.suppress(Exception):
+                    client.close()
+                client = None
+                self._drop_idle()
             if client is None:
                 transport = self._live_transport()
                 channel = None
@@ -173,7 +191,7 @@ class SftpOrigin(Origin):
                 except BaseException as e:
                     if channel is not None:
                         channel.close()
-                    raise _translate(e, f"origin {self.name}") from None
+                    raise _translate(e, f"{self.host}:{self.port}") from None
             try:
                 yield client
             except BaseException:
@@ -195,7 +213,7 @@ class SftpOrigin(Origin):
                 with self._session() as client:
                     return fn(client)
             except BaseException as e:
-                error = _translate(e, f"origin {self.name}: {what}")
+                error = _translate(e, what)
                 if isinstance(e, socket.timeout):
                     # The peer stopped answering on this connection (a stuck session, a dropped
                     # NAT entry): the next request starts over on a new one.
