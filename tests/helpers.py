@@ -57,6 +57,20 @@ def make_library(root: Path, files: int, size: int, *, per_album: int = 12, seed
     return paths
 
 
+def read_file(path) -> bytes:
+    """The whole file through a fresh, unbuffered open (every read reaches the filesystem)."""
+    with open(path, "rb", buffering=0) as f:
+        return f.read()
+
+
+def read_outcome(path):
+    """The whole file through a fresh open, or the errno that open or read failed with."""
+    try:
+        return read_file(path)
+    except OSError as e:
+        return e.errno
+
+
 def wait_until(condition, timeout: float = 10.0, interval: float = 0.02, message: str = "condition") -> None:
     """Poll a condition (not a sleep standing in for synchronisation: it returns as soon as true)."""
     deadline = time.monotonic() + timeout
@@ -289,6 +303,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_listening(process: subprocess.Popen, port: int, log: Path, timeout: float = 10) -> None:
+    """Until a server we started accepts connections on 127.0.0.1:port; fail with its log if it exits."""
+    import socket
+
+    def listening():
+        if process.poll() is not None:
+            raise AssertionError(f"{process.args[0]} exited: {log.read_text()}")
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) == 0
+    wait_until(listening, timeout=timeout, message=f"{process.args[0]} to listen on port {port}")
+
+
 class SshServer:
     """OpenSSH's sshd on 127.0.0.1, in the foreground, with a throwaway host key and user key
     (no system service). `known_hosts` and `key_file` are what an sftp origin needs."""
@@ -318,14 +344,7 @@ class SshServer:
         os.makedirs("/run/sshd", exist_ok=True)   # sshd's privilege separation directory
         self.process = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(self.config)],
                                         stderr=open(self.dir / "sshd.log", "ab"))
-
-        def listening():
-            import socket
-            if self.process.poll() is not None:
-                raise AssertionError(f"sshd exited: {(self.dir / 'sshd.log').read_text()}")
-            with socket.socket() as s:
-                return s.connect_ex(("127.0.0.1", self.port)) == 0
-        wait_until(listening, timeout=10, message="sshd to listen")
+        wait_listening(self.process, self.port, self.dir / "sshd.log")
         return self
 
     def origin_table(self, name: str, path: Path) -> dict:
@@ -377,14 +396,7 @@ class MotoServer:
         server = Path(sys.executable).parent / "moto_server"
         self.process = subprocess.Popen([str(server), "-H", "127.0.0.1", "-p", str(self.port)],
                                         stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
-
-        def listening():
-            import socket
-            if self.process.poll() is not None:
-                raise AssertionError(f"moto_server exited: {self.log.read_text()}")
-            with socket.socket() as s:
-                return s.connect_ex(("127.0.0.1", self.port)) == 0
-        wait_until(listening, timeout=30, message="moto_server to listen")
+        wait_listening(self.process, self.port, self.log, timeout=30)
         return self
 
     def client(self):

@@ -9,7 +9,7 @@ import pytest
 
 from musicfs.cas import CacheChecker
 
-from .helpers import Daemon, chunk_files, run_musicfs, wait_until
+from .helpers import Daemon, chunk_files, read_file, run_musicfs, wait_until
 
 pytestmark = [pytest.mark.mount, pytest.mark.slow]
 
@@ -22,11 +22,6 @@ def library(root, count):
     for name, data in files.items():
         (root / name).write_bytes(data)
     return files
-
-
-def read_file(path):
-    with open(path, "rb", buffering=0) as f:
-        return f.read()
 
 
 def cached_digest(service, root, name):

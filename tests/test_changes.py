@@ -9,7 +9,7 @@ import pytest
 
 from musicfs.health import HEALTHY
 
-from .helpers import FIXTURES
+from .helpers import FIXTURES, read_file as read_all, read_outcome
 
 pytestmark = pytest.mark.mount
 
@@ -17,19 +17,6 @@ MiB = 1 << 20
 # What `musicfs MOUNTPOINT` asks the kernel for (daemon.DEFAULT_FUSE_OPTIONS): the kernel keeps
 # attributes, lookups and pages, which is what makes a mixed read possible at all.
 KERNEL_CACHING = {"attr_timeout": 30, "entry_timeout": 30, "auto_cache": True}
-
-
-def read_all(path: Path) -> bytes:
-    with open(path, "rb", buffering=0) as f:
-        return f.read()
-
-
-def read_outcome(path: Path):
-    """The whole file through a fresh open, or the errno it failed with."""
-    try:
-        return read_all(path)
-    except OSError as e:
-        return e.errno
 
 
 def rename_over(path: Path, data: bytes) -> None:

@@ -10,7 +10,8 @@ import pytest
 
 from musicfs.cas import CacheChecker
 
-from .helpers import DT_DIR, DT_REG, Daemon, chunk_bytes_on_disk, dirent_types, run_musicfs, wait_until
+from .helpers import (DT_DIR, DT_REG, Daemon, chunk_bytes_on_disk, dirent_types, read_file, run_musicfs,
+                      wait_until)
 
 pytestmark = pytest.mark.mount
 
@@ -24,11 +25,6 @@ def library(tmp_path, name="o", files=None):
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_bytes(data)
     return root
-
-
-def read_file(path: Path) -> bytes:
-    with open(path, "rb", buffering=0) as f:
-        return f.read()
 
 
 def expect_errno(path: Path, expected: set[int]) -> float:

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from .helpers import MUSICFS, ROOT, Daemon, alive, is_mounted, make_library, run_bounded, wait_until
+from .helpers import MUSICFS, ROOT, Daemon, alive, is_mounted, make_library, read_outcome, run_bounded, wait_until
 
 pytestmark = [pytest.mark.mount, pytest.mark.slow]
 
@@ -30,15 +30,6 @@ def mount(daemon: Daemon, timeout=20):
 
 def listing(root):
     return sorted(os.path.relpath(os.path.join(d, n), root) for d, _, names in os.walk(root) for n in names)
-
-
-def read_errno(path):
-    try:
-        with open(path, "rb") as f:
-            f.read()
-    except OSError as e:
-        return e.errno
-    return 0
 
 
 @pytest.fixture
@@ -64,12 +55,12 @@ def test_mount_with_the_origin_hung_serves_the_stored_catalog_at_once(library_on
     assert listing(daemon.mountpoint) == stored
     assert daemon.path(str(tracks[0])).read_bytes() == cached           # cached: plays
     started = time.monotonic()
-    assert read_errno(daemon.path(str(tracks[5]))) == errno.EIO        # uncached: EIO, bounded
+    assert read_outcome(daemon.path(str(tracks[5]))) == errno.EIO      # uncached: EIO, bounded
     assert time.monotonic() - started < READ_TIMEOUT + 2
     assert nas.held() > 0, "the hung origin never received a request: this test proves nothing"
 
     nas.release()   # the NAS answers again: uncached files read once a check sees it
-    wait_until(lambda: read_errno(daemon.path(str(tracks[5]))) == 0, timeout=15, interval=0.3,
+    wait_until(lambda: isinstance(read_outcome(daemon.path(str(tracks[5]))), bytes), timeout=15, interval=0.3,
                message="reads to work again after the origin answers")
 
 

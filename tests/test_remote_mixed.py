@@ -38,18 +38,17 @@ def test_failover_between_sftp_s3_and_local_replicas(tmp_path, sshd, moto, in_pr
             service.store.delete(bytes(chunk))    # nothing cached: every read must reach an origin
         service.store.verified.clear()
 
-    def all_read():
+    def assert_all_read():
         forget_cache()
         for track in tracks:
             assert (mount.mountpoint / track).read_bytes() == (files / track).read_bytes(), track
-        return True
 
     sshd.stop()                                   # the SSH NAS goes away: S3 serves
-    assert all_read()
+    assert_all_read()
     moto.stop()                                   # and S3 too: the local disk serves
-    assert all_read()
+    assert_all_read()
     sshd.start()                                  # the first origin returns and is used again:
     wait_until(lambda: service.health.status["ssh"].state == HEALTHY, timeout=15, interval=0.2,
                message="the SSH origin to be healthy again")
     local.rename(tmp_path / "local-away")         # with the local disk gone too, only SSH can serve
-    assert all_read()
+    assert_all_read()

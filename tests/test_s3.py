@@ -11,7 +11,7 @@ from musicfs.errors import OriginMissing
 from musicfs.origins import build
 from musicfs.service import Service
 
-from .helpers import FIXTURES, Daemon, is_mounted, run_musicfs, toml_config, wait_until
+from .helpers import FIXTURES, Daemon, is_mounted, read_outcome, run_musicfs, toml_config, wait_until
 
 pytestmark = [pytest.mark.mount, pytest.mark.slow]
 
@@ -82,11 +82,7 @@ def test_an_object_replaced_between_scan_and_read_is_never_mixed(s3_mount, moto,
     service, mount = s3_mount()
     new = os.urandom(len(big))                  # same size: only the ETag tells them apart
     moto.client().put_object(Bucket="music", Key=PREFIX + "big.flac", Body=new)
-    try:
-        outcome = (mount.mountpoint / "big.flac").read_bytes()
-    except OSError as e:
-        outcome = e.errno
-    assert outcome in (big, new, errno.EIO)
+    assert read_outcome(mount.mountpoint / "big.flac") in (big, new, errno.EIO)
     assert (mount.mountpoint / "big.flac").read_bytes() == new
 
 
@@ -102,13 +98,8 @@ def test_s3_server_stopped_fails_within_the_timeout_and_recovers(s3_mount, moto,
     moto.start()                                                 # back, with its data restored
     moto.client().create_bucket(Bucket="music")
     moto.upload("music", PREFIX, local)
-
-    def reads():
-        try:
-            return (mount.mountpoint / "big.flac").read_bytes() == big
-        except OSError:
-            return False
-    wait_until(reads, timeout=20, interval=0.5, message="reads to work again once S3 is back")
+    wait_until(lambda: read_outcome(mount.mountpoint / "big.flac") == big, timeout=20, interval=0.5,
+               message="reads to work again once S3 is back")
 
 
 def test_missing_bucket_is_a_clear_error(tmp_path, moto):

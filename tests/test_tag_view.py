@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import run_musicfs
+from .helpers import read_outcome, run_musicfs
 
 pytestmark = [pytest.mark.mount,
               pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg (apt-get install ffmpeg)")]
@@ -211,14 +211,6 @@ def test_bad_template_on_the_command_line_is_one_clear_line(tmp_path):
 
 
 # -- the guarantees of the paths view hold in the tag view --------------------------------------
-
-def read_outcome(path: Path):
-    try:
-        with open(path, "rb", buffering=0) as f:
-            return f.read()
-    except OSError as e:
-        return e.errno
-
 
 def test_failover_to_a_replica_in_the_tag_view(tmp_path, library, mounted):
     data = library("a", "x/song.flac", {"artist": "A", "album": "B", "title": "Song"})
