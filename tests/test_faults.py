@@ -10,8 +10,8 @@ import pytest
 
 from musicfs.cas import CacheChecker
 
-from .helpers import (DT_DIR, DT_REG, Daemon, chunk_bytes_on_disk, dirent_types, read_file, run_musicfs,
-                      wait_until)
+from .helpers import (DT_DIR, DT_REG, Daemon, chunk_bytes_on_disk, chunk_files, dirent_types, read_file,
+                      run_musicfs, wait_until)
 
 pytestmark = pytest.mark.mount
 
@@ -297,22 +297,24 @@ def test_file_changed_on_origin_is_served_new_after_rescan(tmp_path, mounted):
     wait_until(lambda: read_file(path) == new, timeout=5, message="the new bytes after the rescan")
 
 
-def test_cache_disk_read_only_at_start_serves_catalog_cache_and_passthrough(tmp_path):
+def test_cache_disk_read_only_at_start_serves_catalog_cache_and_passthrough_then_resumes(tmp_path):
     """After a reboot with the cache disk read-only (fsck, a failing SSD), musicfs still mounts:
-    the stored catalog, cached chunks, and misses straight from the origin."""
-    files = {"cached.flac": os.urandom(MiB + 7), "uncached.flac": os.urandom(300_000)}
+    the stored catalog, cached chunks, and misses straight from the origin; once the disk takes
+    writes again, caching resumes without a restart."""
+    files = {"cached.flac": os.urandom(MiB + 7), "uncached.flac": os.urandom(300_000),
+             "later.flac": os.urandom(MiB + 3)}
     root = library(tmp_path, "o", files)
     cache = tmp_path / "cache"
     cache.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64M", "tmpfs", str(cache)], check=True)
-    d = Daemon(tmp_path, [("o", root)])
+    d = Daemon(tmp_path, [("o", root)], health={"interval": 0.3})
     try:
         d.mount()
         assert read_file(d.path("cached.flac")) == files["cached.flac"]
         d.stop()
         subprocess.run(["mount", "-o", "remount,ro", str(cache)], check=True)
         d.mount()
-        assert sorted(os.listdir(d.mountpoint)) == ["cached.flac", "uncached.flac"]
+        assert sorted(os.listdir(d.mountpoint)) == ["cached.flac", "later.flac", "uncached.flac"]
         assert read_file(d.path("cached.flac")) == files["cached.flac"]
         assert read_file(d.path("uncached.flac")) == files["uncached.flac"]
         assert "refuses writes" in d.log()
@@ -320,6 +322,17 @@ def test_cache_disk_read_only_at_start_serves_catalog_cache_and_passthrough(tmp_
         assert stats.returncode == 0 and '"passthrough": true' in stats.stdout, stats.stdout + stats.stderr
         probe = run_musicfs("health", "-c", d.config)
         assert probe.returncode == 1 and "passthrough" in probe.stdout, probe.stdout
+        before = len(chunk_files(cache / "chunks"))
+
+        subprocess.run(["mount", "-o", "remount,rw", str(cache)], check=True)
+        wait_until(lambda: "caching resumed" in d.log(), timeout=10, message="caching to resume")
+        assert read_file(d.path("later.flac")) == files["later.flac"]
+        assert len(chunk_files(cache / "chunks")) > before
+        wait_until(lambda: '"passthrough": false' in run_musicfs("cache", "stats", "--json", "-c", d.config).stdout,
+                   message="cache stats to show passthrough off")
+        d.stop()
+        verify = run_musicfs("cache", "verify", "-c", d.config)
+        assert verify.returncode == 0, verify.stdout + verify.stderr
     finally:
         d.stop()
         subprocess.run(["umount", "-l", str(cache)], capture_output=True)
