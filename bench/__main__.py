@@ -321,6 +321,22 @@ def prepare():
     return big / "lib", small / "lib"
 
 
+def small_library_workloads(peer, r: dict) -> None:
+    """(d) header scans cold and warm, (e) find and ls -lR, and the RSS after them."""
+    root = peer.mount(fresh_cache=True)
+    header_scan(root)  # first pass fills the peer's cache
+    best, med, _ = timed(lambda: header_scan(root), before=drop_caches)
+    r["d_scan_cold_s"] = (best, med)
+    best, med, _ = timed(lambda: header_scan(root))
+    r["d_scan_warm_s"] = (best, med)
+    best, med, _ = timed(lambda: sh("find", root, check=True))
+    r["e_find_s"] = (best, med)
+    best, med, _ = timed(lambda: sh("ls", "-lR", root, check=True))
+    r["e_lsR_s"] = (best, med)
+    r["rss_MB_20k"] = (rss_mb(peer.pid()),) * 2
+    peer.unmount()
+
+
 def main():
     if os.geteuid() == 0:
         sh("apt-get", "update", "-qq", check=False)
@@ -377,35 +393,13 @@ def main():
             r["b_without_fuse_MBps"] = (mb / best, mb / med)
 
         peer = cls(small)
-        root = peer.mount(fresh_cache=True)
-        header_scan(root)  # first pass fills the peer's cache
-        best, med, _ = timed(lambda: header_scan(root), before=drop_caches)
-        r["d_scan_cold_s"] = (best, med)
-        best, med, _ = timed(lambda: header_scan(root))
-        r["d_scan_warm_s"] = (best, med)
-        best, med, _ = timed(lambda: sh("find", root, check=True))
-        r["e_find_s"] = (best, med)
-        best, med, _ = timed(lambda: sh("ls", "-lR", root, check=True))
-        r["e_lsR_s"] = (best, med)
-        r["rss_MB_20k"] = (rss_mb(peer.pid()),) * 2
-        peer.unmount()
+        small_library_workloads(peer, r)
 
     # the tag view: the same small library, workloads (d) and (e), and its first scan
     print("== musicfs-tags")
     peer = MusicfsTags(small)
     r = rows.setdefault(peer.name, {})
-    root = peer.mount(fresh_cache=True)
-    header_scan(root)
-    best, med, _ = timed(lambda: header_scan(root), before=drop_caches)
-    r["d_scan_cold_s"] = (best, med)
-    best, med, _ = timed(lambda: header_scan(root))
-    r["d_scan_warm_s"] = (best, med)
-    best, med, _ = timed(lambda: sh("find", root, check=True))
-    r["e_find_s"] = (best, med)
-    best, med, _ = timed(lambda: sh("ls", "-lR", root, check=True))
-    r["e_lsR_s"] = (best, med)
-    r["rss_MB_20k"] = (rss_mb(peer.pid()),) * 2
-    peer.unmount()
+    small_library_workloads(peer, r)
     best, med, count = timed(lambda: mutagen_loop(small), before=drop_caches)
     r["t_mutagen_loop_s"] = (best, med)
     best, med, (tags_first, tags_rescan) = first_scan(peer)
