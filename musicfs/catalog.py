@@ -449,8 +449,7 @@ class Scanner:
         """Ask every scan in progress to stop at its next batch (a stuck one stays stuck)."""
         with self._workers_lock:
             for worker in self._workers.values():
-                worker.cancelled = True
-                worker._done.set()   # whoever waits for it (the rescan loop) returns now
+                worker.cancel()
 
     def _next_generation(self, origin: str) -> int:
         with self._write_lock, self.storage.begin(write=True) as txn:
@@ -706,6 +705,11 @@ class _ScanWorker(threading.Thread):
     def progress(self) -> None:
         self._last_progress = time.monotonic()
         self._answered.set()
+
+    def cancel(self) -> None:
+        """Stop at the next batch; whoever waits for this scan (the rescan loop) returns now."""
+        self.cancelled = True
+        self._done.set()
 
     def stalled(self, stall_timeout: float) -> bool:
         return self.cancelled or time.monotonic() - self._last_progress > stall_timeout

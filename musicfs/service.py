@@ -111,7 +111,8 @@ class Service:
             return Storage(config.cache.dir), None
         except (OSError, lmdb.Error) as e:
             reason = getattr(e, "strerror", None) or str(e)
-            if not (config.cache.dir / ENV_NAME).is_dir() or not _disk_refuses_writes(config.cache.dir):
+            if not (config.cache.dir / ENV_NAME).is_dir() or \
+                    getattr(_write_error(config.cache.dir), "errno", None) != errno.EROFS:
                 raise
         log.warning("cache disk %s refuses writes (%s): serving the stored catalog read-only, passing "
                     "misses through to origins, no rescans", config.cache.dir, reason)
@@ -200,7 +201,7 @@ class Service:
         if storage.disk_readonly or storage.index_gone():
             if not storage.disk_readonly and not store.passthrough:
                 store._enter_passthrough(OSError(errno.ENOENT, f"cache index {storage.env_path} is gone"))
-            if _disk_takes_writes(self.config.cache.dir):
+            if _write_error(self.config.cache.dir) is None:
                 self._reopen_cache()
         elif store.passthrough:
             store.probe_writable()
@@ -296,26 +297,14 @@ class Service:
         log.info("musicfs stopped cleanly")
 
 
-def _disk_takes_writes(path) -> bool:
-    """True if a file can be created (and removed) in `path`, made if missing."""
+def _write_error(path) -> OSError | None:
+    """Why a file cannot be created (and removed) in `path`, made if missing; None if it can."""
     try:
         os.makedirs(path, exist_ok=True)
         probe = os.path.join(path, f".musicfs-write-probe.{os.getpid()}")
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.close(fd)
         os.unlink(probe)
-    except OSError:
-        return False
-    return True
-
-
-def _disk_refuses_writes(path) -> bool:
-    """True if creating a file in `path` fails because its filesystem is read-only."""
-    probe = os.path.join(path, f".musicfs-write-probe.{os.getpid()}")
-    try:
-        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except OSError as e:
-        return e.errno == errno.EROFS
-    os.close(fd)
-    os.unlink(probe)
-    return False
+        return e
+    return None
