@@ -118,8 +118,12 @@ def carried_version(old: bytes | None, kind: int, size: int, sources, version: b
 def version_tag(raw: bytes) -> int:
     """A non-zero 64-bit number naming one version of an entry's content: an open is given it
     as its file handle, and reads that carry another one fail instead of mixing versions."""
-    entry = decode_entry(raw)
-    return xxhash.xxh3_64_intdigest(ENTRY_HEAD.pack(entry.kind, entry.size, 0, 0) + entry.token) or 1
+    # Called on every open: skip over the sources rather than decode them.
+    pos = ENTRY_HEAD.size
+    for _ in range(raw[ENTRY_HEAD.size - 1]):            # each source: two u16-prefixed strings
+        pos += 2 + LEN16.unpack_from(raw, pos)[0]
+        pos += 2 + LEN16.unpack_from(raw, pos)[0]
+    return xxhash.xxh3_64_intdigest(bytes(raw[:9]) + bytes(raw[pos:])) or 1   # kind, size, content version
 
 
 def encode_record(kind: int, size: int, mtime_ns: int, generation: int, token: bytes) -> bytes:
