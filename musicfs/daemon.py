@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import errno
-import fcntl
 import logging
 import os
 import signal
@@ -22,7 +21,7 @@ from . import logs
 from .config import Config
 from .errors import MusicfsError, OriginMisconfigured, StartupError
 from .pool import CHECK_LANE
-from .storage import LOCK_NAME
+from .live import CacheLock, daemon_of_mountpoint
 
 log = logging.getLogger(__name__)
 
@@ -41,77 +40,6 @@ LINGER_GRACE = 2.0
 # - negative_timeout caches "no such file" (players probe for cover.jpg, .cue, lyrics...).
 DEFAULT_FUSE_OPTIONS = {"fsname": "musicfs", "subtype": "musicfs", "ro": True, "default_permissions": True,
                         "auto_cache": True, "attr_timeout": 30, "entry_timeout": 30, "negative_timeout": 10}
-
-
-class CacheLock:
-    """flock() on <cache.dir>/musicfs.lock, holding the PID of the daemon that owns the cache."""
-
-    def __init__(self, cache_dir: Path):
-        self.path = Path(cache_dir) / LOCK_NAME
-        self.fd: int | None = None
-        self.writable = True
-
-    def acquire(self) -> None:
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            self.writable = True
-        except OSError as e:
-            if e.errno != errno.EROFS or not self.path.exists():
-                raise
-            # A read-only cache disk: flock works on a read-only descriptor; the PID cannot be
-            # recorded in the file (the status file still has it).
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-            self.writable = False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise StartupError(f"cache {self.path.parent} is in use by another musicfs (PID {holder}); "
-                               f"unmount it first or give this one another --cache-dir") from None
-        self.fd = fd
-        self.write_pid(os.getpid())
-
-    def renew(self) -> None:
-        """Lock the lock file that is at the path now (the cache dir was deleted and made
-        again under the running daemon, taking the old file with it)."""
-        old, self.fd = self.fd, None
-        try:
-            self.acquire()
-        except BaseException:
-            self.fd = old
-            raise
-        if old is not None:
-            os.close(old)
-
-    def write_pid(self, pid: int) -> None:
-        if not self.writable:
-            return
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, f"{pid}\n".encode(), 0)
-
-    def release(self) -> None:
-        fd, self.fd = self.fd, None
-        if fd is not None:
-            fcntl.flock(fd, fcntl.LOCK_UN)   # explicit: a copy of the descriptor may live on
-            os.close(fd)
-
-    @staticmethod
-    def holder(cache_dir: Path) -> int | None:
-        """PID of the daemon holding the cache, or None if no daemon holds it."""
-        path = Path(cache_dir) / LOCK_NAME
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            text = os.pread(fd, 32, 0).decode(errors="replace").strip()
-            return int(text) if text.isdigit() else -1
-        finally:
-            os.close(fd)
-        return None
 
 
 def check_mountpoint(mountpoint: Path) -> None:
@@ -411,7 +339,6 @@ def unmount(mountpoint: Path, *, wait: float = 30.0) -> str | None:
     the normal way; it is then detached lazily and its daemon told to stop (SIGTERM), which
     fails the reads in progress. Returns a note for the user in that case."""
     mountpoint = Path(os.path.abspath(mountpoint))
-    from .inspect import daemon_of_mountpoint
     pid, cache_dir = daemon_of_mountpoint(mountpoint)
     result = subprocess.run(["fusermount", "-u", str(mountpoint)], capture_output=True, text=True)
     note = None

@@ -22,7 +22,7 @@ from .config import Config
 from .errors import ShuttingDown
 from .health import HealthMonitor
 from .layout import Template
-from .inspect import config_summary, process_started_at, status_path, write_status
+from .live import config_summary, process_started_at, status_path, write_status
 from .pool import CACHE_DISK, LOAD_LANE, LOAD_WORKERS, PRELOAD_WORKERS, OriginPool
 from .reader import Reader
 from .storage import ENV_NAME, Storage
