@@ -17,6 +17,7 @@ import stat
 import threading
 import time
 
+import xxhash
 from fuse import FUSE, FuseOSError, Operations, c_stat
 
 from .errors import to_errno
@@ -61,16 +62,15 @@ def _keep_thread_state() -> None:
         _thread_state.kept = True
 
 
-def _prebuilt_stat(mode: int):
-    st = c_stat()
-    st.st_mode = mode
-    return ctypes.pointer(st)
-
-
-# A listing's stat only tells the kernel each entry's type (st_mode), so two shared structs
-# serve every entry.
-_DIR_STAT = _prebuilt_stat(_DIR_MODE)
-_FILE_STAT = _prebuilt_stat(_FILE_MODE)
+def inode_of(path: bytes) -> int:
+    """A file's inode number, derived from its shown path (the mount uses `use_ino`): the same
+    after a remount or a restart, which NFS/Samba re-exports and media servers that key on
+    inodes rely on. 63 bits of XXH3: a collision among a million paths has odds ~1e-7. Numbers
+    0 and 1 are not used for files (1 is the root)."""
+    if path == b"/":
+        return 1
+    number = xxhash.xxh3_64_intdigest(path) >> 1
+    return number if number > 1 else number + 2
 
 
 class MusicFuse(FUSE):
@@ -87,10 +87,20 @@ class MusicFuse(FUSE):
         return FUSE._wrapper(func, *args, **kwargs)
 
     def readdir(self, path, buf, filler, offset, fip):
-        filler(buf, b".", _DIR_STAT, 0)
-        filler(buf, b"..", _DIR_STAT, 0)
+        # One stat struct for the whole listing: libfuse copies what it needs (type and inode
+        # number) into the kernel's buffer before the filler returns.
+        st = c_stat()
+        entry = ctypes.pointer(st)
+        st.st_mode = _DIR_MODE
+        st.st_ino = inode_of(path)
+        filler(buf, b".", entry, 0)
+        st.st_ino = 0   # the parent's number: libfuse looks it up itself
+        filler(buf, b"..", entry, 0)
+        prefix = path.rstrip(b"/") + b"/"
         for name, kind in self.operations("readdir", path, None):
-            if filler(buf, name, _DIR_STAT if kind == KIND_DIR else _FILE_STAT, 0):
+            st.st_mode = _DIR_MODE if kind == KIND_DIR else _FILE_MODE
+            st.st_ino = inode_of(prefix + name)
+            if filler(buf, name, entry, 0):
                 break  # the kernel's buffer is full
         return 0
 
@@ -178,11 +188,13 @@ class MusicFS(Operations):
 
     @translated
     def getattr(self, path, fh=None):
-        attrs = self.catalog.attrs(_fsencode(path))
+        raw_path = _fsencode(path)
+        attrs = self.catalog.attrs(raw_path)
         if attrs is None:
             raise FuseOSError(errno.ENOENT)
         kind, size, mtime_ns = attrs
         return {
+            "st_ino": inode_of(raw_path),
             "st_mode": _DIR_MODE if kind == KIND_DIR else _FILE_MODE,
             "st_nlink": 2 if kind == KIND_DIR else 1,
             "st_size": size,

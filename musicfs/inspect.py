@@ -36,13 +36,14 @@ def cache_stats(config: Config) -> dict:
         with storage.begin() as txn:
             chunks = txn.stat(storage.chunks)["entries"]
             total = storage.get_u64(txn, b"total")
+            pinned = storage.get_u64(txn, b"pinned")
             chunk_size = storage.get_u64(txn, b"chunk_size")
             hits = storage.get_u64(txn, b"hits")
             misses = storage.get_u64(txn, b"misses")
     finally:
         storage.env.close()
     status = read_status(config.cache.dir) or {}
-    return {"chunks": chunks, "bytes": total, "max_bytes": config.cache.max_size, "chunk_size": chunk_size,
+    return {"chunks": chunks, "bytes": total, "pinned_bytes": pinned, "max_bytes": config.cache.max_size, "chunk_size": chunk_size,
             "hits": hits, "misses": misses, "passthrough": bool(status.get("passthrough", False)),
             "daemon_pid": status.get("pid"), "cache_dir": str(config.cache.dir)}
 

@@ -133,6 +133,38 @@ class Reader:
             raise OriginChanged(f"{path.decode(errors='replace')} changed since it was opened; open it again")
         return self.read(handle, offset, size)
 
+    def sources_of(self, entry: CatalogEntry) -> list[Source]:
+        """The copies of a file a read would use, preferred first (OriginUnavailable if none)."""
+        return self._sources(entry)
+
+    def cache_file(self, path: bytes, progress=None) -> int:
+        """Fetch every chunk of `path` that is not cached into the cache (for `musicfs pin`).
+        Returns the bytes fetched; `progress(bytes)` after each chunk. Raises what a read would
+        (OriginUnavailable, ReadTimeout, OriginChanged...), or CacheWriteError when the cache
+        does not take the chunks (passthrough)."""
+        raw = self.catalog.raw(path)
+        if raw is None:
+            raise NotFound(path)
+        entry = decode_entry(raw)
+        if entry.is_dir:
+            raise IsADirectoryError(21, "is a directory")
+        handle = OpenFile(path, entry.size, entry, raw, version_tag(raw))
+        self._resolve(handle)
+        fetched = 0
+        for index in range(chunk_count(handle.size, self.chunk_size)):
+            digest = handle.digests[index]
+            length = self._chunk_length(handle.size, index)
+            if digest is not None and self.store.contains(digest) == length:
+                continue
+            handle.digests[index] = None
+            digest, _ = self._fetch_with_failover(handle, index, time.monotonic() + self.read_timeout)
+            if digest is None:
+                raise CacheWriteError(errno.EIO, "the cache does not take chunks now (passthrough)")
+            fetched += length
+            if progress is not None:
+                progress(length)
+        return fetched
+
     def _resolve(self, handle: OpenFile) -> None:
         with handle.lock:
             if handle.sources is not None:
