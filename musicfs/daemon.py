@@ -317,8 +317,7 @@ def reloader(service, load_config, warn):
 
 def control_handlers(service) -> dict:
     """What `musicfs rescan` and `musicfs pin` may ask of this daemon (see musicfs.control)."""
-    from .pinning import Pinner
-    pinner = Pinner(service.catalog, service.store, service.reader)
+    pinner = service.pinner
 
     def paths(request) -> list[bytes]:
         given = request.get("paths")

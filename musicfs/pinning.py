@@ -137,6 +137,23 @@ class Pinner:
         log.info("unpinned %d file copies, %d bytes released", released, result["released_bytes"])
         return result
 
+    def refresh(self, stopping=lambda: False) -> int:
+        """Fetch what pinned copies lack (a pinned file changed on its origin, or its origin was
+        down when it was pinned). Run after each rescan; returns the bytes fetched."""
+        fetched = 0
+        for key, shown in self.store.pins():
+            if stopping() or self.store.passthrough:
+                break
+            origin, _, relpath = key.partition(b"\0")
+            try:
+                fetched += self.reader.cache_copy(origin.decode(), relpath)
+            except (MusicfsError, OSError) as e:
+                log.info("pinned %s (%s on %s) not complete yet: %s", _text(shown), _text(relpath),
+                         origin.decode(), e)
+        if fetched:
+            log.info("pins refreshed: %d bytes fetched for changed or incomplete pinned files", fetched)
+        return fetched
+
     def _keys(self, path: bytes):
         """(manifest key, size, mtime_ns) of each copy of the file at `path`, preferred first."""
         entry = self.catalog.lookup(path)

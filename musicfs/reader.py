@@ -69,7 +69,7 @@ class Source:
 class OpenFile:
     path: bytes
     size: int
-    entry: CatalogEntry
+    entry: CatalogEntry | None   # None for a copy cached by cache_copy (no shown entry)
     raw: bytes               # the catalog's stored entry this state belongs to
     tag: int                 # version_tag(raw): what an open of this version was given
     sources: tuple[Source, ...] | None = None   # resolved on the first read
@@ -150,6 +150,19 @@ class Reader:
             raise IsADirectoryError(21, "is a directory")
         handle = OpenFile(path, entry.size, entry, raw, version_tag(raw))
         self._resolve(handle)
+        return self._cache_whole(handle, progress)
+
+    def cache_copy(self, origin: str, relpath: bytes) -> int:
+        """Like cache_file, for one origin's copy of a file as the catalog has it now (pins
+        name copies: a retag may have moved the file in the tree). Returns the bytes fetched."""
+        source = self._source(origin, relpath)
+        if source is None:
+            raise OriginUnavailable(f"origin {origin} no longer holds {relpath.decode(errors='replace')}")
+        handle = OpenFile(relpath, source.size, None, b"", 0, sources=(source,),
+                          digests=self.store.manifest(source.key, source.size, source.mtime_ns))
+        return self._cache_whole(handle, None)
+
+    def _cache_whole(self, handle: OpenFile, progress) -> int:
         fetched = 0
         for index in range(chunk_count(handle.size, self.chunk_size)):
             digest = handle.digests[index]
@@ -165,6 +178,20 @@ class Reader:
                 progress(length)
         return fetched
 
+    def _source(self, origin: str, relpath: bytes) -> Source | None:
+        if origin not in self.origins:
+            return None
+        storage = self.catalog.storage
+        with storage.env.begin(db=storage.origin_files) as txn:
+            raw = txn.get(origin.encode() + b"\0" + relpath)
+        if raw is None:
+            return None
+        kind, size, mtime_ns, _, token = decode_record(raw)
+        if kind != KIND_FILE:
+            return None
+        expect = OriginEntry(b"", KIND_FILE, size, mtime_ns, token=token)
+        return Source(origin, relpath, size, mtime_ns, manifest_key(origin, relpath), expect)
+
     def _resolve(self, handle: OpenFile) -> None:
         with handle.lock:
             if handle.sources is not None:
@@ -176,18 +203,7 @@ class Reader:
             handle.sources = tuple(sources)
 
     def _sources(self, entry: CatalogEntry) -> list[Source]:
-        sources = []
-        storage = self.catalog.storage
-        with storage.env.begin(db=storage.origin_files) as txn:
-            for origin, relpath in entry.sources:
-                if origin not in self.origins:
-                    continue
-                raw = txn.get(origin.encode() + b"\0" + relpath)
-                if raw is None:
-                    continue
-                _, size, mtime_ns, _, token = decode_record(raw)
-                expect = OriginEntry(b"", KIND_FILE, size, mtime_ns, token=token)
-                sources.append(Source(origin, relpath, size, mtime_ns, manifest_key(origin, relpath), expect))
+        sources = [s for s in (self._source(origin, relpath) for origin, relpath in entry.sources) if s is not None]
         if not sources:
             raise OriginUnavailable("no configured origin holds this file any more")
         # Replicas count only when they are the same size as the preferred copy.

@@ -25,6 +25,7 @@ from .health import HealthMonitor
 from .layout import Template
 from .live import config_summary, process_started_at, status_path, write_status
 from .origins import LocalOrigin
+from .pinning import Pinner
 from .pool import CACHE_DISK, CHECK_LANE, LOAD_LANE, LOAD_WORKERS, PRELOAD_WORKERS, OriginPool
 from .reader import Reader
 from .storage import ENV_NAME, Storage
@@ -69,6 +70,7 @@ class Service:
         self._rescan_wanted = threading.Event()
         self.started_at = time.time()
         self.reloads = {"count": 0, "last": None, "error": None}   # published: did the last SIGHUP work?
+        self.pinner = Pinner(catalog, store, reader)
         self.in_progress = lambda: 0   # FUSE calls in progress (set by the FUSE layer)
 
     @classmethod
@@ -369,6 +371,7 @@ class Service:
             try:
                 with self._scan_lock:
                     self.scanner.scan()
+                self.pinner.refresh(stopping=lambda: self._stopping.is_set())
             except Exception:
                 log.exception("rescan failed")
             self.rescanned.set()
@@ -386,7 +389,11 @@ class Service:
             raise StartupError("the cache index is read-only (its disk refuses writes): no rescans until it "
                                "takes writes again")
         with self._scan_lock:
-            return self.scanner.scan()
+            results = self.scanner.scan()
+        # Pinned files that changed are fetched again in the background, not before answering.
+        threading.Thread(target=self.pinner.refresh, kwargs={"stopping": lambda: self._stopping.is_set()},
+                         name="pins", daemon=True).start()
+        return results
 
     @property
     def stopping(self) -> bool:

@@ -168,6 +168,27 @@ def test_pin_reports_what_does_not_fit_and_pins_survive_a_restart(tmp_path, daem
     wait_until(lambda: status_file(daemon)["cache"]["pinned_bytes"] == 0, message="pins released")
 
 
+def test_a_pinned_file_changed_on_its_origin_is_fetched_again_after_the_rescan(tmp_path, daemons):
+    origin = tmp_path / "lib"
+    make_library(origin, 2, 200 * KIB)
+    daemon = daemons(tmp_path, [("nas", origin)])
+    relative = "Artist 0000/Album 00/01 Track.flac"
+    assert run_musicfs("pin", daemon.path(relative)).returncode == 0
+
+    # A retag as tag editors do it: a new file renamed over the old one.
+    new = os.urandom(300 * KIB)
+    (origin / "retag.tmp").write_bytes(new)
+    os.replace(origin / "retag.tmp", origin / relative)
+    assert run_musicfs("rescan", daemon.mountpoint).returncode == 0
+
+    def complete():
+        report = status_json(daemon.path(relative))
+        return report["pinned"] and report["size"] == len(new) and report["cached"] == len(new)
+    wait_until(complete, timeout=30, message="the pinned file's new version in the cache")
+    shutil.move(origin, tmp_path / "gone")
+    assert read_file(daemon.path(relative)) == new
+
+
 def test_pin_outside_a_mount_is_one_clear_line(tmp_path):
     result = run_musicfs("pin", tmp_path)
     assert result.returncode == 1
