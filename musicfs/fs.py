@@ -12,6 +12,7 @@ import codecs
 import ctypes
 import errno
 import functools
+import logging
 import os
 import stat
 import threading
@@ -20,6 +21,7 @@ import time
 import xxhash
 from fuse import FUSE, FuseOSError, Operations, c_stat
 
+from . import logs
 from .errors import to_errno
 from .origins import KIND_DIR
 
@@ -39,6 +41,7 @@ def _lookup_codec(name):
 
 
 codecs.register(_lookup_codec)
+log = logging.getLogger(__name__)
 
 _DIR_MODE = stat.S_IFDIR | 0o555
 _FILE_MODE = stat.S_IFREG | 0o444
@@ -137,6 +140,8 @@ def translated(method):
         try:
             if self.service.stopping:
                 raise FuseOSError(errno.EIO)
+            if self.trace:
+                return _traced(method, self, path, args)
             return method(self, path, *args)
         except FuseOSError:
             raise
@@ -145,6 +150,21 @@ def translated(method):
         finally:
             self._in_progress.pop()
     return wrapper
+
+
+def _traced(method, self, path, args):
+    """-v: one DEBUG line per request, with its arguments, outcome and duration."""
+    started = time.perf_counter()
+    shown = path.decode(errors="replace") if isinstance(path, bytes) else path
+    try:
+        result = method(self, path, *args)
+    except BaseException as e:
+        log.debug("%s %s %s -> %s (%.2f ms)", method.__name__, shown, args, type(e).__name__,
+                  (time.perf_counter() - started) * 1000)
+        raise
+    outcome = f"{result[2]} bytes" if method.__name__ == "read" else "ok"
+    log.debug("%s %s %s -> %s (%.2f ms)", method.__name__, shown, args, outcome, (time.perf_counter() - started) * 1000)
+    return result
 
 
 def _read_only(self, *args):
@@ -161,6 +181,8 @@ class MusicFS(Operations):
         self._uid, self._gid = os.getuid(), os.getgid()
         self.on_mounted = None  # called once the kernel has answered INIT (the daemon's readiness)
         self._in_progress: list = []
+        # -v: every request logged (decided once: a check per request would cost on the hot path)
+        self.trace = logs.verbosity() > 0
 
 
     # -- lifecycle -----------------------------------------------------------------------------

@@ -56,6 +56,11 @@ _stack_dump_file = None
 _last_setup: dict = {}
 
 
+def verbosity() -> int:
+    """How many -v the process was started with (0 when logging was never set up)."""
+    return _last_setup.get("verbose", 0)
+
+
 def reconfigure(file: Path, level: str) -> None:
     """A reload: log to this file at this level, keeping -v and the terminal as they were."""
     setup(file, level, **_last_setup)
