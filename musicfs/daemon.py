@@ -284,7 +284,8 @@ def _handle_signals(filesystem, service, mountpoint: Path, lock: CacheLock, relo
             if signum == signal.SIGUSR1:
                 service.request_rescan()
             elif signum == signal.SIGHUP:
-                reload()
+                # Its own thread: a reload may wait on new origins, and a stop must not wait on it.
+                threading.Thread(target=reload, name="reload", daemon=True).start()
             elif signum in (signal.SIGTERM, signal.SIGINT):
                 log.info("received %s: stopping", signal.Signals(signum).name)
                 stop_control()
@@ -298,10 +299,17 @@ def _handle_signals(filesystem, service, mountpoint: Path, lock: CacheLock, relo
 def reloader(service, load_config, warn):
     """SIGHUP: read the config again and apply it; a config that is wrong or cannot be applied
     is refused with one log line, and the running one stays."""
+    lock = threading.Lock()   # one reload at a time, in the order the signals came
+
     def reload() -> None:
+        with lock:
+            apply()
+
+    def apply() -> None:
         if load_config is None:
             log.warning("reload ignored: this daemon was started without a way to read its config again")
             return
+        log.info("received SIGHUP: reloading the configuration")
         try:
             service.reload(load_config(), warn)
         except MusicfsError as e:

@@ -332,10 +332,12 @@ class Service:
             # folders to tags, rather than through "Unknown Artist".
             untagged = self.untagged()
             if untagged:
-                self.scanner.scan(untagged)
+                self.scanner.scan(untagged, first_answer=new.health.timeout)
             self.scanner.reconcile_origins()   # drops removed origins, rebuilds the view in one transaction
             fresh = [origins[o.name] for o in added + changed]
-            results = self.scanner.scan(fresh) if fresh else []
+            # A new origin that does not answer is not waited for: its scan goes on in the
+            # background and its files appear when it answers (as on a first mount).
+            results = self.scanner.scan(fresh, first_answer=new.health.timeout) if fresh else []
         for origin in retired:
             origin.close()
         if new.log != old.log:

@@ -124,3 +124,38 @@ def test_stop_signal_stops_a_daemon_stuck_on_a_hung_origin(library_on_hung_nas):
     wait_until(lambda: not is_mounted(daemon.mountpoint), timeout=5, message="the mount to go")
     log = daemon.log()
     assert "received SIGTERM: stopping" in log and "musicfs stopped cleanly" in log
+
+
+def test_a_reload_adding_a_hung_origin_finishes_and_the_mount_keeps_serving(tmp_path, hung_origin):
+    import json
+    import signal
+
+    from .helpers import toml_config
+    nas = hung_origin().start()
+    make_library(nas.backing, 3, 10_000)
+    local = tmp_path / "local"
+    (local / "Local Artist").mkdir(parents=True)
+    (local / "Local Artist" / "song.flac").write_bytes(b"x" * 1000)
+    daemon = Daemon(tmp_path, [("local", local)], **SETTINGS)
+    try:
+        mount(daemon)
+        nas.hang()
+        daemon.config.write_text(toml_config([("local", local), ("nas", nas.path)], daemon.cache_dir,
+                                             daemon.log_file, **SETTINGS))
+
+        def reloads():
+            result = musicfs("status", "--json", daemon.mountpoint)
+            return (json.loads(result.stdout).get("reloads") or {}).get("count", 0) if result.returncode == 0 else -1
+        os.kill(daemon.pid, signal.SIGHUP)
+        wait_until(lambda: reloads() == 1, timeout=20, interval=0.2, message="the reload to finish")
+        assert "does not answer within" in daemon.log()
+        assert nas.held() > 0, "the hung origin never received a request: this test proves nothing"
+        assert (daemon.mountpoint / "Local Artist" / "song.flac").read_bytes() == b"x" * 1000
+
+        started = time.monotonic()
+        assert musicfs("unmount", daemon.mountpoint).returncode == 0
+        assert time.monotonic() - started < 10
+        assert not is_mounted(daemon.mountpoint)
+    finally:
+        nas.release()
+        daemon.stop()
