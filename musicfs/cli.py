@@ -7,19 +7,72 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from typer.core import TyperCommand
 
 from . import __version__, config as config_module
 from .errors import ConfigError, StartupError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
-                  help="musicfs: one read-only music library from several origins, with a verified local cache.")
-cache_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Inspect and check the chunk cache.")
+
+class Command(TyperCommand):
+    """Help in the README's words: `--read-timeout SECONDS`, `MOUNTPOINT`, flags bare.
+
+    typer labels every value with its Python type (`<float>`, `<list[Path]>`) and writes a
+    required argument as `{mountpoint} <path>`. A parameter declared without a metavar gets its
+    own name in capitals, the way click always did."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if param.metavar is None and (param.param_type_name == "argument"
+                                          or not (param.is_flag or param.count)):
+                param.metavar = param.name.upper()
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if param.param_type_name == "argument":
+                name = param.metavar + ("..." if param.nargs != 1 else "")
+                pieces.append(name if param.required else f"[{name}]")
+        return pieces
+
+    def format_options(self, ctx, formatter) -> None:
+        params = self.get_params(ctx)
+        arguments = [(p.metavar, getattr(p, "help", None) or "") for p in params if p.param_type_name == "argument"]
+        options = [record for p in params if p.param_type_name == "option" and (record := p.get_help_record(ctx))]
+        for title, rows in (("Arguments", arguments), ("Options", options)):
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)
+
+
+class Typer(typer.Typer):
+    """typer.Typer with musicfs's defaults: plain help, no rich markup (it takes `[cache]` in
+    `[cache].dir` for a style tag and drops it), our help style for every command registered."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("rich_markup_mode", None)
+        kwargs.setdefault("no_args_is_help", True)
+        super().__init__(**kwargs)
+
+    def command(self, *args, **kwargs):
+        kwargs.setdefault("cls", Command)
+        return super().command(*args, **kwargs)
+
+
+app = Typer(add_completion=False, pretty_exceptions_enable=False, help="""\
+musicfs: one read-only music library from several origins, with a verified local cache.
+
+\b
+  musicfs MOUNTPOINT [OPTIONS]   means musicfs mount MOUNTPOINT [OPTIONS]
+  musicfs COMMAND --help         what a command does and takes""")
+cache_app = Typer(help="Inspect and check the chunk cache.")
 app.add_typer(cache_app, name="cache")
 
 SUBCOMMANDS = {"mount", "unmount", "health", "cache"}
 
-ConfigOption = typer.Option(None, "-c", "--config", help="Config file (default $XDG_CONFIG_HOME/musicfs/config.toml).")
-CacheDirOption = typer.Option(None, "--cache-dir", help="Overrides [cache].dir.")
+ConfigOption = typer.Option(None, "-c", "--config", metavar="PATH",
+                            help="Config file (default $XDG_CONFIG_HOME/musicfs/config.toml).")
+CacheDirOption = typer.Option(None, "--cache-dir", metavar="DIR", help="Overrides [cache].dir.")
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -46,17 +99,17 @@ def parse_fuse_options(values: List[str]) -> dict:
 
 @app.command()
 def mount(
-    mountpoint: Path = typer.Argument(..., help="Where to mount the library (an existing directory)."),
+    mountpoint: Path = typer.Argument(..., metavar="MOUNTPOINT", help="Where to mount the library (an existing directory)."),
     config: Optional[Path] = ConfigOption,
-    origin: Optional[List[Path]] = typer.Option(None, "-O", "--origin", help="A local origin directory; repeatable; replaces the config's origins."),
+    origin: Optional[List[Path]] = typer.Option(None, "-O", "--origin", metavar="DIR", help="A local origin directory; repeatable; replaces the config's origins."),
     cache_dir: Optional[Path] = CacheDirOption,
-    cache_size: Optional[str] = typer.Option(None, "--cache-size", help="Overrides [cache].max_size (e.g. 500M, 10G)."),
-    read_timeout: Optional[float] = typer.Option(None, "--read-timeout", help="Overrides [fuse].read_timeout (seconds)."),
-    layout: Optional[str] = typer.Option(None, "--layout", help="tags (the tree from audio tags) or paths (the origins' folders merged); overrides the layout mode."),
-    template: Optional[str] = typer.Option(None, "--template", help="The tag view's path template, e.g. '$albumartist/$album/$track $title'; overrides the layout template."),
+    cache_size: Optional[str] = typer.Option(None, "--cache-size", metavar="SIZE", help="Overrides [cache].max_size (e.g. 500M, 10G)."),
+    read_timeout: Optional[float] = typer.Option(None, "--read-timeout", metavar="SECONDS", help="Overrides [fuse].read_timeout."),
+    layout: Optional[str] = typer.Option(None, "--layout", metavar="tags|paths", help="Overrides [layout].mode: tags (the tree from audio tags) or paths (the origins' folders merged)."),
+    template: Optional[str] = typer.Option(None, "--template", metavar="TEMPLATE", help="Overrides [layout].template, e.g. '$albumartist/$album/$track $title'."),
     foreground: bool = typer.Option(False, "-f", "--foreground", help="Stay in the foreground (default: daemonize, return once mounted)."),
-    fuse_option: Optional[List[str]] = typer.Option(None, "-o", help="Extra FUSE options, comma separated (e.g. allow_other)."),
-    verbose: int = typer.Option(0, "-v", "--verbose", count=True, help="More logging."),
+    fuse_option: Optional[List[str]] = typer.Option(None, "-o", metavar="OPTIONS", help="Extra FUSE options, comma separated (e.g. allow_other)."),
+    verbose: int = typer.Option(0, "-v", "--verbose", count=True, show_default=False, help="Debug logging."),
 ):
     """Mount the library at MOUNTPOINT."""
     from . import daemon
@@ -73,7 +126,7 @@ def mount(
 
 
 @app.command()
-def unmount(mountpoint: Path = typer.Argument(..., help="The mountpoint to unmount.")):
+def unmount(mountpoint: Path = typer.Argument(..., metavar="MOUNTPOINT", help="The mountpoint to unmount.")):
     """Unmount MOUNTPOINT and wait for its daemon to finish."""
     from . import daemon
 
@@ -86,11 +139,11 @@ def unmount(mountpoint: Path = typer.Argument(..., help="The mountpoint to unmou
 
 
 @app.command()
-def health(mountpoint: Optional[Path] = typer.Argument(None, help="The mount to check (the daemon whose status names it); default: the daemon of the config's cache."),
+def health(mountpoint: Optional[Path] = typer.Argument(None, metavar="MOUNTPOINT", help="The mount to check (the daemon whose status names it); default: the daemon of the config's cache."),
            config: Optional[Path] = ConfigOption,
            as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the plugin line.")):
     """The cron probe: check the daemon and its mount, the origins (the daemon's view and the
-    probe's own check, bounded by the health timeout) and the cache. Exit 0 OK, 1 WARNING,
+    probe's own check, bounded by [health].timeout) and the cache. Exit 0 OK, 1 WARNING,
     2 CRITICAL, 3 UNKNOWN (Nagios plugin convention). Always finishes within the timeout."""
     import logging
     import os

@@ -1,0 +1,70 @@
+"""The command line as a newcomer meets it: the installed `musicfs` command, its help and its
+errors, run as a user runs them (a subprocess of the console script, not the module)."""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import typer.main
+
+from musicfs import cli
+
+from .helpers import ROOT
+
+# The console script pip installed beside this interpreter (make test: .venv/bin/musicfs).
+MUSICFS = Path(sys.executable).with_name("musicfs")
+
+
+def musicfs(*args, cwd=None, env=None, timeout=60) -> subprocess.CompletedProcess:
+    assert MUSICFS.exists(), f"no {MUSICFS}: install musicfs into this environment (make install)"
+    environment = {**os.environ, "COLUMNS": "80", **(env or {})}
+    return subprocess.run([str(MUSICFS), *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          cwd=cwd or ROOT, env=environment)
+
+
+def command_paths(group=None, prefix=()) -> list[tuple[str, ...]]:
+    """Every command and group of the app, as the words that name it (("cache", "stats"), ...)."""
+    group = group or typer.main.get_command(cli.app)
+    paths = []
+    for name, command in group.commands.items():
+        paths.append((*prefix, name))
+        if hasattr(command, "commands"):
+            paths += command_paths(command, (*prefix, name))
+    return paths
+
+
+# -- help ---------------------------------------------------------------------------------------
+
+def test_help_of_every_command_uses_plain_metavars_and_keeps_brackets():
+    paths = command_paths()
+    assert {("mount",), ("unmount",), ("health",), ("cache",), ("cache", "stats")} <= set(paths)
+    for path in [(), *paths]:
+        result = musicfs(*path, "--help")
+        assert result.returncode == 0 and result.stderr == "", (path, result.stderr)
+        assert result.stdout.startswith(f"Usage: {' '.join(('musicfs', *path))} "), (path, result.stdout)
+        # typer's own labels (<float>, <list[Path]>, {mountpoint}) are not in any help
+        assert not re.search(r"<[a-z][^>]*>|\{[a-z]+\}", result.stdout), (path, result.stdout)
+
+
+def test_mount_help_says_what_each_option_takes():
+    text = musicfs("mount", "--help").stdout
+    assert text.startswith("Usage: musicfs mount [OPTIONS] MOUNTPOINT\n")
+    for option in ("-c, --config PATH ", "-O, --origin DIR ", "--cache-dir DIR ", "--cache-size SIZE ",
+                   "--read-timeout SECONDS ", "--layout tags|paths ", "--template TEMPLATE ", "-o OPTIONS "):
+        assert re.search(rf"^  {re.escape(option)}", text, re.M), (option, text)
+    # flags take no value: their help follows right after the names
+    assert re.search(r"^  -f, --foreground +Stay in the foreground", text, re.M), text
+    assert re.search(r"^  -v, --verbose +Debug logging\.$", text, re.M), text
+    # the config keys they override, brackets and all (rich markup ate "[cache]" once)
+    for key in ("[cache].dir", "[cache].max_size", "[fuse].read_timeout", "[layout].mode", "[layout].template"):
+        assert key in text, (key, text)
+
+
+def test_health_help_names_the_timeout_key():
+    assert "bounded by [health].timeout" in musicfs("health", "--help").stdout
+
+
+def test_top_level_help_mentions_the_mountpoint_shorthand():
+    text = musicfs("--help").stdout
+    assert "musicfs MOUNTPOINT [OPTIONS]   means musicfs mount MOUNTPOINT [OPTIONS]" in text, text
