@@ -1,16 +1,22 @@
 """The command line (typer). ``musicfs MOUNTPOINT`` is short for ``musicfs mount MOUNTPOINT``."""
 from __future__ import annotations
 
+import difflib
 import json
+import math
 import sys
 from pathlib import Path
 from typing import List, Optional
 
 import typer
+import typer.main
 from typer.core import TyperCommand
 
 from . import __version__, config as config_module
 from .errors import ConfigError, StartupError
+
+# The click that typer runs on (its own copy since typer 0.2x, click itself before): its errors.
+click_errors = sys.modules[typer.BadParameter.__module__]
 
 
 class Command(TyperCommand):
@@ -26,6 +32,13 @@ class Command(TyperCommand):
             if param.metavar is None and (param.param_type_name == "argument"
                                           or not (param.is_flag or param.count)):
                 param.metavar = param.name.upper()
+
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except click_errors.UsageError as e:
+            e.ctx = e.ctx or ctx   # typer's parser leaves it out: the one-line error names the command
+            raise
 
     def collect_usage_pieces(self, ctx) -> list[str]:
         pieces = [self.options_metavar] if self.options_metavar else []
@@ -75,6 +88,47 @@ ConfigOption = typer.Option(None, "-c", "--config", metavar="PATH",
 CacheDirOption = typer.Option(None, "--cache-dir", metavar="DIR", help="Overrides [cache].dir.")
 
 
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _param_name(param) -> str:
+    """How the user wrote (or should write) a parameter: --read-timeout, -o, MOUNTPOINT."""
+    if param.param_type_name == "argument":
+        return param.metavar or param.name.upper()
+    return max(param.opts, key=len)
+
+
+def _did_you_mean(word: str, choices) -> str:
+    """'; did you mean WORD?' for the one choice close to `word`, else ''."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.7)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def usage_line(error) -> str:
+    """A usage error as one line: what is wrong and, unless it is a bad value, where to look."""
+    see = f" (see {error.ctx.command_path} --help)" if error.ctx is not None else ""
+    param = getattr(error, "param", None)
+    if isinstance(error, click_errors.MissingParameter) and param is not None:
+        return f"missing {_param_name(param)}{see}"
+    if isinstance(error, click_errors.BadParameter) and param is not None:
+        return f"{_param_name(param)}: {_one_line(error.message)}"
+    if isinstance(error, click_errors.NoSuchOption):
+        return f"no option {error.option_name}{_did_you_mean(error.option_name, error.possibilities or ()) or see}"
+    message = _one_line(error.format_message()).rstrip(".")
+    return message[:1].lower() + message[1:] + see
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds):
+        raise typer.BadParameter(f"{value!r} is not a number")
+    return seconds
+
+
 def _fail(message: str, code: int = 1) -> None:
     typer.echo(f"musicfs: {message}", err=True)
     raise typer.Exit(code)
@@ -104,7 +158,7 @@ def mount(
     origin: Optional[List[Path]] = typer.Option(None, "-O", "--origin", metavar="DIR", help="A local origin directory; repeatable; replaces the config's origins."),
     cache_dir: Optional[Path] = CacheDirOption,
     cache_size: Optional[str] = typer.Option(None, "--cache-size", metavar="SIZE", help="Overrides [cache].max_size (e.g. 500M, 10G)."),
-    read_timeout: Optional[float] = typer.Option(None, "--read-timeout", metavar="SECONDS", help="Overrides [fuse].read_timeout."),
+    read_timeout: Optional[float] = typer.Option(None, "--read-timeout", metavar="SECONDS", parser=_seconds, help="Overrides [fuse].read_timeout."),
     layout: Optional[str] = typer.Option(None, "--layout", metavar="tags|paths", help="Overrides [layout].mode: tags (the tree from audio tags) or paths (the origins' folders merged)."),
     template: Optional[str] = typer.Option(None, "--template", metavar="TEMPLATE", help="Overrides [layout].template, e.g. '$albumartist/$album/$track $title'."),
     foreground: bool = typer.Option(False, "-f", "--foreground", help="Stay in the foreground (default: daemonize, return once mounted)."),
@@ -243,7 +297,23 @@ def main(argv: list[str] | None = None) -> None:
     # `musicfs /mnt/music ...` is `musicfs mount /mnt/music ...`
     if args and not args[0].startswith("-") and args[0] not in SUBCOMMANDS:
         args.insert(0, "mount")
-    app(args=args, prog_name="musicfs")
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=args, prog_name="musicfs", standalone_mode=False)
+    except click_errors.UsageError as e:
+        if isinstance(e, getattr(click_errors, "NoArgsIsHelpError", ())):
+            e.show()   # `musicfs` or `musicfs cache` alone: the help
+        else:
+            typer.echo(f"musicfs: {usage_line(e)}", err=True)
+        code = 2
+    except click_errors.ClickException as e:
+        typer.echo(f"musicfs: {_one_line(e.format_message())}", err=True)
+        code = e.exit_code
+    except typer.Abort:
+        typer.echo("musicfs: aborted", err=True)
+        code = 1
+    # A command's return value is not an exit status; typer.Exit(n) comes back as n.
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import typer.main
 
 from musicfs import cli
@@ -68,3 +69,27 @@ def test_health_help_names_the_timeout_key():
 def test_top_level_help_mentions_the_mountpoint_shorthand():
     text = musicfs("--help").stdout
     assert "musicfs MOUNTPOINT [OPTIONS]   means musicfs mount MOUNTPOINT [OPTIONS]" in text, text
+
+
+# -- usage errors -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args, line", [
+    (["/tmp", "--read-timeout", "abc"], "musicfs: --read-timeout: 'abc' is not a number"),
+    (["mount", "/tmp", "--read-timeout", "inf"], "musicfs: --read-timeout: 'inf' is not a number"),
+    (["/tmp", "--read-timeout"], "musicfs: option '--read-timeout' requires an argument (see musicfs mount --help)"),
+    (["mount"], "musicfs: missing MOUNTPOINT (see musicfs mount --help)"),
+    (["unmount"], "musicfs: missing MOUNTPOINT (see musicfs unmount --help)"),
+    (["/tmp", "--foregruond"], "musicfs: no option --foregruond; did you mean --foreground?"),
+    (["health", "--frobnicate"], "musicfs: no option --frobnicate (see musicfs health --help)"),
+    (["cache", "stats", "--json=yes"], "musicfs: option '--json' does not take a value (see musicfs cache stats --help)"),
+    (["--frobnicate"], "musicfs: no option --frobnicate (see musicfs --help)"),
+])
+def test_a_usage_error_is_one_line_and_exit_2(args, line):
+    result = musicfs(*args)
+    assert (result.returncode, result.stdout, result.stderr) == (2, "", line + "\n")
+
+
+def test_a_bad_value_the_config_rejects_is_one_line_too():
+    result = musicfs("/tmp", "--read-timeout", "-1")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("musicfs: --read-timeout: "), result.stderr
