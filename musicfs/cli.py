@@ -4,13 +4,14 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 import typer.main
-from typer.core import TyperCommand
+from typer.core import TyperCommand, TyperGroup
 
 from . import __version__, config as config_module
 from .errors import ConfigError, StartupError
@@ -58,11 +59,30 @@ class Command(TyperCommand):
                     formatter.write_dl(rows)
 
 
+class UnknownCommand(click_errors.UsageError):
+    """`musicfs helth`, `musicfs cache stat`: one line naming the command meant, if one is close."""
+
+    def __init__(self, words: str, names, ctx=None):
+        guess = _closest(words.rsplit(" ", 1)[-1], names)
+        prefix = words.rsplit(" ", 1)[0] + " " if " " in words else ""
+        super().__init__(f"no command '{words}'"
+                         + (f"; did you mean '{prefix}{guess}'?" if guess else f" (see musicfs {prefix}--help)"), ctx)
+
+
+class Group(TyperGroup):
+    def resolve_command(self, ctx, args):
+        if args and not args[0].startswith("-") and self.get_command(ctx, args[0]) is None:
+            words = " ".join([*ctx.command_path.split()[1:], args[0]])
+            raise UnknownCommand(words, self.list_commands(ctx), ctx)
+        return super().resolve_command(ctx, args)
+
+
 class Typer(typer.Typer):
     """typer.Typer with musicfs's defaults: plain help, no rich markup (it takes `[cache]` in
     `[cache].dir` for a style tag and drops it), our help style for every command registered."""
 
     def __init__(self, **kwargs):
+        kwargs.setdefault("cls", Group)
         kwargs.setdefault("rich_markup_mode", None)
         kwargs.setdefault("no_args_is_help", True)
         super().__init__(**kwargs)
@@ -81,8 +101,6 @@ musicfs: one read-only music library from several origins, with a verified local
 cache_app = Typer(help="Inspect and check the chunk cache.")
 app.add_typer(cache_app, name="cache")
 
-SUBCOMMANDS = {"mount", "unmount", "health", "cache"}
-
 ConfigOption = typer.Option(None, "-c", "--config", metavar="PATH",
                             help="Config file (default $XDG_CONFIG_HOME/musicfs/config.toml).")
 CacheDirOption = typer.Option(None, "--cache-dir", metavar="DIR", help="Overrides [cache].dir.")
@@ -99,10 +117,10 @@ def _param_name(param) -> str:
     return max(param.opts, key=len)
 
 
-def _did_you_mean(word: str, choices) -> str:
-    """'; did you mean WORD?' for the one choice close to `word`, else ''."""
+def _closest(word: str, choices) -> str | None:
+    """The one choice close to `word` (a typo of it), or None."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.7)
-    return f"; did you mean {close[0]}?" if close else ""
+    return close[0] if close else None
 
 
 def usage_line(error) -> str:
@@ -113,8 +131,11 @@ def usage_line(error) -> str:
         return f"missing {_param_name(param)}{see}"
     if isinstance(error, click_errors.BadParameter) and param is not None:
         return f"{_param_name(param)}: {_one_line(error.message)}"
+    if isinstance(error, UnknownCommand):
+        return error.message
     if isinstance(error, click_errors.NoSuchOption):
-        return f"no option {error.option_name}{_did_you_mean(error.option_name, error.possibilities or ()) or see}"
+        guess = _closest(error.option_name, error.possibilities or ())
+        return f"no option {error.option_name}{f'; did you mean {guess}?' if guess else see}"
     message = _one_line(error.format_message()).rstrip(".")
     return message[:1].lower() + message[1:] + see
 
@@ -292,14 +313,29 @@ def common(version: bool = typer.Option(False, "--version", callback=version_cal
     pass
 
 
+def route(args: list[str], group) -> list[str]:
+    """`musicfs /mnt/music [OPTIONS]` (options first too) is `musicfs mount /mnt/music [OPTIONS]`;
+    `musicfs help [COMMAND]` is `musicfs [COMMAND] --help`. A first word that names no existing
+    path, has no '/' and is close to a command is a typo of it: `musicfs helth` is not a mount.
+    The commands are the group's, whoever registered them."""
+    commands = group.list_commands(None)
+    own_options = {opt for param in group.params for opt in param.opts} | {"--help"}
+    if not args or args[0] in commands or args[0] in own_options:
+        return args
+    first = args[0]
+    if not first.startswith("-") and "/" not in first and not os.path.lexists(first):
+        if first == "help":
+            return [*args[1:], "--help"]
+        if _closest(first, commands):
+            raise UnknownCommand(first, commands)
+    return ["mount", *args]
+
+
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
-    # `musicfs /mnt/music ...` is `musicfs mount /mnt/music ...`
-    if args and not args[0].startswith("-") and args[0] not in SUBCOMMANDS:
-        args.insert(0, "mount")
     command = typer.main.get_command(app)
     try:
-        code = command.main(args=args, prog_name="musicfs", standalone_mode=False)
+        code = command.main(args=route(args, command), prog_name="musicfs", standalone_mode=False)
     except click_errors.UsageError as e:
         if isinstance(e, getattr(click_errors, "NoArgsIsHelpError", ())):
             e.show()   # `musicfs` or `musicfs cache` alone: the help

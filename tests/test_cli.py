@@ -11,7 +11,7 @@ import typer.main
 
 from musicfs import cli
 
-from .helpers import ROOT
+from .helpers import ROOT, force_unmount, is_mounted
 
 # The console script pip installed beside this interpreter (make test: .venv/bin/musicfs).
 MUSICFS = Path(sys.executable).with_name("musicfs")
@@ -22,6 +22,22 @@ def musicfs(*args, cwd=None, env=None, timeout=60) -> subprocess.CompletedProces
     environment = {**os.environ, "COLUMNS": "80", **(env or {})}
     return subprocess.run([str(MUSICFS), *map(str, args)], capture_output=True, text=True, timeout=timeout,
                           cwd=cwd or ROOT, env=environment)
+
+
+def isolated_env(tmp_path: Path) -> dict:
+    """No config file, log or status of the user's own musicfs in the way."""
+    (tmp_path / "xdg-run").mkdir(mode=0o700, exist_ok=True)
+    return {"XDG_CONFIG_HOME": str(tmp_path / "xdg-config"), "XDG_STATE_HOME": str(tmp_path / "xdg-state"),
+            "XDG_RUNTIME_DIR": str(tmp_path / "xdg-run")}
+
+
+def unmount(mountpoint: Path, env: dict) -> None:
+    """`musicfs unmount` as the user would; fusermount -u -z if that fails, so no test leaves a mount."""
+    if is_mounted(mountpoint):
+        result = musicfs("unmount", mountpoint, env=env)
+        if result.returncode != 0:
+            force_unmount(mountpoint)
+        assert result.returncode == 0, result.stderr
 
 
 def command_paths(group=None, prefix=()) -> list[tuple[str, ...]]:
@@ -82,7 +98,7 @@ def test_top_level_help_mentions_the_mountpoint_shorthand():
     (["/tmp", "--foregruond"], "musicfs: no option --foregruond; did you mean --foreground?"),
     (["health", "--frobnicate"], "musicfs: no option --frobnicate (see musicfs health --help)"),
     (["cache", "stats", "--json=yes"], "musicfs: option '--json' does not take a value (see musicfs cache stats --help)"),
-    (["--frobnicate"], "musicfs: no option --frobnicate (see musicfs --help)"),
+    (["--frobnicate"], "musicfs: no option --frobnicate (see musicfs mount --help)"),   # options first: a mount
 ])
 def test_a_usage_error_is_one_line_and_exit_2(args, line):
     result = musicfs(*args)
@@ -93,3 +109,55 @@ def test_a_bad_value_the_config_rejects_is_one_line_too():
     result = musicfs("/tmp", "--read-timeout", "-1")
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert result.stderr.startswith("musicfs: --read-timeout: "), result.stderr
+
+
+# -- a mistyped command -------------------------------------------------------------------------
+
+def test_a_mistyped_command_is_not_taken_for_a_mountpoint(tmp_path):
+    for args, line in ((["helth"], "musicfs: no command 'helth'; did you mean 'health'?"),
+                       (["umount", "/mnt/music"], "musicfs: no command 'umount'; did you mean 'unmount'?"),
+                       (["cache", "stat"], "musicfs: no command 'cache stat'; did you mean 'cache stats'?"),
+                       (["cache", "frob"], "musicfs: no command 'cache frob' (see musicfs cache --help)")):
+        result = musicfs(*args, cwd=tmp_path)
+        assert (result.returncode, result.stdout, result.stderr) == (2, "", line + "\n"), args
+    # a word close to no command is a mountpoint, as before
+    result = musicfs("music", cwd=tmp_path)
+    assert result.returncode == 1 and result.stderr.startswith("musicfs: mountpoint "), result.stderr
+
+
+def test_commands_added_to_the_app_are_known_to_the_shorthand_and_the_typo_check():
+    """What `musicfs` routes comes from the typer app, so a command registered later (status,
+    rescan, pin...) is run, and a typo of it named, without a list to keep up to date."""
+    script = ("import sys\n"
+              "from musicfs import cli\n"
+              "@cli.app.command()\n"
+              "def rescan_now():\n"
+              "    print('rescanning')\n"
+              "cli.main(sys.argv[1:])\n")
+    ran = subprocess.run([sys.executable, "-c", script, "rescan-now"], capture_output=True, text=True, cwd=ROOT)
+    assert (ran.returncode, ran.stdout) == (0, "rescanning\n"), ran.stderr
+    typo = subprocess.run([sys.executable, "-c", script, "rescan-nwo"], capture_output=True, text=True, cwd=ROOT)
+    assert (typo.returncode, typo.stderr) == (2, "musicfs: no command 'rescan-nwo'; did you mean 'rescan-now'?\n")
+
+
+def test_help_as_a_word():
+    assert musicfs("help").stdout == musicfs("--help").stdout != ""
+    result = musicfs("help", "cache", "stats")
+    assert result.returncode == 0 and result.stdout.startswith("Usage: musicfs cache stats ")
+
+
+@pytest.mark.mount
+def test_an_existing_directory_named_like_a_command_typo_still_mounts(tmp_path):
+    origin = tmp_path / "music"
+    (origin / "a").mkdir(parents=True)
+    (origin / "a" / "song.flac").write_bytes(b"fLaC" + bytes(1000))
+    (tmp_path / "helth").mkdir()
+    env = isolated_env(tmp_path)
+    try:
+        result = musicfs("helth", "-O", origin, "--cache-dir", tmp_path / "cache", "--layout", "paths",
+                         cwd=tmp_path, env=env)
+        assert result.returncode == 0, result.stderr
+        assert is_mounted(tmp_path / "helth")
+        assert (tmp_path / "helth" / "a" / "song.flac").read_bytes() == (origin / "a" / "song.flac").read_bytes()
+    finally:
+        unmount(tmp_path / "helth", env)
