@@ -258,20 +258,49 @@ def _probe_exit(line: str, code: int, as_json: bool, error: str) -> None:
 
 @cache_app.command("stats")
 def cache_stats(config: Optional[Path] = ConfigOption, cache_dir: Optional[Path] = CacheDirOption,
-                as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")):
-    """Print the index's view of the cache: chunks, bytes, limit, hits, misses, passthrough."""
-    from .inspect import cache_stats as collect
+                as_json: bool = typer.Option(False, "--json", help="Print one JSON object (sizes in bytes).")):
+    """Print the index's view of the cache: chunks, size, limit, hits, misses, passthrough."""
+    from .inspect import cache_stats as collect, read_status
 
     cfg = _load(config, cache_dir=cache_dir)
     try:
         stats = collect(cfg)
     except StartupError as e:
         _fail(str(e), 1)
+    # The limit that counts is the running daemon's (it may have been started with --cache-size).
+    published = ((read_status(cfg.cache.dir) or {}).get("config") or {}).get("cache_max_size")
+    from_daemon = stats.get("daemon_pid") is not None and isinstance(published, int)
+    stats.update(config_max_bytes=stats["max_bytes"], limit_from="daemon" if from_daemon else "config")
+    if from_daemon:
+        stats["max_bytes"] = published
     if as_json:
         typer.echo(json.dumps(stats, sort_keys=True))
         return
-    for key in ("chunks", "bytes", "max_bytes", "chunk_size", "hits", "misses", "passthrough", "daemon_pid"):
-        typer.echo(f"{key:12} {stats.get(key)}")
+    limit = human_size(stats["max_bytes"])
+    if from_daemon:
+        limit += ", the running daemon's"
+        if stats["config_max_bytes"] != stats["max_bytes"]:
+            limit += f" (the config says {human_size(stats['config_max_bytes'])})"
+    else:
+        limit += ", from the config"
+    rows = [("cache dir", stats["cache_dir"]), ("chunks", stats["chunks"]),
+            ("stored", f"{human_size(stats['bytes'])} ({stats['bytes']} bytes)"), ("limit", limit),
+            ("chunk size", human_size(stats["chunk_size"]) if stats["chunk_size"] else "not set yet"),
+            ("hits", stats["hits"]), ("misses", stats["misses"]),
+            ("passthrough", "yes (the cache disk is not written)" if stats["passthrough"] else "no"),
+            ("daemon", f"pid {stats['daemon_pid']}" if stats["daemon_pid"] is not None else "not running")]
+    for label, value in rows:
+        typer.echo(f"{label:12} {value}")
+
+
+def human_size(count: int) -> str:
+    """1288490188 -> '1.2 GiB': binary units, as sizes in the config count them."""
+    value, unit = float(count), "B"
+    for bigger in ("KiB", "MiB", "GiB", "TiB"):
+        if round(value, 1) < 1024:
+            break
+        value, unit = value / 1024, bigger
+    return f"{count} B" if unit == "B" else f"{value:.1f}".removesuffix(".0") + f" {unit}"
 
 
 @cache_app.command("verify")

@@ -1,5 +1,6 @@
 """The command line as a newcomer meets it: the installed `musicfs` command, its help and its
 errors, run as a user runs them (a subprocess of the console script, not the module)."""
+import json
 import os
 import re
 import subprocess
@@ -161,3 +162,34 @@ def test_an_existing_directory_named_like_a_command_typo_still_mounts(tmp_path):
         assert (tmp_path / "helth" / "a" / "song.flac").read_bytes() == (origin / "a" / "song.flac").read_bytes()
     finally:
         unmount(tmp_path / "helth", env)
+
+
+# -- cache stats --------------------------------------------------------------------------------
+
+@pytest.mark.mount
+def test_cache_stats_shows_human_sizes_and_the_running_daemons_limit(tmp_path):
+    origin, mountpoint, cache = tmp_path / "music", tmp_path / "mnt", tmp_path / "cache"
+    origin.mkdir()
+    mountpoint.mkdir()
+    (origin / "song.flac").write_bytes(os.urandom(3 * 1024 * 1024 + 100))
+    env = isolated_env(tmp_path)
+    try:
+        result = musicfs(mountpoint, "-O", origin, "--cache-dir", cache, "--cache-size", "200M", "--layout", "paths",
+                         env=env)
+        assert result.returncode == 0, result.stderr
+        assert (mountpoint / "song.flac").read_bytes() == (origin / "song.flac").read_bytes()
+        # no --cache-size here: the config's limit is the default 10G, the daemon's 200M
+        stats = json.loads(musicfs("cache", "stats", "--cache-dir", cache, "--json", env=env).stdout)
+        assert stats["bytes"] == 3 * 1024 * 1024 + 100 and stats["chunks"] == 4
+        assert (stats["max_bytes"], stats["config_max_bytes"], stats["limit_from"]) == \
+            (200 * 1024 * 1024, 10 * 1024 ** 3, "daemon")
+        text = musicfs("cache", "stats", "--cache-dir", cache, env=env)
+        assert text.returncode == 0, text.stderr
+        lines = text.stdout.splitlines()
+        assert f"stored       3 MiB ({3 * 1024 * 1024 + 100} bytes)" in lines, text.stdout
+        assert "limit        200 MiB, the running daemon's (the config says 10 GiB)" in lines, text.stdout
+        assert "chunk size   1 MiB" in lines and f"daemon       pid {stats['daemon_pid']}" in lines, text.stdout
+    finally:
+        unmount(mountpoint, env)
+    stopped = musicfs("cache", "stats", "--cache-dir", cache, env=env).stdout.splitlines()
+    assert "limit        10 GiB, from the config" in stopped and "daemon       not running" in stopped, stopped
