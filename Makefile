@@ -44,7 +44,8 @@ demo: install
 	@ls $(DEMO_MNT) | head
 
 demo-stop:
-	$(BIN)/musicfs unmount $(DEMO_MNT)
+	@if mountpoint -q $(DEMO_MNT); then $(BIN)/musicfs unmount $(DEMO_MNT) && echo "unmounted $(DEMO_MNT)"; \
+	else echo "$(DEMO_MNT) is not mounted"; fi
 
 lint: install
 	$(BIN)/pip install -q pyflakes
