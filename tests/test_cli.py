@@ -3,6 +3,7 @@ errors, run as a user runs them (a subprocess of the console script, not the mod
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -193,3 +194,44 @@ def test_cache_stats_shows_human_sizes_and_the_running_daemons_limit(tmp_path):
         unmount(mountpoint, env)
     stopped = musicfs("cache", "stats", "--cache-dir", cache, env=env).stdout.splitlines()
     assert "limit        10 GiB, from the config" in stopped and "daemon       not running" in stopped, stopped
+
+
+# -- make demo ----------------------------------------------------------------------------------
+
+DEMO_TREE = {
+    "Sine Quartet/Pure Tones (2019)/01 A Major.flac", "Sine Quartet/Pure Tones (2019)/04 G Major.flac",
+    "The Harmonics/Overtones (2021)/02 Second Partial.mp3",
+    "Ångström Ensemble/Ünïcode Études (2023)/03 Étude in B♭.ogg",
+}
+
+
+def make(*args, env) -> subprocess.CompletedProcess:
+    return subprocess.run(["make", "--no-print-directory", "-C", str(ROOT), *args], capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=300)
+
+
+@pytest.mark.mount
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("ffmpeg") is None or shutil.which("make") is None, reason="needs ffmpeg and make")
+def test_make_demo_serves_playable_tagged_audio_and_demo_stop_can_run_twice(tmp_path):
+    mountpoint = tmp_path / "demo-mnt"
+    env = isolated_env(tmp_path)
+    # -o install: this environment is the one installed; the demo is what is tested
+    variables = [f"VENV={Path(sys.executable).parent.parent}", f"PYTHON={sys.executable}",
+                 f"DEMO_DIR={tmp_path / 'demo'}", f"DEMO_MNT={mountpoint}"]
+    try:
+        demo = make("-o", "install", "demo", *variables, env=env)
+        assert demo.returncode == 0, demo.stderr
+        assert is_mounted(mountpoint)
+        shown = {str(p.relative_to(mountpoint)) for p in mountpoint.rglob("*") if p.is_file()}
+        assert len(shown) == 11 and DEMO_TREE <= shown, shown   # placed by their tags
+        for name in sorted(DEMO_TREE):
+            decoded = subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(mountpoint / name),
+                                      "-f", "null", "-"], capture_output=True, text=True, timeout=60)
+            assert decoded.returncode == 0 and decoded.stderr == "", (name, decoded.stderr)
+        stop = make("demo-stop", *variables, env=env)
+        assert stop.returncode == 0 and not is_mounted(mountpoint), stop.stderr
+        again = make("demo-stop", *variables, env=env)
+        assert (again.returncode, again.stdout, again.stderr) == (0, f"{mountpoint} is not mounted\n", "")
+    finally:
+        unmount(mountpoint, env)
