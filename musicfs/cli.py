@@ -60,26 +60,29 @@ class Command(TyperCommand):
 
 
 class UnknownCommand(click_errors.UsageError):
-    """`musicfs helth`, `musicfs cache stat`: one line naming the command meant, if one is close."""
+    """`musicfs helth`, `musicfs cache stat`: one line naming the command meant, if one is close.
+    `group`: the words before the unknown one ("cache ", or "" at the top)."""
 
-    def __init__(self, words: str, names, ctx=None):
-        guess = _closest(words.rsplit(" ", 1)[-1], names)
-        prefix = words.rsplit(" ", 1)[0] + " " if " " in words else ""
-        super().__init__(f"no command '{words}'"
-                         + (f"; did you mean '{prefix}{guess}'?" if guess else f" (see musicfs {prefix}--help)"), ctx)
+    def __init__(self, group: str, word: str, commands, ctx=None):
+        guess = _closest(word, commands)
+        hint = f"; did you mean '{group}{guess}'?" if guess else f" (see musicfs {group}--help)"
+        super().__init__(f"no command '{group}{word}'{hint}", ctx)
 
 
 class Group(TyperGroup):
+    """A command group whose unknown command is an UnknownCommand."""
+
     def resolve_command(self, ctx, args):
         if args and not args[0].startswith("-") and self.get_command(ctx, args[0]) is None:
-            words = " ".join([*ctx.command_path.split()[1:], args[0]])
-            raise UnknownCommand(words, self.list_commands(ctx), ctx)
+            group = "".join(f"{word} " for word in ctx.command_path.split()[1:])
+            raise UnknownCommand(group, args[0], self.list_commands(ctx), ctx)
         return super().resolve_command(ctx, args)
 
 
-class Typer(typer.Typer):
-    """typer.Typer with musicfs's defaults: plain help, no rich markup (it takes `[cache]` in
-    `[cache].dir` for a style tag and drops it), our help style for every command registered."""
+class App(typer.Typer):
+    """typer.Typer with musicfs's defaults (make new command groups with App too): plain help,
+    no rich markup (it takes `[cache]` in `[cache].dir` for a style tag and drops it), our help
+    style and error lines for every command registered."""
 
     def __init__(self, **kwargs):
         kwargs.setdefault("cls", Group)
@@ -92,13 +95,13 @@ class Typer(typer.Typer):
         return super().command(*args, **kwargs)
 
 
-app = Typer(add_completion=False, pretty_exceptions_enable=False, help="""\
+app = App(add_completion=False, pretty_exceptions_enable=False, help="""\
 musicfs: one read-only music library from several origins, with a verified local cache.
 
 \b
   musicfs MOUNTPOINT [OPTIONS]   means musicfs mount MOUNTPOINT [OPTIONS]
   musicfs COMMAND --help         what a command does and takes""")
-cache_app = Typer(help="Inspect and check the chunk cache.")
+cache_app = App(help="Inspect and check the chunk cache.")
 app.add_typer(cache_app, name="cache")
 
 ConfigOption = typer.Option(None, "-c", "--config", metavar="PATH",
@@ -356,7 +359,7 @@ def route(args: list[str], group) -> list[str]:
         if first == "help":
             return [*args[1:], "--help"]
         if _closest(first, commands):
-            raise UnknownCommand(first, commands)
+            raise UnknownCommand("", first, commands)
     return ["mount", *args]
 
 
