@@ -274,7 +274,8 @@ class ScanResult:
     origin: str
     complete: bool
     entries: int = 0
-    changed: int = 0
+    added: int = 0                    # files and folders new since the last scan
+    changed: int = 0                  # ... changed since the last scan
     removed: int = 0
     error: str = ""
     seconds: float = 0.0
@@ -287,7 +288,8 @@ class ScanResult:
 
     def as_status(self) -> dict:
         return {"complete": self.complete, "finished": self.finished, "error": self.error or None,
-                "entries": self.entries, "tags_read": self.tags_read,
+                "entries": self.entries, "tags_read": self.tags_read, "added": self.added,
+                "changed": self.changed, "removed": self.removed, "seconds": round(self.seconds, 3),
                 "unreadable": [f"{path.decode(errors='replace') or '/'}: {reason}" for path, reason in self.unreadable]}
 
 
@@ -315,6 +317,16 @@ class Scanner:
         self._write_lock = threading.Lock()  # one catalog writer at a time (merges read all origins)
         self._workers: dict[str, _ScanWorker] = {}
         self._workers_lock = threading.Lock()
+
+    def set_origins(self, origins: list[Origin], view) -> None:
+        """A reload: scan these origins, in this order, into this view from now on (the caller
+        holds off scans meanwhile and then reconciles the catalog)."""
+        with self._write_lock:
+            self.origins = list(origins)
+            self.by_name = {o.name: o for o in self.origins}
+            self.order = [o.name for o in self.origins]
+            self.view = view
+            self._view_dirty = view is not None
 
     # -- merged view -------------------------------------------------------------------------
 
@@ -467,8 +479,12 @@ class Scanner:
         tags = self._read_tags(origin, batch, result, worker) if self.view is not None else {}
         with self._write_lock, self.storage.begin(write=True) as txn:
             for relpath, entry in batch:
+                new = txn.get(prefix + relpath, db=self.storage.origin_files) is None
                 if self._put_record(txn, prefix + relpath, relpath, entry, generation):
-                    result.changed += 1
+                    if new:
+                        result.added += 1
+                    else:
+                        result.changed += 1
             for relpath, record in tags.items():
                 txn.put(prefix + relpath, record, db=self.storage.tags)
                 self._view_dirty = True
@@ -768,8 +784,8 @@ class _ScanWorker(threading.Thread):
             progress(self.result)
         result = self.result
         if result.complete:
-            log.info("scanned origin %s: %d entries, %d changed, %d removed, %d tags read in %.2fs%s",
-                     result.origin, result.entries, result.changed, result.removed, result.tags_read,
+            log.info("scanned origin %s: %d entries, %d added, %d changed, %d removed, %d tags read in %.2fs%s",
+                     result.origin, result.entries, result.added, result.changed, result.removed, result.tags_read,
                      result.seconds,
                      f"; {len(result.unreadable)} could not be listed" if result.unreadable else "")
         else:

@@ -192,11 +192,12 @@ def mount(
     """Mount the library at MOUNTPOINT."""
     from . import daemon
 
+    def load_config():   # again on SIGHUP: the same file, the same command-line overrides
+        return config_module.load(config, origins=origin, cache_dir=cache_dir, cache_size=cache_size,
+                                  read_timeout=read_timeout, layout=layout, template=template)
     try:
-        cfg = config_module.load(config, origins=origin, cache_dir=cache_dir, cache_size=cache_size,
-                                 read_timeout=read_timeout, layout=layout, template=template)
-        daemon.mount(cfg, mountpoint, foreground=foreground, fuse_options=parse_fuse_options(fuse_option or []),
-                     verbose=verbose)
+        daemon.mount(load_config(), mountpoint, foreground=foreground,
+                     fuse_options=parse_fuse_options(fuse_option or []), verbose=verbose, load_config=load_config)
     except ConfigError as e:
         _fail(str(e), 2)
     except StartupError as e:
@@ -259,11 +260,79 @@ def _probe_exit(line: str, code: int, as_json: bool, error: str) -> None:
     os._exit(code)
 
 
+@app.command()
+def status(targets: Optional[List[Path]] = typer.Argument(None, metavar="[MOUNTPOINT | FILE...]",
+                                                          help="A mountpoint (the daemon), or files inside a mount."),
+           config: Optional[Path] = ConfigOption,
+           as_json: bool = typer.Option(False, "--json", help="Print JSON (exact integers) instead of text.")):
+    """The live daemon (origins, cache, scans, uptime), or per file of a mount: the origin
+    serving it, its path there, replicas and how much of it is cached."""
+    from . import operations
+
+    try:
+        if not targets or (len(targets) == 1 and operations.live_mount(targets[0]) is not None):
+            cfg = None if targets else _load(config)
+            mount = operations.mount_for(targets[0] if targets else None, cfg.cache.dir if cfg else None)
+            report = operations.daemon_report(mount)
+            typer.echo(json.dumps(report, sort_keys=True) if as_json else "\n".join(operations.format_daemon(report)))
+            return
+        reports = operations.file_reports(list(targets))
+    except StartupError as e:
+        _fail(str(e), 1)
+    if as_json:
+        typer.echo(json.dumps(reports if len(reports) != 1 else reports[0], sort_keys=True))
+    else:
+        typer.echo("\n".join(line for report in reports for line in operations.format_file(report)))
+    if any("error" in report for report in reports):
+        raise typer.Exit(1)
+
+
+@app.command()
+def rescan(mountpoint: Path = typer.Argument(..., help="The mount whose origins to rescan.")):
+    """Rescan the origins now and print what changed (kill -USR1 on the daemon starts one
+    without waiting)."""
+    from . import operations
+
+    try:
+        result = operations.rescan(operations.mount_for(mountpoint, None))
+    except StartupError as e:
+        _fail(str(e), 1)
+    typer.echo("\n".join(operations.format_rescan(result)))
+    if not all(origin.get("complete") for origin in result.get("origins", [])):
+        raise typer.Exit(1)
+
+
+@app.command()
+def pin(paths: List[Path] = typer.Argument(..., metavar="PATH...", help="Files or folders inside a mount."),
+        unpin: bool = typer.Option(False, "--unpin", help="Release these pins instead."),
+        as_json: bool = typer.Option(False, "--json", help="Print the result as JSON.")):
+    """Fetch files or folders of a mount into the cache and keep them there (they play with
+    every origin gone); --unpin releases them. Exit 1 if something did not fit or failed."""
+    from . import operations
+
+    bar = operations.ProgressBar()
+    try:
+        results = operations.pin(paths, unpin, progress=None if as_json else bar)
+    except StartupError as e:
+        bar.end()
+        _fail(str(e), 1)
+    bar.end()
+    if as_json:
+        typer.echo(json.dumps([result for _, result in results] if len(results) != 1 else results[0][1],
+                              sort_keys=True))
+    else:
+        for _, result in results:
+            typer.echo("\n".join(operations.format_pin(result, unpin)))
+    if not unpin and any(result["not_fitting"] or result["failed"] for _, result in results):
+        raise typer.Exit(1)
+
+
 @cache_app.command("stats")
 def cache_stats(config: Optional[Path] = ConfigOption, cache_dir: Optional[Path] = CacheDirOption,
                 as_json: bool = typer.Option(False, "--json", help="Print one JSON object (sizes in bytes).")):
     """Print the index's view of the cache: chunks, size, limit, hits, misses, passthrough."""
-    from .inspect import cache_stats as collect, read_status
+    from .inspect import cache_stats as collect
+    from .live import read_status
 
     cfg = _load(config, cache_dir=cache_dir)
     try:
@@ -287,7 +356,8 @@ def cache_stats(config: Optional[Path] = ConfigOption, cache_dir: Optional[Path]
     else:
         limit += ", from the config"
     rows = [("cache dir", stats["cache_dir"]), ("chunks", stats["chunks"]),
-            ("stored", f"{human_size(stats['bytes'])} ({stats['bytes']} bytes)"), ("limit", limit),
+            ("stored", f"{human_size(stats['bytes'])} ({stats['bytes']} bytes)"),
+            ("pinned", human_size(stats["pinned_bytes"])), ("limit", limit),
             ("chunk size", human_size(stats["chunk_size"]) if stats["chunk_size"] else "not set yet"),
             ("hits", stats["hits"]), ("misses", stats["misses"]),
             ("passthrough", "yes (the cache disk is not written)" if stats["passthrough"] else "no"),

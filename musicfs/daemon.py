@@ -6,9 +6,7 @@ process that reports "ready" or its error through a pipe; the parent exits with 
 """
 from __future__ import annotations
 
-import concurrent.futures
 import errno
-import fcntl
 import logging
 import os
 import signal
@@ -20,9 +18,9 @@ from pathlib import Path
 
 from . import logs
 from .config import Config
-from .errors import MusicfsError, OriginMisconfigured, StartupError
-from .pool import CHECK_LANE
-from .storage import LOCK_NAME
+from .errors import MusicfsError, StartupError
+from .control import ControlServer
+from .live import CacheLock, daemon_of_mountpoint
 
 log = logging.getLogger(__name__)
 
@@ -39,79 +37,10 @@ LINGER_GRACE = 2.0
 # - attr_timeout/entry_timeout let the kernel reuse attributes and lookups for a while; a file
 #   changed on the origin shows its new attributes at most this long after the rescan saw it.
 # - negative_timeout caches "no such file" (players probe for cover.jpg, .cue, lyrics...).
+# - use_ino: inode numbers come from the paths (fs.inode_of), stable across remounts.
 DEFAULT_FUSE_OPTIONS = {"fsname": "musicfs", "subtype": "musicfs", "ro": True, "default_permissions": True,
+                        "use_ino": True,
                         "auto_cache": True, "attr_timeout": 30, "entry_timeout": 30, "negative_timeout": 10}
-
-
-class CacheLock:
-    """flock() on <cache.dir>/musicfs.lock, holding the PID of the daemon that owns the cache."""
-
-    def __init__(self, cache_dir: Path):
-        self.path = Path(cache_dir) / LOCK_NAME
-        self.fd: int | None = None
-        self.writable = True
-
-    def acquire(self) -> None:
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            self.writable = True
-        except OSError as e:
-            if e.errno != errno.EROFS or not self.path.exists():
-                raise
-            # A read-only cache disk: flock works on a read-only descriptor; the PID cannot be
-            # recorded in the file (the status file still has it).
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-            self.writable = False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise StartupError(f"cache {self.path.parent} is in use by another musicfs (PID {holder}); "
-                               f"unmount it first or give this one another --cache-dir") from None
-        self.fd = fd
-        self.write_pid(os.getpid())
-
-    def renew(self) -> None:
-        """Lock the lock file that is at the path now (the cache dir was deleted and made
-        again under the running daemon, taking the old file with it)."""
-        old, self.fd = self.fd, None
-        try:
-            self.acquire()
-        except BaseException:
-            self.fd = old
-            raise
-        if old is not None:
-            os.close(old)
-
-    def write_pid(self, pid: int) -> None:
-        if not self.writable:
-            return
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, f"{pid}\n".encode(), 0)
-
-    def release(self) -> None:
-        fd, self.fd = self.fd, None
-        if fd is not None:
-            fcntl.flock(fd, fcntl.LOCK_UN)   # explicit: a copy of the descriptor may live on
-            os.close(fd)
-
-    @staticmethod
-    def holder(cache_dir: Path) -> int | None:
-        """PID of the daemon holding the cache, or None if no daemon holds it."""
-        path = Path(cache_dir) / LOCK_NAME
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            text = os.pread(fd, 32, 0).decode(errors="replace").strip()
-            return int(text) if text.isdigit() else -1
-        finally:
-            os.close(fd)
-        return None
 
 
 def check_mountpoint(mountpoint: Path) -> None:
@@ -146,42 +75,15 @@ def lazy_unmount(mountpoint: Path) -> None:
 def check_new_origins(service, warn) -> list:
     """Startup never waits on an origin the catalog already knows: its stored files are served
     at once and the background checks and rescans find out how it is. An origin never seen
-    before is checked here, all in parallel and bounded by [health].timeout: one that is not
-    there is a configuration mistake (StartupError), one that does not answer or fails is
-    mounted without (`warn` tells the user; its files appear once it answers). Returns the new
-    origins that answered, which the caller scans before mounting."""
-    new = service.never_scanned()
-    if not new:
-        return []
-    timeout = service.config.health.timeout
-    futures = {origin.name: service.pool.submit(origin.name, origin.check, lane=CHECK_LANE) for origin in new}
-    concurrent.futures.wait(futures.values(), timeout=timeout)
-    answered = []
-    for origin in new:
-        future = futures[origin.name]
-        if not future.done():
-            warn(f"origin {origin.describe()} does not answer within {timeout:g}s; mounting without it "
-                 f"(its files appear once it answers)")
-            continue
-        error = future.exception()
-        if error is None:
-            answered.append(origin)
-        elif isinstance(error, OriginMisconfigured):
-            raise StartupError(f"origin {origin.describe()}: {error}" + (
-                "; fix its path in the config (or -O), or mount the NAS first" if origin_is_local(origin) else ""))
-        else:
-            reason = getattr(error, "strerror", None) or str(error)
-            warn(f"origin {origin.describe()} fails ({reason}); mounting without it "
-                 f"(its files appear once it works)")
-    return answered
+    before is checked here (see Service.check_origins); returns those that answered, which the
+    caller scans before mounting."""
+    return service.check_origins(service.never_scanned(), warn)
 
 
-def origin_is_local(origin) -> bool:
-    from .origins import LocalOrigin
-    return isinstance(origin, LocalOrigin)
-
-
-def mount(config: Config, mountpoint: Path, *, foreground: bool, fuse_options: dict, verbose: int) -> None:
+def mount(config: Config, mountpoint: Path, *, foreground: bool, fuse_options: dict, verbose: int,
+          load_config=None) -> None:
+    """`load_config()` reads the configuration again for a reload (SIGHUP): the same file and
+    command-line overrides."""
     mountpoint = Path(os.path.abspath(mountpoint))
     check_mountpoint(mountpoint)
     try:
@@ -198,12 +100,12 @@ def mount(config: Config, mountpoint: Path, *, foreground: bool, fuse_options: d
         progress = _Progress()
         _run(config, mountpoint, fuse_options, lock,
              notify=lambda message: progress.show(message.split()[1:]) if message.startswith("progress ")
-             else progress.end())
+             else progress.end(), load_config=load_config)
         return
-    _daemonize(config, mountpoint, lock, fuse_options, verbose)
+    _daemonize(config, mountpoint, lock, fuse_options, verbose, load_config)
 
 
-def _daemonize(config, mountpoint, lock: CacheLock, fuse_options, verbose) -> None:
+def _daemonize(config, mountpoint, lock: CacheLock, fuse_options, verbose, load_config) -> None:
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the daemon
@@ -223,7 +125,7 @@ def _daemonize(config, mountpoint, lock: CacheLock, fuse_options, verbose) -> No
         code = 0
         try:
             logs.setup(config.log.file, config.log.level, verbose=verbose)
-            _run(config, mountpoint, fuse_options, lock, notify)
+            _run(config, mountpoint, fuse_options, lock, notify, load_config)
         except MusicfsError as e:
             log.error("%s", e)
             notify(f"error {e}")
@@ -304,7 +206,7 @@ class _Progress:
             self.shown = False
 
 
-def _run(config: Config, mountpoint: Path, fuse_options: dict, lock: CacheLock, notify) -> None:
+def _run(config: Config, mountpoint: Path, fuse_options: dict, lock: CacheLock, notify, load_config=None) -> None:
     """Open the cache, mount, serve until unmounted or told to stop. Runs in the daemon (or in
     the foreground). The cache lock is released as soon as the cache is closed, before the
     process exits: threads stuck in a hung origin may keep the process alive for a while, and
@@ -321,7 +223,9 @@ def _run(config: Config, mountpoint: Path, fuse_options: dict, lock: CacheLock, 
 
     service = Service.open(config)
     service.mountpoint = str(mountpoint)
+    service.config_file = str(config.source) if config.source else None
     service.lock = lock
+    control = ControlServer(config.cache.dir, control_handlers(service))
     try:
         answered = check_new_origins(service, warn) + service.untagged()
         started = time.monotonic()
@@ -332,6 +236,10 @@ def _run(config: Config, mountpoint: Path, fuse_options: dict, lock: CacheLock, 
 
         def tune_and_report_ready():
             set_read_ahead(mountpoint, config.fuse.read_ahead)
+            try:
+                control.start()
+            except OSError as e:   # rescan/pin then say there is no socket; serving goes on
+                log.warning("no control socket (%s): musicfs rescan and pin will not reach this daemon", e)
             notify("ready")
         # init() runs before the kernel has the INIT reply; the rest happens once it has.
         filesystem.on_mounted = lambda: threading.Thread(target=tune_and_report_ready, name="ready",
@@ -339,7 +247,8 @@ def _run(config: Config, mountpoint: Path, fuse_options: dict, lock: CacheLock, 
         options = dict(DEFAULT_FUSE_OPTIONS)
         options.update(fuse_options)
         service.catalog.recent.window = kernel_cache_window(options)
-        _stop_on_signals(filesystem, mountpoint, lock)
+        service.in_progress = lambda: len(filesystem._in_progress)
+        _handle_signals(filesystem, service, mountpoint, lock, reloader(service, load_config, warn), control.stop)
         try:
             MusicFuse(filesystem, str(mountpoint), foreground=True, nothreads=False, encoding=FS_ENCODING,
                       **options)
@@ -347,32 +256,81 @@ def _run(config: Config, mountpoint: Path, fuse_options: dict, lock: CacheLock, 
             raise StartupError(f"cannot mount {mountpoint}: FUSE failed ({e}); is /dev/fuse available "
                                f"and the 'fuse' package installed?") from None
     finally:
+        control.stop()
         service.stop()  # no-op when destroy() or a stop signal already stopped it
         lock.release()
 
 
-def _stop_on_signals(filesystem, mountpoint: Path, lock: CacheLock) -> None:
-    """SIGTERM and SIGINT stop the daemon at once, even while reads wait on a hung origin.
+def _handle_signals(filesystem, service, mountpoint: Path, lock: CacheLock, reload, stop_control) -> None:
+    """SIGTERM and SIGINT stop the daemon at once, even while reads wait on a hung origin;
+    SIGHUP reloads the configuration; SIGUSR1 asks for a rescan.
 
-    libfuse's own handler only ends its loop, which then waits for every request in progress
-    (a read waits up to read_timeout). Instead: Python's C-level handler writes the signal to
-    a wakeup pipe (it cannot run Python code itself while the main thread is inside libfuse),
-    and a thread woken by the pipe fails waiting reads, closes the cache, releases the lock and
-    detaches the mount; libfuse's loop ends once the kernel drops the connection. libfuse
-    leaves signals alone that already have a handler, so it does not replace these."""
+    libfuse's own handlers would end its loop on SIGHUP too (unmounting), and on a stop it
+    waits for every request in progress (a read waits up to read_timeout). Instead: Python's
+    C-level handler writes the signal to a wakeup pipe (it cannot run Python code itself while
+    the main thread is inside libfuse), and a thread woken by the pipe acts. To stop, it fails
+    waiting reads, closes the cache, releases the lock and detaches the mount; libfuse's loop
+    ends once the kernel drops the connection. libfuse leaves signals alone that already have
+    a handler, so it does not replace these."""
     read_end, write_end = os.pipe()
     os.set_blocking(write_end, False)
     signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
         signal.signal(signum, lambda *_: None)
 
     def watch() -> None:
-        signum = os.read(read_end, 1)[0]
-        log.info("received %s: stopping", signal.Signals(signum).name)
-        filesystem.stop_serving()
-        lazy_unmount(mountpoint)
-        lock.release()
-    threading.Thread(target=watch, name="stop-signal", daemon=True).start()
+        while True:
+            signum = os.read(read_end, 1)[0]
+            if signum == signal.SIGUSR1:
+                service.request_rescan()
+            elif signum == signal.SIGHUP:
+                reload()
+            elif signum in (signal.SIGTERM, signal.SIGINT):
+                log.info("received %s: stopping", signal.Signals(signum).name)
+                stop_control()
+                filesystem.stop_serving()
+                lazy_unmount(mountpoint)
+                lock.release()
+                return
+    threading.Thread(target=watch, name="signals", daemon=True).start()
+
+
+def reloader(service, load_config, warn):
+    """SIGHUP: read the config again and apply it; a config that is wrong or cannot be applied
+    is refused with one log line, and the running one stays."""
+    def reload() -> None:
+        if load_config is None:
+            log.warning("reload ignored: this daemon was started without a way to read its config again")
+            return
+        try:
+            service.reload(load_config(), warn)
+        except MusicfsError as e:
+            log.error("reload refused, still running with the previous configuration: %s", e)
+            service.note_reload(str(e))
+        except Exception as e:  # noqa: BLE001 - a bug must not take the mount down
+            log.exception("reload failed, still running with the previous configuration")
+            service.note_reload(f"{type(e).__name__}: {e}")
+        else:
+            service.note_reload(None)
+    return reload
+
+
+def control_handlers(service) -> dict:
+    """What `musicfs rescan` and `musicfs pin` may ask of this daemon (see musicfs.control)."""
+    pinner = service.pinner
+
+    def paths(request) -> list[bytes]:
+        given = request.get("paths")
+        if not isinstance(given, list) or not all(isinstance(p, str) for p in given):
+            raise StartupError("bad request: paths must be a list of paths inside the mount")
+        return [os.fsencode(p) for p in given]
+
+    def rescan(request, progress) -> dict:
+        return {"origins": [dict(result.as_status(), origin=result.origin) for result in service.rescan_now()]}
+
+    return {"rescan": rescan,
+            "pin": lambda request, progress: pinner.pin(paths(request), progress),
+            "unpin": lambda request, progress: pinner.unpin(paths(request))}
 
 
 def kernel_cache_window(options: dict) -> float:
@@ -411,7 +369,6 @@ def unmount(mountpoint: Path, *, wait: float = 30.0) -> str | None:
     the normal way; it is then detached lazily and its daemon told to stop (SIGTERM), which
     fails the reads in progress. Returns a note for the user in that case."""
     mountpoint = Path(os.path.abspath(mountpoint))
-    from .inspect import daemon_of_mountpoint
     pid, cache_dir = daemon_of_mountpoint(mountpoint)
     result = subprocess.run(["fusermount", "-u", str(mountpoint)], capture_output=True, text=True)
     note = None

@@ -12,13 +12,16 @@ import codecs
 import ctypes
 import errno
 import functools
+import logging
 import os
 import stat
 import threading
 import time
 
+import xxhash
 from fuse import FUSE, FuseOSError, Operations, c_stat
 
+from . import logs
 from .errors import to_errno
 from .origins import KIND_DIR
 
@@ -38,6 +41,7 @@ def _lookup_codec(name):
 
 
 codecs.register(_lookup_codec)
+log = logging.getLogger(__name__)
 
 _DIR_MODE = stat.S_IFDIR | 0o555
 _FILE_MODE = stat.S_IFREG | 0o444
@@ -61,16 +65,15 @@ def _keep_thread_state() -> None:
         _thread_state.kept = True
 
 
-def _prebuilt_stat(mode: int):
-    st = c_stat()
-    st.st_mode = mode
-    return ctypes.pointer(st)
-
-
-# A listing's stat only tells the kernel each entry's type (st_mode), so two shared structs
-# serve every entry.
-_DIR_STAT = _prebuilt_stat(_DIR_MODE)
-_FILE_STAT = _prebuilt_stat(_FILE_MODE)
+def inode_of(path: bytes) -> int:
+    """A file's inode number, derived from its shown path (the mount uses `use_ino`): the same
+    after a remount or a restart, which NFS/Samba re-exports and media servers that key on
+    inodes rely on. 63 bits of XXH3: a collision among a million paths has odds ~1e-7. Numbers
+    0 and 1 are not used for files (1 is the root)."""
+    if path == b"/":
+        return 1
+    number = xxhash.xxh3_64_intdigest(path) >> 1
+    return number if number > 1 else number + 2
 
 
 class MusicFuse(FUSE):
@@ -87,10 +90,20 @@ class MusicFuse(FUSE):
         return FUSE._wrapper(func, *args, **kwargs)
 
     def readdir(self, path, buf, filler, offset, fip):
-        filler(buf, b".", _DIR_STAT, 0)
-        filler(buf, b"..", _DIR_STAT, 0)
+        # One stat struct for the whole listing: libfuse copies what it needs (type and inode
+        # number) into the kernel's buffer before the filler returns.
+        st = c_stat()
+        entry = ctypes.pointer(st)
+        st.st_mode = _DIR_MODE
+        st.st_ino = inode_of(path)
+        filler(buf, b".", entry, 0)
+        st.st_ino = 0   # the parent's number: libfuse looks it up itself
+        filler(buf, b"..", entry, 0)
+        prefix = path.rstrip(b"/") + b"/"
         for name, kind in self.operations("readdir", path, None):
-            if filler(buf, name, _DIR_STAT if kind == KIND_DIR else _FILE_STAT, 0):
+            st.st_mode = _DIR_MODE if kind == KIND_DIR else _FILE_MODE
+            st.st_ino = inode_of(prefix + name)
+            if filler(buf, name, entry, 0):
                 break  # the kernel's buffer is full
         return 0
 
@@ -127,6 +140,8 @@ def translated(method):
         try:
             if self.service.stopping:
                 raise FuseOSError(errno.EIO)
+            if self.trace:
+                return _traced(method, self, path, args)
             return method(self, path, *args)
         except FuseOSError:
             raise
@@ -135,6 +150,21 @@ def translated(method):
         finally:
             self._in_progress.pop()
     return wrapper
+
+
+def _traced(method, self, path, args):
+    """-v: one DEBUG line per request, with its arguments, outcome and duration."""
+    started = time.perf_counter()
+    shown = path.decode(errors="replace") if isinstance(path, bytes) else path
+    try:
+        result = method(self, path, *args)
+    except BaseException as e:
+        log.debug("%s %s %s -> %s (%.2f ms)", method.__name__, shown, args, type(e).__name__,
+                  (time.perf_counter() - started) * 1000)
+        raise
+    outcome = f"{result[2]} bytes" if method.__name__ == "read" else "ok"
+    log.debug("%s %s %s -> %s (%.2f ms)", method.__name__, shown, args, outcome, (time.perf_counter() - started) * 1000)
+    return result
 
 
 def _read_only(self, *args):
@@ -151,6 +181,8 @@ class MusicFS(Operations):
         self._uid, self._gid = os.getuid(), os.getgid()
         self.on_mounted = None  # called once the kernel has answered INIT (the daemon's readiness)
         self._in_progress: list = []
+        # -v: every request logged (decided once: a check per request would cost on the hot path)
+        self.trace = logs.verbosity() > 0
 
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -178,11 +210,13 @@ class MusicFS(Operations):
 
     @translated
     def getattr(self, path, fh=None):
-        attrs = self.catalog.attrs(_fsencode(path))
+        raw_path = _fsencode(path)
+        attrs = self.catalog.attrs(raw_path)
         if attrs is None:
             raise FuseOSError(errno.ENOENT)
         kind, size, mtime_ns = attrs
         return {
+            "st_ino": inode_of(raw_path),
             "st_mode": _DIR_MODE if kind == KIND_DIR else _FILE_MODE,
             "st_nlink": 2 if kind == KIND_DIR else 1,
             "st_size": size,

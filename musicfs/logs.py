@@ -19,6 +19,8 @@ BACKUPS = 5
 def setup(file: Path, level: str = "info", *, verbose: int = 0, stderr: bool = False,
           max_bytes: int = MAX_BYTES) -> None:
     """Log to `file` through ConcurrentRotatingFileHandler (several processes may write and rotate it)."""
+    global _last_setup
+    _last_setup = {"verbose": verbose, "stderr": stderr, "max_bytes": max_bytes}
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
@@ -40,14 +42,25 @@ def setup(file: Path, level: str = "info", *, verbose: int = 0, stderr: bool = F
         root.addHandler(console)
     # fusepy logs every errno it returns at DEBUG with a traceback; that is noise, not signal.
     logging.getLogger("fuse").setLevel(logging.WARNING if numeric > logging.DEBUG else logging.INFO)
-    # `kill -USR1 <pid>` dumps every thread's stack into the log: the tool for "where is it stuck?".
+    # `kill -USR2 <pid>` dumps every thread's stack into the log: the tool for "where is it stuck?".
     # Its own descriptor: the handler reopens its stream when it rotates.
     global _stack_dump_file
     try:
         _stack_dump_file = open(file, "a")
-        faulthandler.register(signal.SIGUSR1, file=_stack_dump_file, all_threads=True)
+        faulthandler.register(signal.SIGUSR2, file=_stack_dump_file, all_threads=True)
     except (OSError, AttributeError, ValueError, RuntimeError):
         pass
 
 
 _stack_dump_file = None
+_last_setup: dict = {}
+
+
+def verbosity() -> int:
+    """How many -v the process was started with (0 when logging was never set up)."""
+    return _last_setup.get("verbose", 0)
+
+
+def reconfigure(file: Path, level: str) -> None:
+    """A reload: log to this file at this level, keeping -v and the terminal as they were."""
+    setup(file, level, **_last_setup)

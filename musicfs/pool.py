@@ -39,6 +39,16 @@ class OriginPool:
         self._lock = threading.Lock()
         self._closed = False
 
+    def resize(self, max_workers: int, per_origin: int) -> None:
+        """A reload changed the origins or their budget: at least `max_workers` threads from
+        now on. ThreadPoolExecutor starts threads lazily up to its _max_workers, so raising it
+        is all that growing takes; it never shrinks (idle threads cost little)."""
+        with self._lock:
+            self.limits[READ_LANE] = per_origin
+            if max_workers > self.max_workers:
+                self.max_workers = max_workers
+                self.executor._max_workers = max_workers
+
     def submit(self, origin: str, fn, *args, lane: str = READ_LANE) -> Future:
         """Run fn(*args) in the pool within the origin's budget. Cancel the returned future to
         drop a task that has not started yet."""

@@ -69,7 +69,7 @@ class Source:
 class OpenFile:
     path: bytes
     size: int
-    entry: CatalogEntry
+    entry: CatalogEntry | None   # None for a copy cached by cache_copy (no shown entry)
     raw: bytes               # the catalog's stored entry this state belongs to
     tag: int                 # version_tag(raw): what an open of this version was given
     sources: tuple[Source, ...] | None = None   # resolved on the first read
@@ -133,6 +133,65 @@ class Reader:
             raise OriginChanged(f"{path.decode(errors='replace')} changed since it was opened; open it again")
         return self.read(handle, offset, size)
 
+    def sources_of(self, entry: CatalogEntry) -> list[Source]:
+        """The copies of a file a read would use, preferred first (OriginUnavailable if none)."""
+        return self._sources(entry)
+
+    def cache_file(self, path: bytes, progress=None) -> int:
+        """Fetch every chunk of `path` that is not cached into the cache (for `musicfs pin`).
+        Returns the bytes fetched; `progress(bytes)` after each chunk. Raises what a read would
+        (OriginUnavailable, ReadTimeout, OriginChanged...), or CacheWriteError when the cache
+        does not take the chunks (passthrough)."""
+        raw = self.catalog.raw(path)
+        if raw is None:
+            raise NotFound(path)
+        entry = decode_entry(raw)
+        if entry.is_dir:
+            raise IsADirectoryError(21, "is a directory")
+        handle = OpenFile(path, entry.size, entry, raw, version_tag(raw))
+        self._resolve(handle)
+        return self._cache_whole(handle, progress)
+
+    def cache_copy(self, origin: str, relpath: bytes) -> int:
+        """Like cache_file, for one origin's copy of a file as the catalog has it now (pins
+        name copies: a retag may have moved the file in the tree). Returns the bytes fetched."""
+        source = self._source(origin, relpath)
+        if source is None:
+            raise OriginUnavailable(f"origin {origin} no longer holds {relpath.decode(errors='replace')}")
+        handle = OpenFile(relpath, source.size, None, b"", 0, sources=(source,),
+                          digests=self.store.manifest(source.key, source.size, source.mtime_ns))
+        return self._cache_whole(handle, None)
+
+    def _cache_whole(self, handle: OpenFile, progress) -> int:
+        fetched = 0
+        for index in range(chunk_count(handle.size, self.chunk_size)):
+            digest = handle.digests[index]
+            length = self._chunk_length(handle.size, index)
+            if digest is not None and self.store.contains(digest) == length:
+                continue
+            handle.digests[index] = None
+            digest, _ = self._fetch_with_failover(handle, index, time.monotonic() + self.read_timeout)
+            if digest is None:
+                raise CacheWriteError(errno.EIO, "the cache does not take chunks now (passthrough)")
+            fetched += length
+            if progress is not None:
+                progress(length)
+        return fetched
+
+    def _source(self, origin: str, relpath: bytes) -> Source | None:
+        if origin not in self.origins:
+            return None
+        storage = self.catalog.storage
+        with storage.env.begin(db=storage.origin_files) as txn:
+            raw = txn.get(origin.encode() + b"\0" + relpath)
+        if raw is None:
+            return None
+        kind, size, mtime_ns, _, token = decode_record(raw)
+        if kind != KIND_FILE:
+            return None
+        expect = OriginEntry(b"", KIND_FILE, size, mtime_ns, token=token)
+        return Source(origin, relpath, size, mtime_ns, manifest_key(origin, relpath), expect)
+
     def _resolve(self, handle: OpenFile) -> None:
         with handle.lock:
             if handle.sources is not None:
@@ -144,18 +203,7 @@ class Reader:
             handle.sources = tuple(sources)
 
     def _sources(self, entry: CatalogEntry) -> list[Source]:
-        sources = []
-        storage = self.catalog.storage
-        with storage.env.begin(db=storage.origin_files) as txn:
-            for origin, relpath in entry.sources:
-                if origin not in self.origins:
-                    continue
-                raw = txn.get(origin.encode() + b"\0" + relpath)
-                if raw is None:
-                    continue
-                _, size, mtime_ns, _, token = decode_record(raw)
-                expect = OriginEntry(b"", KIND_FILE, size, mtime_ns, token=token)
-                sources.append(Source(origin, relpath, size, mtime_ns, manifest_key(origin, relpath), expect))
+        sources = [s for s in (self._source(origin, relpath) for origin, relpath in entry.sources) if s is not None]
         if not sources:
             raise OriginUnavailable("no configured origin holds this file any more")
         # Replicas count only when they are the same size as the preferred copy.

@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import errno
 import logging
@@ -15,15 +16,17 @@ from concurrent.futures import TimeoutError as FutureTimeout
 
 import lmdb
 
-from . import origins as origin_factory
+from . import __version__, logs, origins as origin_factory
 from .cas import CacheChecker, ChunkStore, recover
 from .catalog import Catalog, Scanner
 from .config import Config
-from .errors import ShuttingDown
+from .errors import ConfigError, OriginMisconfigured, ShuttingDown, StartupError
 from .health import HealthMonitor
 from .layout import Template
-from .inspect import config_summary, process_started_at, status_path, write_status
-from .pool import CACHE_DISK, LOAD_LANE, LOAD_WORKERS, PRELOAD_WORKERS, OriginPool
+from .live import config_summary, process_started_at, status_path, write_status
+from .origins import LocalOrigin
+from .pinning import Pinner
+from .pool import CACHE_DISK, CHECK_LANE, LOAD_LANE, LOAD_WORKERS, PRELOAD_WORKERS, OriginPool
 from .reader import Reader
 from .storage import ENV_NAME, Storage
 from .view import TagView
@@ -55,12 +58,20 @@ class Service:
         self._stop_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self.mountpoint: str | None = None  # set by the daemon; published for `musicfs unmount`
+        self.config_file: str | None = None  # the file SIGHUP reloads (None: mounted with -O only)
         self.lock = None   # the daemon's CacheLock, renewed if the cache dir is made anew
         # statvfs of the cache disk (what `df` on the mount shows), refreshed by probe_cache
         self.cache_disk_stats = os.statvfs(config.cache.dir)
         self._rescanning = False
         # Set after each pass of the background rescan (the first runs right after mount).
         self.rescanned = threading.Event()
+        # One rescan at a time: the background loop, `musicfs rescan` and SIGUSR1 take turns.
+        self._scan_lock = threading.Lock()
+        self._rescan_wanted = threading.Event()
+        self.started_at = time.time()
+        self.reloads = {"count": 0, "last": None, "error": None}   # published: did the last SIGHUP work?
+        self.pinner = Pinner(catalog, store, reader)
+        self.in_progress = lambda: 0   # FUSE calls in progress (set by the FUSE layer)
 
     @classmethod
     def open(cls, config: Config, origins: dict | None = None) -> "Service":
@@ -92,10 +103,8 @@ class Service:
                           recent=catalog.recent, view=view)
         if not storage.readonly:
             scanner.reconcile_origins()
-        per_origin = config.health.workers_per_origin
-        pool = OriginPool(max_workers=max(MIN_POOL_WORKERS, (per_origin + 1) * len(origins) + PRELOAD_WORKERS
-                                          + LOAD_WORKERS + 4),
-                          per_origin=per_origin)
+        pool = OriginPool(max_workers=cls._pool_size(config, len(origins)),
+                          per_origin=config.health.workers_per_origin)
         health = HealthMonitor(list(origins.values()), pool, config.health)
         reader = Reader(catalog, store, origins, pool, config.fuse.read_timeout, health, scanner,
                         cache_timeout=config.health.timeout)
@@ -120,6 +129,36 @@ class Service:
 
     def never_scanned(self) -> list:
         return [o for o in self.origins.values() if not self.catalog.last_scan(o.name)]
+
+    def check_origins(self, origins: list, warn) -> list:
+        """Check origins never seen before, all in parallel, bounded by [health].timeout. One
+        that is not there is a configuration mistake (StartupError); one that does not answer
+        or fails is left out for now (`warn` tells the user; its files appear once it answers).
+        Returns those that answered."""
+        if not origins:
+            return []
+        timeout = self.config.health.timeout
+        futures = {origin.name: self.pool.submit(origin.name, origin.check, lane=CHECK_LANE) for origin in origins}
+        concurrent.futures.wait(futures.values(), timeout=timeout)
+        answered = []
+        for origin in origins:
+            future = futures[origin.name]
+            if not future.done():
+                warn(f"origin {origin.describe()} does not answer within {timeout:g}s; mounting without it "
+                     f"(its files appear once it answers)")
+                continue
+            error = future.exception()
+            if error is None:
+                answered.append(origin)
+            elif isinstance(error, OriginMisconfigured):
+                raise StartupError(f"origin {origin.describe()}: {error}" + (
+                    "; fix its path in the config (or -O), or mount the NAS first" if isinstance(origin, LocalOrigin)
+                    else ""))
+            else:
+                reason = getattr(error, "strerror", None) or str(error)
+                warn(f"origin {origin.describe()} fails ({reason}); mounting without it "
+                     f"(its files appear once it works)")
+        return answered
 
     def untagged(self) -> list:
         """Origins scanned before, but never with the tag view's current tag reader (mounted in
@@ -237,22 +276,124 @@ class Service:
             write_status(self.config.cache.dir, {
                 "pid": os.getpid(), "mountpoint": self.mountpoint, "passthrough": self.store.passthrough,
                 "passthrough_reason": self.store.passthrough_reason if self.store.passthrough else None,
-                "origins": origins, "updated": time.time(),
+                "origins": origins, "updated": time.time(), "version": __version__,
                 "cache_dir": os.path.abspath(self.config.cache.dir), "started": process_started_at(os.getpid()),
-                "config": config_summary(self.config)})
-        except OSError as e:
+                "config": config_summary(self.config), "cache": self._cache_figures(),
+                "layout": {"mode": self.config.layout.mode, "template": self.config.layout.template},
+                "requests_in_progress": self.in_progress(), "config_file": self.config_file,
+                "reloads": self.reloads})
+        except (OSError, lmdb.Error) as e:
             log.debug("cannot publish status: %s", e)
+
+    # -- reload (SIGHUP) --------------------------------------------------------------------------
+
+    def reload(self, new: Config, warn) -> str:
+        """Apply a new configuration without unmounting: origins added, removed or changed
+        (in order), layout and template, health, timeouts, cache size, log settings. Raises
+        ConfigError/StartupError, changing nothing, when the new config cannot be applied; once
+        the new origins have answered their check the swap cannot fail half way. Returns a
+        summary line."""
+        old = self.config
+        if new.cache.dir != old.cache.dir:
+            raise ConfigError(f"[cache].dir cannot change while mounted ({old.cache.dir} -> {new.cache.dir}); "
+                              f"unmount and mount again to move the cache")
+        before = {o.name: o for o in old.origins}
+        added = [o for o in new.origins if o.name not in before]
+        changed = [o for o in new.origins if o.name in before and before[o.name] != o]
+        removed = [name for name in before if name not in {o.name for o in new.origins}]
+        reshaped = added or changed or removed or [o.name for o in old.origins] != [o.name for o in new.origins] \
+            or new.layout != old.layout
+        if reshaped and self.storage.readonly:
+            raise StartupError("the cache index is read-only (its disk refuses writes): origins and layout "
+                               "cannot change until it takes writes again")
+        view = TagView(Template(new.layout.template)) if new.layout.mode == "tags" else None
+        built = {o.name: origin_factory.build(o) for o in added + changed}
+        try:
+            # Never-seen origins are checked like on a first mount: a typo refuses the reload.
+            self.check_origins(list(built.values()), warn)
+        except BaseException:
+            for origin in built.values():
+                origin.close()
+            raise
+        retired = [self.origins[o.name] for o in changed] + [self.origins[name] for name in removed]
+        with self._scan_lock:   # no scan runs while the origins and the view change under it
+            origins = {o.name: built.get(o.name) or self.origins[o.name] for o in new.origins}
+            self.origins.clear()       # the reader holds this very dict
+            self.origins.update(origins)
+            self.scanner.set_origins(list(origins.values()), view)
+            self.scanner.stall_timeout = new.fuse.read_timeout
+            self.health.set_origins(list(origins.values()), new.health)
+            self.pool.resize(self._pool_size(new, len(origins)), new.health.workers_per_origin)
+            self.reader.read_timeout = new.fuse.read_timeout
+            self.reader.cache_timeout = new.health.timeout
+            self.store.max_size = new.cache.max_size
+            self.config = new
+            # Switching to the tag view: read the tags first, so the tree changes once, from
+            # folders to tags, rather than through "Unknown Artist".
+            untagged = self.untagged()
+            if untagged:
+                self.scanner.scan(untagged)
+            self.scanner.reconcile_origins()   # drops removed origins, rebuilds the view in one transaction
+            fresh = [origins[o.name] for o in added + changed]
+            results = self.scanner.scan(fresh) if fresh else []
+        for origin in retired:
+            origin.close()
+        if new.log != old.log:
+            logs.reconfigure(new.log.file, new.log.level)
+        summary = (f"configuration reloaded: {len(added)} origins added, {len(changed)} changed, "
+                   f"{len(removed)} removed; layout {new.layout.mode}"
+                   + (f" (new files: {sum(r.entries for r in results)})" if results else ""))
+        log.info("%s", summary)
+        return summary
+
+    def note_reload(self, error: str | None) -> None:
+        self.reloads = {"count": self.reloads["count"] + 1, "last": time.time(), "error": error}
+        self.publish_status()
+
+    @staticmethod
+    def _pool_size(config: Config, origins: int) -> int:
+        # Enough that every origin can hold its whole read budget and its check at once, with
+        # threads left for the cache disk's lanes: a hung origin never takes the whole pool.
+        per_origin = config.health.workers_per_origin
+        return max(MIN_POOL_WORKERS, (per_origin + 1) * origins + PRELOAD_WORKERS + LOAD_WORKERS + 4)
+
+    def _cache_figures(self) -> dict:
+        """Cache size, limit, pinned bytes and hit counters (one LMDB read transaction)."""
+        if self.storage.index_gone():
+            return {}
+        stats = self.store.stats()
+        return {key: stats[key] for key in ("chunks", "bytes", "pinned_bytes", "max_bytes", "hits", "misses")}
 
     def _rescan_loop(self) -> None:
         # The first pass refreshes the stored catalog right after mount; later passes run every
-        # [catalog].rescan_interval.
+        # [catalog].rescan_interval, or sooner when asked (SIGUSR1).
         while not self._stopping.is_set():
             try:
-                self.scanner.scan()
+                with self._scan_lock:
+                    self.scanner.scan()
+                self.pinner.refresh(stopping=lambda: self._stopping.is_set())
             except Exception:
                 log.exception("rescan failed")
             self.rescanned.set()
-            self._stopping.wait(self.config.catalog.rescan_interval)
+            self._rescan_wanted.wait(self.config.catalog.rescan_interval)
+            self._rescan_wanted.clear()
+
+    def request_rescan(self) -> None:
+        """Rescan every origin soon, in the background (SIGUSR1)."""
+        log.info("rescan requested")
+        self._rescan_wanted.set()
+
+    def rescan_now(self) -> list:
+        """Rescan every origin now and return the ScanResults (`musicfs rescan`)."""
+        if self.storage.readonly:
+            raise StartupError("the cache index is read-only (its disk refuses writes): no rescans until it "
+                               "takes writes again")
+        with self._scan_lock:
+            results = self.scanner.scan()
+        # Pinned files that changed are fetched again in the background, not before answering.
+        threading.Thread(target=self.pinner.refresh, kwargs={"stopping": lambda: self._stopping.is_set()},
+                         name="pins", daemon=True).start()
+        return results
 
     @property
     def stopping(self) -> bool:
@@ -269,6 +410,7 @@ class Service:
             if self._stopping.is_set():
                 return
             self._stopping.set()
+        self._rescan_wanted.set()
         self.pool.shutdown(error=ShuttingDown("musicfs is shutting down"))
         self.scanner.cancel_all()
         self.health.stop()

@@ -26,6 +26,8 @@ database        key                                        value
 meta            b"format"                                  ASCII decimal FORMAT_VERSION
                 b"chunk_size"                              u64
                 b"total"                                   u64: sum of all chunks.size
+                b"pinned"                                  u64: sum of chunks.size of the chunks
+                                                           in pinned_chunks
                 b"dirty"                                   b"1" while a daemon has the cache open
                 b"hits", b"misses"                         u64 counters of chunk lookups
                 b"scanned:" + origin name                  u64 time_ns of its last complete scan
@@ -50,11 +52,18 @@ tags            origin name, 0x00, path on the origin      u8 tag format, u64 si
                                                            were read from), JSON of the fields
                                                            (musicfs.tags; null: unparseable)
 children        parent shown path, 0x00, name              u8 kind (gives readdir the entry type)
+pins            manifest key (origin, 0x00, path)          the shown path pinned, as given to
+                                                           ``musicfs pin`` (for --unpin and status)
+pinned_chunks   digest (16 bytes)                          u32: how many slots of pinned manifests
+                                                           hold it (present only when > 0)
 ==============  =========================================  ========================================
 
 Invariants (checked by startup recovery and ``musicfs cache verify``):
 
-1. ``meta.total`` == sum of ``chunks`` sizes == sum of the sizes of the files under chunks/.
+1. ``meta.total`` == sum of ``chunks`` sizes == sum of the sizes of the files under chunks/;
+   ``meta.pinned`` == sum of the ``chunks`` sizes of the digests in ``pinned_chunks``, whose
+   counts are the slots of the manifests named in ``pins``. Eviction never takes a chunk in
+   ``pinned_chunks``; every change to a pinned manifest adjusts the counts in its transaction.
 2. Every ``chunks`` record has a file of that size, whose XXH3-128 is its name, and one ``lru``
    record with the same access time; every chunk file has a ``chunks`` record.
 3. A manifest is valid only while its (size, mtime_ns) equal the origin file's; a rescan, or
@@ -98,7 +107,8 @@ MAP_SIZE = 64 << 30
 MAX_READERS = 1024
 
 U64 = struct.Struct(">Q")
-DATABASES = ("meta", "chunks", "lru", "manifests", "origin_files", "tags", "entries", "children")
+DATABASES = ("meta", "chunks", "lru", "manifests", "origin_files", "tags", "entries", "children", "pins",
+             "pinned_chunks")
 
 
 class Storage:

@@ -64,7 +64,7 @@ def test_eviction_is_lru_and_skips_pinned(tmp_path):
     store.verified.clear()
     store.get(chunks[0], 1000)          # chunk 0 becomes the most recently used
     store.flush_access_times()
-    with store.pinned([chunks[1]]):     # chunk 1 is in use by a read
+    with store.held([chunks[1]]):     # chunk 1 is in use by a read
         store.evict(target=5000)
     remaining = {d for d in chunks if store.contains(d) is not None}
     assert chunks[0] in remaining and chunks[1] in remaining

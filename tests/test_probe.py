@@ -12,7 +12,7 @@ import pytest
 from musicfs.health.isolated import record_path
 from musicfs.health.monitor import HEALTHY
 from musicfs.health.probe import OriginVerdict, Verdict, scan_problems
-from musicfs.inspect import status_path
+from musicfs.live import status_path
 
 from .helpers import MUSICFS, ROOT, Daemon, alive, force_unmount, is_mounted, run_bounded, toml_config, wait_until
 

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 
 from ..storage import Storage
-from .store import CHUNK_RECORD, DIGEST_SIZE, digest_of, forget_chunk, lru_key
+from .store import CHUNK_RECORD, DIGEST_SIZE, PIN_COUNT, digest_of, forget_chunk, lru_key, manifest_digests
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,7 @@ class CacheChecker:
             self.check_digests()
         self.check_lru()
         self.check_total()
+        self.check_pins()
         return self.report
 
     # -- the invariants ----------------------------------------------------------------------
@@ -197,6 +198,33 @@ class CacheChecker:
                     self.storage.put_u64(txn, b"total", summed)
                 recorded = summed
         self.report.total_recorded = recorded
+
+    def check_pins(self) -> None:
+        """pinned_chunks counts the slots of pinned manifests; meta.pinned sums the cached ones."""
+        with self.storage.begin() as txn:
+            expected: dict[bytes, int] = {}
+            for key, _ in txn.cursor(db=self.storage.pins):
+                for digest in manifest_digests(txn.get(key, db=self.storage.manifests)):
+                    expected[digest] = expected.get(digest, 0) + 1
+            actual = {digest: PIN_COUNT.unpack(raw)[0] for digest, raw in txn.cursor(db=self.storage.pinned_chunks)}
+            recorded = self.storage.get_u64(txn, b"pinned")
+            summed = 0
+            for digest in expected:
+                raw = txn.get(digest, db=self.storage.chunks)
+                if raw is not None:
+                    summed += CHUNK_RECORD.unpack(raw)[0]
+        if actual != expected:
+            self._found("pin-counts", f"{len(set(actual) ^ set(expected))} chunks counted wrongly as pinned")
+            if self.repair:
+                with self.storage.begin(write=True) as txn:
+                    txn.drop(self.storage.pinned_chunks, delete=False)
+                    for digest, count in expected.items():
+                        txn.put(digest, PIN_COUNT.pack(count), db=self.storage.pinned_chunks)
+        if recorded != summed:
+            self._found("pinned-drift", f"meta.pinned is {recorded}, pinned chunks sum to {summed}")
+            if self.repair:
+                with self.storage.begin(write=True) as txn:
+                    self.storage.put_u64(txn, b"pinned", summed)
 
     # -- helpers -------------------------------------------------------------------------------
 

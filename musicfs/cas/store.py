@@ -11,8 +11,11 @@ Format and invariants: see :mod:`musicfs.storage`. The rules this class keeps:
   of one chunk in 128 KiB pieces do not re-read and re-hash it each time.
 * Last-access times are collected in memory and written in one transaction every few seconds
   (and before eviction), not once per read.
-* Eviction removes least recently used chunks down to a low watermark, skipping pinned chunks
-  (those being loaded from disk right now; a chunk already in memory needs no pin).
+* Eviction removes least recently used chunks down to a low watermark, skipping chunks in use
+  (being loaded from disk right now; a chunk already in memory needs no hold) and pinned ones.
+* Pinning (``musicfs pin``) marks a file's manifest in ``pins``; every digest in a pinned
+  manifest is counted in ``pinned_chunks`` and its size in ``meta.pinned``, adjusted in the
+  same transaction as whatever changes the manifest or the chunk record, so it stays exact.
 """
 from __future__ import annotations
 
@@ -41,6 +44,7 @@ DIGEST_SIZE = 16
 NO_DIGEST = bytes(DIGEST_SIZE)
 CHUNK_RECORD = struct.Struct(">IQ")      # size, last access ns
 MANIFEST_HEAD = struct.Struct(">QQ")     # file size, mtime_ns
+PIN_COUNT = struct.Struct(">I")
 # Evict down to this fraction of max_size, so a full cache does not evict on every write.
 LOW_WATERMARK = 0.9
 VERIFIED_CACHE_BYTES = 8 << 20
@@ -71,6 +75,8 @@ def record_chunk(storage: Storage, txn, digest: bytes, size: int, now: int) -> N
     txn.put(digest, CHUNK_RECORD.pack(size, now), db=storage.chunks)
     txn.put(lru_key(now, digest), b"", db=storage.lru)
     storage.put_u64(txn, b"total", storage.get_u64(txn, b"total") + size)
+    if txn.get(digest, db=storage.pinned_chunks) is not None:
+        storage.put_u64(txn, b"pinned", storage.get_u64(txn, b"pinned") + size)
 
 
 def forget_chunk(storage: Storage, txn, digest: bytes) -> int:
@@ -83,7 +89,49 @@ def forget_chunk(storage: Storage, txn, digest: bytes) -> int:
     txn.delete(digest, db=storage.chunks)
     txn.delete(lru_key(when, digest), db=storage.lru)
     storage.put_u64(txn, b"total", storage.get_u64(txn, b"total") - size)
+    if txn.get(digest, db=storage.pinned_chunks) is not None:
+        storage.put_u64(txn, b"pinned", storage.get_u64(txn, b"pinned") - size)
     return size
+
+
+def count_pin(storage: Storage, txn, digest: bytes, delta: int) -> None:
+    """One more (+1) or one fewer (-1) pinned manifest slot holds `digest`; the first and the
+    last move its size in or out of meta.pinned (if the chunk is cached)."""
+    raw = txn.get(digest, db=storage.pinned_chunks)
+    before = PIN_COUNT.unpack(raw)[0] if raw is not None else 0
+    after = max(before + delta, 0)
+    if after:
+        txn.put(digest, PIN_COUNT.pack(after), db=storage.pinned_chunks)
+    else:
+        txn.delete(digest, db=storage.pinned_chunks)
+    if (before == 0) != (after == 0):
+        record = txn.get(digest, db=storage.chunks)
+        if record is not None:
+            size = CHUNK_RECORD.unpack(record)[0]
+            pinned = storage.get_u64(txn, b"pinned")
+            storage.put_u64(txn, b"pinned", pinned + size if after else pinned - size)
+
+
+def cached_bytes(storage: Storage, txn, key: bytes, file_size: int, mtime_ns: int) -> int:
+    """How many bytes of this file version are in the cache (recorded chunks of its manifest)."""
+    raw = txn.get(key, db=storage.manifests)
+    if raw is None or MANIFEST_HEAD.unpack_from(raw) != (file_size, mtime_ns):
+        return 0
+    total = 0
+    for digest in manifest_digests(raw):
+        record = txn.get(digest, db=storage.chunks)
+        if record is not None:
+            total += CHUNK_RECORD.unpack(record)[0]
+    return total
+
+
+def manifest_digests(raw: bytes | None) -> list[bytes]:
+    """The digests a stored manifest holds (empty slots left out)."""
+    if raw is None:
+        return []
+    body = memoryview(raw)[MANIFEST_HEAD.size:]
+    found = (bytes(body[i:i + DIGEST_SIZE]) for i in range(0, len(body) - DIGEST_SIZE + 1, DIGEST_SIZE))
+    return [d for d in found if d != NO_DIGEST]
 
 
 class VerifiedChunks:
@@ -139,7 +187,7 @@ class ChunkStore:
         self._locks = [threading.Lock() for _ in range(LOCK_STRIPES)]
         self._loading: dict[bytes, Future] = {}
         self._loading_lock = threading.Lock()
-        self._pins: collections.Counter[bytes] = collections.Counter()
+        self._in_use: collections.Counter[bytes] = collections.Counter()
         self._pins_lock = threading.Lock()
         self._evict_lock = threading.Lock()
         self._touched: dict[bytes, int] = {}
@@ -175,19 +223,19 @@ class ChunkStore:
         return self._locks[digest[0] % LOCK_STRIPES]
 
     @contextlib.contextmanager
-    def pinned(self, digests):
+    def held(self, digests):
         """Keep these chunks from eviction meanwhile."""
         with self._pins_lock:
             for d in digests:
-                self._pins[d] += 1
+                self._in_use[d] += 1
         try:
             yield
         finally:
             with self._pins_lock:
                 for d in digests:
-                    self._pins[d] -= 1
-                    if self._pins[d] <= 0:
-                        del self._pins[d]
+                    self._in_use[d] -= 1
+                    if self._in_use[d] <= 0:
+                        del self._in_use[d]
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -233,7 +281,7 @@ class ChunkStore:
             return loading.result()
         try:
             # Pinned while its file is read: eviction must not delete it from under the load.
-            with self.pinned((digest,)):
+            with self.held((digest,)):
                 data = self._load(digest, size)
         except BaseException as e:
             loading.set_exception(e)
@@ -296,19 +344,71 @@ class ChunkStore:
         return slots
 
     def drop_manifest(self, key: bytes, txn) -> None:
+        """Forget a file version's chunk list (its file changed or went); a pinned one releases
+        its chunks (the pin itself stays: `musicfs pin` again fetches the new version)."""
+        if txn.get(key, db=self.storage.pins) is not None:
+            for digest in manifest_digests(txn.get(key, db=self.storage.manifests)):
+                count_pin(self.storage, txn, digest, -1)
         txn.delete(key, db=self.storage.manifests)
+
+    # -- pins ------------------------------------------------------------------------------
+
+    def pin(self, key: bytes, shown: bytes) -> None:
+        """Pin a file's manifest: its cached chunks, and every chunk recorded in it from now
+        on, are kept from eviction."""
+        with self.storage.begin(write=True) as txn:
+            if txn.get(key, db=self.storage.pins) is not None:
+                txn.put(key, shown, db=self.storage.pins)
+                return
+            txn.put(key, shown, db=self.storage.pins)
+            for digest in manifest_digests(txn.get(key, db=self.storage.manifests)):
+                count_pin(self.storage, txn, digest, +1)
+
+    def unpin(self, key: bytes) -> bool:
+        """Release a pinned manifest; False if it was not pinned."""
+        with self.storage.begin(write=True) as txn:
+            if txn.get(key, db=self.storage.pins) is None:
+                return False
+            for digest in manifest_digests(txn.get(key, db=self.storage.manifests)):
+                count_pin(self.storage, txn, digest, -1)
+            txn.delete(key, db=self.storage.pins)
+        return True
+
+    def pins(self) -> list[tuple[bytes, bytes]]:
+        """Every pinned (manifest key, shown path)."""
+        with self.storage.begin() as txn:
+            return list(txn.cursor(db=self.storage.pins))
+
+    def pinned_bytes(self) -> int:
+        with self.storage.begin() as txn:
+            return self.storage.get_u64(txn, b"pinned")
+
+    def cached_bytes(self, key: bytes, file_size: int, mtime_ns: int) -> int:
+        with self.storage.begin() as txn:
+            return cached_bytes(self.storage, txn, key, file_size, mtime_ns)
 
     def _set_manifest_slot(self, txn, key: bytes, file_size: int, mtime_ns: int, index: int, digest: bytes):
         count = chunk_count(file_size, self.chunk_size)
         raw = txn.get(key, db=self.storage.manifests)
+        pinned = txn.get(key, db=self.storage.pins) is not None
         if raw is None or MANIFEST_HEAD.unpack_from(raw) != (file_size, mtime_ns) \
                 or len(raw) != MANIFEST_HEAD.size + count * DIGEST_SIZE:
+            if pinned:   # another version: the old one's chunks are no longer held for this pin
+                for old in manifest_digests(raw):
+                    count_pin(self.storage, txn, old, -1)
             body = bytearray(MANIFEST_HEAD.pack(file_size, mtime_ns) + NO_DIGEST * count)
         else:
             body = bytearray(raw)
         start = MANIFEST_HEAD.size + index * DIGEST_SIZE
+        previous = bytes(body[start:start + DIGEST_SIZE])
+        if previous == digest:
+            return
         body[start:start + DIGEST_SIZE] = digest
         txn.put(key, bytes(body), db=self.storage.manifests)
+        if pinned:
+            if previous != NO_DIGEST:
+                count_pin(self.storage, txn, previous, -1)
+            count_pin(self.storage, txn, digest, +1)
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -435,11 +535,14 @@ class ChunkStore:
             for digest, when in touched.items():
                 self._retouch(txn, digest, when)
 
-    def delete(self, digest: bytes, reason: str = "") -> int:
-        """Remove a chunk's record and file (under its lock). Returns the bytes freed."""
+    def delete(self, digest: bytes, reason: str = "", *, unless_pinned: bool = False) -> int:
+        """Remove a chunk's record and file (under its lock). Returns the bytes freed.
+        `unless_pinned`: leave it if a pin took it meanwhile (eviction plans outside the lock)."""
         self.verified.discard(digest)
         with self._lock_for(digest):
             with self.storage.begin(write=True) as txn:
+                if unless_pinned and txn.get(digest, db=self.storage.pinned_chunks) is not None:
+                    return 0
                 size = forget_chunk(self.storage, txn, digest)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path_of(digest))
@@ -472,7 +575,7 @@ class ChunkStore:
                 planned = 0
                 for key, _ in cursor:
                     digest = key[8:]
-                    if digest in self._pins:
+                    if digest in self._in_use or txn.get(digest, db=self.storage.pinned_chunks) is not None:
                         continue
                     raw = txn.get(digest, db=self.storage.chunks)
                     if raw is None:
@@ -482,9 +585,9 @@ class ChunkStore:
                     if total - planned <= target:
                         break
             for digest in victims:
-                if digest in self._pins:
+                if digest in self._in_use:
                     continue
-                freed += self.delete(digest)
+                freed += self.delete(digest, unless_pinned=True)
             log.info("evicted %d chunks, %d bytes (cache was %d bytes, limit %d)",
                      len(victims), freed, total, self.max_size)
             return freed
@@ -498,6 +601,7 @@ class ChunkStore:
             return {
                 "chunks": txn.stat(self.storage.chunks)["entries"],
                 "bytes": self.storage.get_u64(txn, b"total"),
+                "pinned_bytes": self.storage.get_u64(txn, b"pinned"),
                 "max_bytes": self.max_size,
                 "chunk_size": self.chunk_size,
                 "hits": self.storage.get_u64(txn, b"hits") + self.hits,

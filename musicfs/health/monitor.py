@@ -67,6 +67,18 @@ class HealthMonitor:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    def set_origins(self, origins, config) -> None:
+        """A reload: watch these origins from now on. Unchanged ones keep their state; an added
+        or replaced one starts healthy (reads will tell otherwise)."""
+        with self._lock:
+            kept = {o.name: self.status[o.name] for o in origins
+                    if o.name in self.status and self.origins.get(o.name) is o}
+            self.origins = {o.name: o for o in origins}
+            self.names = [o.name for o in origins]
+            self.status = {name: kept.get(name) or OriginHealth(name) for name in self.names}
+            self.timeout = config.timeout
+            self.interval = config.interval
+
     # -- the background loop -----------------------------------------------------------------
 
     def start(self) -> None:

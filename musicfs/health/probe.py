@@ -33,8 +33,7 @@ from functools import partial
 
 from .. import origins as origin_factory
 from ..config import DEFAULT_HEALTH_TIMEOUT, Config, OriginConfig
-from ..daemon import CacheLock
-from ..inspect import (config_from_status, read_status_file, runtime_dir, status_path, status_pid_alive,
+from ..live import (CacheLock, config_from_status, read_status_file, runtime_dir, status_path, status_pid_alive,
                        statuses_of_mountpoint)
 from ..storage import ENV_NAME, TMP_DIR, Storage
 from .isolated import Checks, Outcome, is_enotconn

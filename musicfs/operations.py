@@ -1,0 +1,289 @@
+"""The day-to-day commands, client side: `musicfs status`, `rescan` and `pin`.
+
+They find the live daemon from what it publishes (:mod:`musicfs.live`), read the cache index
+read-only for per-file answers (no FUSE round trip per file), and ask the daemon over its
+control socket (:mod:`musicfs.control`) for anything that changes the cache or the catalog.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import control
+from .cas.store import cached_bytes, manifest_key
+from .catalog import decode_entry, decode_record
+from .errors import StartupError
+from .live import statuses_of_mountpoint, status_pid_alive
+
+_STATE_RANK = {"healthy": 0, "degraded": 1, "unhealthy": 2}
+
+
+@dataclass
+class Mount:
+    mountpoint: Path
+    status: dict            # the daemon's status file
+
+    @property
+    def cache_dir(self) -> Path:
+        return Path(self.status["cache_dir"])
+
+
+def live_mount(mountpoint: Path) -> Mount | None:
+    """The live daemon serving exactly `mountpoint`, or None."""
+    for status in statuses_of_mountpoint(mountpoint):
+        if status_pid_alive(status) and status.get("cache_dir"):
+            return Mount(Path(os.path.abspath(mountpoint)), status)
+    return None
+
+
+def locate(path: Path) -> tuple[Mount, bytes]:
+    """The mount a path lies in, and the path inside it (b"/..."). Found from the status files
+    of live daemons, walking up from the path: no FUSE request per path."""
+    absolute = Path(os.path.abspath(os.path.expanduser(path)))
+    for candidate in (absolute, *absolute.parents):
+        mount = live_mount(candidate)
+        if mount is not None:
+            inside = os.fsencode(absolute.relative_to(candidate))
+            return mount, b"/" if inside in (b"", b".") else b"/" + inside
+    raise StartupError(f"{path} is not inside a running musicfs mount")
+
+
+def mount_for(mountpoint: Path | None, cache_dir: Path | None) -> Mount:
+    """The daemon named by a mountpoint, or else by the config's cache dir."""
+    if mountpoint is not None:
+        mount = live_mount(mountpoint)
+        if mount is None:
+            raise StartupError(f"no running musicfs serves {os.path.abspath(mountpoint)}")
+        return mount
+    from .live import read_status
+    status = read_status(cache_dir) if cache_dir is not None else None
+    if not status or not status.get("cache_dir"):
+        raise StartupError(f"no running musicfs uses the cache {cache_dir}; give the MOUNTPOINT")
+    return Mount(Path(status.get("mountpoint") or "?"), status)
+
+
+# -- status ------------------------------------------------------------------------------------
+
+def human_size(n: int | None) -> str:
+    if n is None:
+        return "?"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def human_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(max(seconds, 0))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+def daemon_report(mount: Mount) -> dict:
+    """The daemon's status as `musicfs status --json` prints it."""
+    status = dict(mount.status)
+    now = time.time()
+    started = status.get("started")
+    status["uptime"] = round(now - started, 1) if isinstance(started, (int, float)) else None
+    status["age"] = round(now - status.get("updated", now), 1)
+    return status
+
+
+def format_daemon(report: dict) -> list[str]:
+    now = time.time()
+    cache = report.get("cache") or {}
+    hits, misses = cache.get("hits", 0), cache.get("misses", 0)
+    rate = f"{100 * hits / (hits + misses):.0f}%" if hits + misses else "-"
+    layout = report.get("layout") or {}
+    lines = [
+        f"musicfs {report.get('version', '?')}, PID {report.get('pid')}, up {human_duration(report.get('uptime'))}, "
+        f"mounted at {report.get('mountpoint')}",
+        f"layout    {layout.get('mode', '?')}" + (f"  {layout.get('template')}" if layout.get("mode") == "tags" else ""),
+        f"cache     {human_size(cache.get('bytes'))} of {human_size(cache.get('max_bytes'))}, "
+        f"{human_size(cache.get('pinned_bytes'))} pinned, {cache.get('chunks', '?')} chunks; "
+        f"hit rate {rate} ({hits} hits, {misses} misses)",
+        "          passthrough: " + (f"YES - {report.get('passthrough_reason')}" if report.get("passthrough") else "no")
+        + f"; cache dir {report.get('cache_dir')}",
+        "origins:",
+    ]
+    origins = report.get("origins") or {}
+    width = max((len(name) for name in origins), default=6)
+    for name, origin in origins.items():
+        latency = origin.get("latency")
+        scan = origin.get("scan") or {}
+        if scan.get("finished"):
+            ago = human_duration(now - scan["finished"])
+            scanned = (f"last scan {ago} ago: {scan.get('entries', 0)} entries"
+                       + ("" if scan.get("complete") else f", INCOMPLETE ({scan.get('error') or 'cancelled'})"))
+        else:
+            scanned = "not scanned since the mount"
+        line = (f"  {name:<{width}}  {origin.get('status', '?'):<9}  "
+                f"{(f'{latency * 1000:.0f} ms' if isinstance(latency, (int, float)) else '-'):>7}  {scanned}")
+        if origin.get("error"):
+            line += f"; last error: {origin['error']}"
+        lines.append(line)
+    reloads = report.get("reloads") or {}
+    config_line = f"config    {report.get('config_file') or '(command line only)'}"
+    if reloads.get("count"):
+        config_line += (f"; last reload {human_duration(now - reloads['last'])} ago: "
+                        + (f"REFUSED - {reloads['error']}" if reloads.get("error") else "applied"))
+    lines.append(config_line)
+    lines.append(f"requests  {report.get('requests_in_progress', 0)} in progress")
+    if report.get("age", 0) > 10:
+        lines.append(f"(this status is {human_duration(report['age'])} old: the daemon may be stuck)")
+    return lines
+
+
+def file_reports(paths: list[Path]) -> list[dict]:
+    """Per file: the origin serving it, its path there, replicas, size, cached bytes, pinned.
+    Read from the cache index (read-only) beside the daemon, one transaction per mount."""
+    from .inspect import open_existing
+    by_mount: dict[Path, tuple[Mount, list]] = {}
+    for path in paths:
+        mount, inside = locate(path)
+        by_mount.setdefault(mount.mountpoint, (mount, []))[1].append((str(path), inside))
+    reports = []
+    for mount, items in by_mount.values():
+        health = {name: origin.get("status", "healthy") for name, origin in (mount.status.get("origins") or {}).items()}
+        storage = open_existing(mount.cache_dir, readonly=True)
+        try:
+            with storage.begin() as txn:
+                for given, inside in items:
+                    reports.append(_file_report(storage, txn, health, given, inside))
+        finally:
+            storage.env.close()
+    return reports
+
+
+def _file_report(storage, txn, health: dict, given: str, inside: bytes) -> dict:
+    raw = txn.get(inside, db=storage.entries)
+    report = {"path": given, "shown": os.fsdecode(inside)}
+    if raw is None:
+        return dict(report, error="not in the library")
+    entry = decode_entry(raw)
+    if entry.is_dir:
+        return dict(report, error="a folder (give files, or `musicfs status MOUNTPOINT`)")
+    copies = []
+    for origin, relpath in entry.sources:
+        record = txn.get(origin.encode() + b"\0" + relpath, db=storage.origin_files)
+        if record is None or origin not in health:
+            continue
+        _, size, mtime_ns, _, _ = decode_record(record)
+        key = manifest_key(origin, relpath)
+        copies.append({"origin": origin, "source": os.fsdecode(relpath), "size": size,
+                       "state": health[origin], "cached": cached_bytes(storage, txn, key, size, mtime_ns),
+                       "pinned": txn.get(key, db=storage.pins) is not None})
+    if not copies:
+        return dict(report, size=entry.size, error="no configured origin holds it")
+    # The reader prefers the first copy of the same size whose origin is in the best state.
+    same = [c for c in copies if c["size"] == copies[0]["size"]]
+    serving = min(same, key=lambda c: _STATE_RANK.get(c["state"], 3))
+    return dict(report, origin=serving["origin"], source=serving["source"], size=copies[0]["size"],
+                cached=copies[0]["cached"], pinned=copies[0]["pinned"], state=serving["state"],
+                replicas=[{k: c[k] for k in ("origin", "source", "state", "cached")} for c in copies[1:]])
+
+
+def format_file(report: dict) -> list[str]:
+    if "error" in report:
+        return [f"{report['path']}: {report['error']}"]
+    size = report["size"]
+    percent = f"{100 * report['cached'] / size:.0f}%" if size else "100%"
+    lines = [f"{report['path']}",
+             f"  served by  {report['origin']} ({report['state']}): {report['source']}",
+             f"  cached     {human_size(report['cached'])} of {human_size(size)} ({percent})"
+             + ("  PINNED" if report["pinned"] else "")]
+    for replica in report["replicas"]:
+        lines.append(f"  replica    {replica['origin']} ({replica['state']}): {replica['source']}")
+    return lines
+
+
+# -- rescan and pin ------------------------------------------------------------------------------
+
+def rescan(mount: Mount) -> dict:
+    return control.ask(mount.cache_dir, {"op": "rescan"})
+
+
+def format_rescan(result: dict) -> list[str]:
+    lines = []
+    for origin in result.get("origins", []):
+        if origin.get("complete"):
+            lines.append(f"{origin['origin']}: {origin.get('added', 0)} added, {origin.get('changed', 0)} changed, "
+                         f"{origin.get('removed', 0)} removed; {origin.get('entries', 0)} entries "
+                         f"({origin.get('seconds', 0):.1f}s)")
+        else:
+            lines.append(f"{origin['origin']}: INCOMPLETE ({origin.get('error') or 'cancelled'}); its stored "
+                         f"files stay listed")
+        for problem in origin.get("unreadable") or []:
+            lines.append(f"  could not list {problem}")
+    return lines
+
+
+class ProgressBar:
+    """bytes done of total, rate and ETA on one terminal line; silent when not a terminal."""
+
+    def __init__(self, stream=sys.stderr):
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.shown = False
+
+    def __call__(self, progress: dict) -> None:
+        if not self.tty:
+            return
+        done, total, seconds = progress.get("done", 0), progress.get("total", 0), progress.get("seconds", 0)
+        rate = done / seconds if seconds > 0 else 0
+        eta = human_duration((total - done) / rate) if rate > 0 else "?"
+        width = 24
+        filled = width * done // total if total else width
+        self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {human_size(done)} of {human_size(total)}"
+                          f"  {human_size(rate)}/s  ETA {eta}   ")
+        self.stream.flush()
+        self.shown = True
+
+    def end(self) -> None:
+        if self.shown:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def pin(paths: list[Path], unpin: bool, progress=None) -> list[tuple[Mount, dict]]:
+    by_mount: dict[Path, tuple[Mount, list]] = {}
+    for path in paths:
+        mount, inside = locate(path)
+        by_mount.setdefault(mount.mountpoint, (mount, []))[1].append(os.fsdecode(inside))
+    results = []
+    for mount, inside in by_mount.values():
+        request = {"op": "unpin" if unpin else "pin", "paths": inside}
+        results.append((mount, control.ask(mount.cache_dir, request, progress)))
+    return results
+
+
+def format_pin(result: dict, unpin: bool) -> list[str]:
+    if unpin:
+        return [f"released {result['files']} pinned file copies ({human_size(result['released_bytes'])}); "
+                f"{human_size(result['pinned_bytes'])} stay pinned"]
+    lines = [f"pinned {result['files']} files ({human_size(result['fetched_bytes'])} fetched); "
+             f"{human_size(result['pinned_bytes'])} pinned of {human_size(result['pin_limit_bytes'])} allowed"]
+    if result["not_fitting"]:
+        lines.append(f"{len(result['not_fitting'])} files did not fit (raise [cache].max_size or unpin others):")
+        lines.extend(f"  {path}" for path in result["not_fitting"][:20])
+        if len(result["not_fitting"]) > 20:
+            lines.append(f"  ... and {len(result['not_fitting']) - 20} more")
+    if result["failed"]:
+        lines.append(f"{len(result['failed'])} files are pinned but not all cached (run the pin again later):")
+        lines.extend(f"  {item['path']}: {item['error']}" for item in result["failed"][:20])
+    return lines
