@@ -44,9 +44,10 @@ class Command(TyperCommand):
     def collect_usage_pieces(self, ctx) -> list[str]:
         pieces = [self.options_metavar] if self.options_metavar else []
         for param in self.get_params(ctx):
-            if param.param_type_name == "argument":
-                name = param.metavar + ("..." if param.nargs != 1 else "")
-                pieces.append(name if param.required else f"[{name}]")
+            if param.param_type_name == "argument":   # a metavar may already say "..." or "[...]"
+                name = param.metavar
+                name += "..." if param.nargs != 1 and "..." not in name else ""
+                pieces.append(name if param.required or name.startswith("[") else f"[{name}]")
         return pieces
 
     def format_options(self, ctx, formatter) -> None:
@@ -120,9 +121,10 @@ def _param_name(param) -> str:
     return max(param.opts, key=len)
 
 
-def _closest(word: str, choices) -> str | None:
-    """The one choice close to `word` (a typo of it), or None."""
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.7)
+def _closest(word: str, choices, cutoff: float = 0.6) -> str | None:
+    """The one choice close to `word` (a typo of it), or None. difflib's 0.6 finds `pni` for
+    `pin`; options ask for 0.7, or every `--x` would be close to some `--y`."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=cutoff)
     return close[0] if close else None
 
 
@@ -137,7 +139,7 @@ def usage_line(error) -> str:
     if isinstance(error, UnknownCommand):
         return error.message
     if isinstance(error, click_errors.NoSuchOption):
-        guess = _closest(error.option_name, error.possibilities or ())
+        guess = _closest(error.option_name, error.possibilities or (), cutoff=0.7)
         return f"no option {error.option_name}{f'; did you mean {guess}?' if guess else see}"
     message = _one_line(error.format_message()).rstrip(".")
     return message[:1].lower() + message[1:] + see

@@ -64,6 +64,8 @@ def test_help_of_every_command_uses_plain_metavars_and_keeps_brackets():
         assert result.stdout.startswith(f"Usage: {' '.join(('musicfs', *path))} "), (path, result.stdout)
         # typer's own labels (<float>, <list[Path]>, {mountpoint}) are not in any help
         assert not re.search(r"<[a-z][^>]*>|\{[a-z]+\}", result.stdout), (path, result.stdout)
+        usage = result.stdout.splitlines()[0]
+        assert "[[" not in usage and "......" not in usage and "...]..." not in usage, usage
 
 
 def test_mount_help_says_what_each_option_takes():
@@ -118,6 +120,7 @@ def test_a_bad_value_the_config_rejects_is_one_line_too():
 def test_a_mistyped_command_is_not_taken_for_a_mountpoint(tmp_path):
     for args, line in ((["helth"], "musicfs: no command 'helth'; did you mean 'health'?"),
                        (["umount", "/mnt/music"], "musicfs: no command 'umount'; did you mean 'unmount'?"),
+                       (["pni", "x.flac"], "musicfs: no command 'pni'; did you mean 'pin'?"),
                        (["cache", "stat"], "musicfs: no command 'cache stat'; did you mean 'cache stats'?"),
                        (["cache", "frob"], "musicfs: no command 'cache frob' (see musicfs cache --help)")):
         result = musicfs(*args, cwd=tmp_path)
