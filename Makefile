@@ -4,6 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_DIR := .demo
 DEMO_MNT := demo-mnt
+DEMO_LIBRARY := $(DEMO_DIR)/music
 
 .PHONY: install system-packages test test-fast bench demo demo-stop lint clean
 
@@ -34,17 +35,24 @@ test-fast: install
 bench: install
 	$(BIN)/python -m bench
 
-demo: install
+demo: install $(DEMO_LIBRARY)
 	@mkdir -p $(DEMO_MNT)
 	@if mountpoint -q $(DEMO_MNT); then $(BIN)/musicfs unmount $(DEMO_MNT); fi
-	@[ -d $(DEMO_DIR)/library ] || $(BIN)/python -c 'import sys, pathlib; from tests.helpers import make_library; \
-		make_library(pathlib.Path(sys.argv[1]), 60, 256 * 1024)' $(DEMO_DIR)/library
-	$(BIN)/musicfs $(DEMO_MNT) -O $(DEMO_DIR)/library --cache-dir $(DEMO_DIR)/cache --cache-size 200M
-	@echo "mounted: ls $(DEMO_MNT)   (stop with: make demo-stop)"
-	@ls $(DEMO_MNT) | head
+	$(BIN)/musicfs $(DEMO_MNT) -O $(DEMO_LIBRARY) --cache-dir $(DEMO_DIR)/cache --cache-size 200M
+	@echo "mounted; try: ls -R $(DEMO_MNT); mpv $(DEMO_MNT)/*/*/*   (stop with: make demo-stop)"
+	@ls $(DEMO_MNT)
+
+# Real, tagged, playable audio made by ffmpeg; made again when the script changes. The old
+# demo's cache (and its undecodable .demo/library) go with it.
+$(DEMO_LIBRARY): bin/make-demo-library
+	@if mountpoint -q $(DEMO_MNT); then $(BIN)/musicfs unmount $(DEMO_MNT); fi
+	rm -rf $(DEMO_DIR)/cache $(DEMO_DIR)/library
+	$(PYTHON) bin/make-demo-library $@
+	@touch $@
 
 demo-stop:
-	$(BIN)/musicfs unmount $(DEMO_MNT)
+	@if mountpoint -q $(DEMO_MNT); then $(BIN)/musicfs unmount $(DEMO_MNT) && echo "unmounted $(DEMO_MNT)"; \
+	else echo "$(DEMO_MNT) is not mounted"; fi
 
 lint: install
 	$(BIN)/pip install -q pyflakes

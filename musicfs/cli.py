@@ -1,25 +1,158 @@
 """The command line (typer). ``musicfs MOUNTPOINT`` is short for ``musicfs mount MOUNTPOINT``."""
 from __future__ import annotations
 
+import difflib
 import json
+import math
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
 
 import typer
+import typer.main
+from typer.core import TyperCommand, TyperGroup
 
 from . import __version__, config as config_module
 from .errors import ConfigError, StartupError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
-                  help="musicfs: one read-only music library from several origins, with a verified local cache.")
-cache_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Inspect and check the chunk cache.")
+# The click that typer runs on (its own copy since typer 0.2x, click itself before): its errors.
+click_errors = sys.modules[typer.BadParameter.__module__]
+
+
+class Command(TyperCommand):
+    """Help in the README's words: `--read-timeout SECONDS`, `MOUNTPOINT`, flags bare.
+
+    typer labels every value with its Python type (`<float>`, `<list[Path]>`) and writes a
+    required argument as `{mountpoint} <path>`. A parameter declared without a metavar gets its
+    own name in capitals, the way click always did."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if param.metavar is None and (param.param_type_name == "argument"
+                                          or not (param.is_flag or param.count)):
+                param.metavar = param.name.upper()
+
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except click_errors.UsageError as e:
+            e.ctx = e.ctx or ctx   # typer's parser leaves it out: the one-line error names the command
+            raise
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if param.param_type_name == "argument":   # a metavar may already say "..." or "[...]"
+                name = param.metavar
+                name += "..." if param.nargs != 1 and "..." not in name else ""
+                pieces.append(name if param.required or name.startswith("[") else f"[{name}]")
+        return pieces
+
+    def format_options(self, ctx, formatter) -> None:
+        params = self.get_params(ctx)
+        arguments = [(p.metavar, getattr(p, "help", None) or "") for p in params if p.param_type_name == "argument"]
+        options = [record for p in params if p.param_type_name == "option" and (record := p.get_help_record(ctx))]
+        for title, rows in (("Arguments", arguments), ("Options", options)):
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)
+
+
+class UnknownCommand(click_errors.UsageError):
+    """`musicfs helth`, `musicfs cache stat`: one line naming the command meant, if one is close.
+    `group`: the words before the unknown one ("cache ", or "" at the top)."""
+
+    def __init__(self, group: str, word: str, commands, ctx=None):
+        guess = _closest(word, commands)
+        hint = f"; did you mean '{group}{guess}'?" if guess else f" (see musicfs {group}--help)"
+        super().__init__(f"no command '{group}{word}'{hint}", ctx)
+
+
+class Group(TyperGroup):
+    """A command group whose unknown command is an UnknownCommand."""
+
+    def resolve_command(self, ctx, args):
+        if args and not args[0].startswith("-") and self.get_command(ctx, args[0]) is None:
+            group = "".join(f"{word} " for word in ctx.command_path.split()[1:])
+            raise UnknownCommand(group, args[0], self.list_commands(ctx), ctx)
+        return super().resolve_command(ctx, args)
+
+
+class App(typer.Typer):
+    """typer.Typer with musicfs's defaults (make new command groups with App too): plain help,
+    no rich markup (it takes `[cache]` in `[cache].dir` for a style tag and drops it), our help
+    style and error lines for every command registered."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("cls", Group)
+        kwargs.setdefault("rich_markup_mode", None)
+        kwargs.setdefault("no_args_is_help", True)
+        super().__init__(**kwargs)
+
+    def command(self, *args, **kwargs):
+        kwargs.setdefault("cls", Command)
+        return super().command(*args, **kwargs)
+
+
+app = App(add_completion=False, pretty_exceptions_enable=False, help="""\
+musicfs: one read-only music library from several origins, with a verified local cache.
+
+\b
+  musicfs MOUNTPOINT [OPTIONS]   means musicfs mount MOUNTPOINT [OPTIONS]
+  musicfs COMMAND --help         what a command does and takes""")
+cache_app = App(help="Inspect and check the chunk cache.")
 app.add_typer(cache_app, name="cache")
 
-SUBCOMMANDS = {"mount", "unmount", "health", "cache", "status", "rescan", "pin"}
+ConfigOption = typer.Option(None, "-c", "--config", metavar="PATH",
+                            help="Config file (default $XDG_CONFIG_HOME/musicfs/config.toml).")
+CacheDirOption = typer.Option(None, "--cache-dir", metavar="DIR", help="Overrides [cache].dir.")
 
-ConfigOption = typer.Option(None, "-c", "--config", help="Config file (default $XDG_CONFIG_HOME/musicfs/config.toml).")
-CacheDirOption = typer.Option(None, "--cache-dir", help="Overrides [cache].dir.")
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _param_name(param) -> str:
+    """How the user wrote (or should write) a parameter: --read-timeout, -o, MOUNTPOINT."""
+    if param.param_type_name == "argument":
+        return param.metavar or param.name.upper()
+    return max(param.opts, key=len)
+
+
+def _closest(word: str, choices, cutoff: float = 0.6) -> str | None:
+    """The one choice close to `word` (a typo of it), or None. difflib's 0.6 finds `pni` for
+    `pin`; options ask for 0.7, or every `--x` would be close to some `--y`."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=cutoff)
+    return close[0] if close else None
+
+
+def usage_line(error) -> str:
+    """A usage error as one line: what is wrong and, unless it is a bad value, where to look."""
+    see = f" (see {error.ctx.command_path} --help)" if error.ctx is not None else ""
+    param = getattr(error, "param", None)
+    if isinstance(error, click_errors.MissingParameter) and param is not None:
+        return f"missing {_param_name(param)}{see}"
+    if isinstance(error, click_errors.BadParameter) and param is not None:
+        return f"{_param_name(param)}: {_one_line(error.message)}"
+    if isinstance(error, UnknownCommand):
+        return error.message
+    if isinstance(error, click_errors.NoSuchOption):
+        guess = _closest(error.option_name, error.possibilities or (), cutoff=0.7)
+        return f"no option {error.option_name}{f'; did you mean {guess}?' if guess else see}"
+    message = _one_line(error.format_message()).rstrip(".")
+    return message[:1].lower() + message[1:] + see
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds):
+        raise typer.BadParameter(f"{value!r} is not a number")
+    return seconds
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -46,17 +179,17 @@ def parse_fuse_options(values: List[str]) -> dict:
 
 @app.command()
 def mount(
-    mountpoint: Path = typer.Argument(..., help="Where to mount the library (an existing directory)."),
+    mountpoint: Path = typer.Argument(..., metavar="MOUNTPOINT", help="Where to mount the library (an existing directory)."),
     config: Optional[Path] = ConfigOption,
-    origin: Optional[List[Path]] = typer.Option(None, "-O", "--origin", help="A local origin directory; repeatable; replaces the config's origins."),
+    origin: Optional[List[Path]] = typer.Option(None, "-O", "--origin", metavar="DIR", help="A local origin directory; repeatable; replaces the config's origins."),
     cache_dir: Optional[Path] = CacheDirOption,
-    cache_size: Optional[str] = typer.Option(None, "--cache-size", help="Overrides [cache].max_size (e.g. 500M, 10G)."),
-    read_timeout: Optional[float] = typer.Option(None, "--read-timeout", help="Overrides [fuse].read_timeout (seconds)."),
-    layout: Optional[str] = typer.Option(None, "--layout", help="tags (the tree from audio tags) or paths (the origins' folders merged); overrides the layout mode."),
-    template: Optional[str] = typer.Option(None, "--template", help="The tag view's path template, e.g. '$albumartist/$album/$track $title'; overrides the layout template."),
+    cache_size: Optional[str] = typer.Option(None, "--cache-size", metavar="SIZE", help="Overrides [cache].max_size (e.g. 500M, 10G)."),
+    read_timeout: Optional[float] = typer.Option(None, "--read-timeout", metavar="SECONDS", parser=_seconds, help="Overrides [fuse].read_timeout."),
+    layout: Optional[str] = typer.Option(None, "--layout", metavar="tags|paths", help="Overrides [layout].mode: tags (the tree from audio tags) or paths (the origins' folders merged)."),
+    template: Optional[str] = typer.Option(None, "--template", metavar="TEMPLATE", help="Overrides [layout].template, e.g. '$albumartist/$album/$track $title'."),
     foreground: bool = typer.Option(False, "-f", "--foreground", help="Stay in the foreground (default: daemonize, return once mounted)."),
-    fuse_option: Optional[List[str]] = typer.Option(None, "-o", help="Extra FUSE options, comma separated (e.g. allow_other)."),
-    verbose: int = typer.Option(0, "-v", "--verbose", count=True, help="More logging."),
+    fuse_option: Optional[List[str]] = typer.Option(None, "-o", metavar="OPTIONS", help="Extra FUSE options, comma separated (e.g. allow_other)."),
+    verbose: int = typer.Option(0, "-v", "--verbose", count=True, show_default=False, help="Debug logging."),
 ):
     """Mount the library at MOUNTPOINT."""
     from . import daemon
@@ -74,7 +207,7 @@ def mount(
 
 
 @app.command()
-def unmount(mountpoint: Path = typer.Argument(..., help="The mountpoint to unmount.")):
+def unmount(mountpoint: Path = typer.Argument(..., metavar="MOUNTPOINT", help="The mountpoint to unmount.")):
     """Unmount MOUNTPOINT and wait for its daemon to finish."""
     from . import daemon
 
@@ -87,11 +220,11 @@ def unmount(mountpoint: Path = typer.Argument(..., help="The mountpoint to unmou
 
 
 @app.command()
-def health(mountpoint: Optional[Path] = typer.Argument(None, help="The mount to check (the daemon whose status names it); default: the daemon of the config's cache."),
+def health(mountpoint: Optional[Path] = typer.Argument(None, metavar="MOUNTPOINT", help="The mount to check (the daemon whose status names it); default: the daemon of the config's cache."),
            config: Optional[Path] = ConfigOption,
            as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the plugin line.")):
     """The cron probe: check the daemon and its mount, the origins (the daemon's view and the
-    probe's own check, bounded by the health timeout) and the cache. Exit 0 OK, 1 WARNING,
+    probe's own check, bounded by [health].timeout) and the cache. Exit 0 OK, 1 WARNING,
     2 CRITICAL, 3 UNKNOWN (Nagios plugin convention). Always finishes within the timeout."""
     import logging
     import os
@@ -198,21 +331,51 @@ def pin(paths: List[Path] = typer.Argument(..., metavar="PATH...", help="Files o
 
 @cache_app.command("stats")
 def cache_stats(config: Optional[Path] = ConfigOption, cache_dir: Optional[Path] = CacheDirOption,
-                as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")):
-    """Print the index's view of the cache: chunks, bytes, limit, hits, misses, passthrough."""
+                as_json: bool = typer.Option(False, "--json", help="Print one JSON object (sizes in bytes).")):
+    """Print the index's view of the cache: chunks, size, limit, hits, misses, passthrough."""
     from .inspect import cache_stats as collect
+    from .live import read_status
 
     cfg = _load(config, cache_dir=cache_dir)
     try:
         stats = collect(cfg)
     except StartupError as e:
         _fail(str(e), 1)
+    # The limit that counts is the running daemon's (it may have been started with --cache-size).
+    published = ((read_status(cfg.cache.dir) or {}).get("config") or {}).get("cache_max_size")
+    from_daemon = stats.get("daemon_pid") is not None and isinstance(published, int)
+    stats.update(config_max_bytes=stats["max_bytes"], limit_from="daemon" if from_daemon else "config")
+    if from_daemon:
+        stats["max_bytes"] = published
     if as_json:
         typer.echo(json.dumps(stats, sort_keys=True))
         return
-    for key in ("chunks", "bytes", "pinned_bytes", "max_bytes", "chunk_size", "hits", "misses", "passthrough",
-                "daemon_pid"):
-        typer.echo(f"{key:12} {stats.get(key)}")
+    limit = human_size(stats["max_bytes"])
+    if from_daemon:
+        limit += ", the running daemon's"
+        if stats["config_max_bytes"] != stats["max_bytes"]:
+            limit += f" (the config says {human_size(stats['config_max_bytes'])})"
+    else:
+        limit += ", from the config"
+    rows = [("cache dir", stats["cache_dir"]), ("chunks", stats["chunks"]),
+            ("stored", f"{human_size(stats['bytes'])} ({stats['bytes']} bytes)"),
+            ("pinned", human_size(stats["pinned_bytes"])), ("limit", limit),
+            ("chunk size", human_size(stats["chunk_size"]) if stats["chunk_size"] else "not set yet"),
+            ("hits", stats["hits"]), ("misses", stats["misses"]),
+            ("passthrough", "yes (the cache disk is not written)" if stats["passthrough"] else "no"),
+            ("daemon", f"pid {stats['daemon_pid']}" if stats["daemon_pid"] is not None else "not running")]
+    for label, value in rows:
+        typer.echo(f"{label:12} {value}")
+
+
+def human_size(count: int) -> str:
+    """1288490188 -> '1.2 GiB': binary units, as sizes in the config count them."""
+    value, unit = float(count), "B"
+    for bigger in ("KiB", "MiB", "GiB", "TiB"):
+        if round(value, 1) < 1024:
+            break
+        value, unit = value / 1024, bigger
+    return f"{count} B" if unit == "B" else f"{value:.1f}".removesuffix(".0") + f" {unit}"
 
 
 @cache_app.command("verify")
@@ -254,12 +417,43 @@ def common(version: bool = typer.Option(False, "--version", callback=version_cal
     pass
 
 
+def route(args: list[str], group) -> list[str]:
+    """`musicfs /mnt/music [OPTIONS]` (options first too) is `musicfs mount /mnt/music [OPTIONS]`;
+    `musicfs help [COMMAND]` is `musicfs [COMMAND] --help`. A first word that names no existing
+    path, has no '/' and is close to a command is a typo of it: `musicfs helth` is not a mount.
+    The commands are the group's, whoever registered them."""
+    commands = group.list_commands(None)
+    own_options = {opt for param in group.params for opt in param.opts} | {"--help"}
+    if not args or args[0] in commands or args[0] in own_options:
+        return args
+    first = args[0]
+    if not first.startswith("-") and "/" not in first and not os.path.lexists(first):
+        if first == "help":
+            return [*args[1:], "--help"]
+        if _closest(first, commands):
+            raise UnknownCommand("", first, commands)
+    return ["mount", *args]
+
+
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
-    # `musicfs /mnt/music ...` is `musicfs mount /mnt/music ...`
-    if args and not args[0].startswith("-") and args[0] not in SUBCOMMANDS:
-        args.insert(0, "mount")
-    app(args=args, prog_name="musicfs")
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=route(args, command), prog_name="musicfs", standalone_mode=False)
+    except click_errors.UsageError as e:
+        if isinstance(e, getattr(click_errors, "NoArgsIsHelpError", ())):
+            e.show()   # `musicfs` or `musicfs cache` alone: the help
+        else:
+            typer.echo(f"musicfs: {usage_line(e)}", err=True)
+        code = 2
+    except click_errors.ClickException as e:
+        typer.echo(f"musicfs: {_one_line(e.format_message())}", err=True)
+        code = e.exit_code
+    except typer.Abort:
+        typer.echo("musicfs: aborted", err=True)
+        code = 1
+    # A command's return value is not an exit status; typer.Exit(n) comes back as n.
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":
