@@ -311,6 +311,7 @@ def _run(config: Config, mountpoint: Path, fuse_options: dict, lock: CacheLock, 
     must not keep the next `musicfs MOUNTPOINT` out."""
     from .fs import FS_ENCODING, MusicFS, MusicFuse
     from .service import Service
+    from .systemd import SystemdReporter
 
     log.info("musicfs starting: %s on %s (origins: %s; cache %s, max %d bytes)", os.getpid(), mountpoint,
              ", ".join(o.name for o in config.origins), config.cache.dir, config.cache.max_size)
@@ -322,6 +323,7 @@ def _run(config: Config, mountpoint: Path, fuse_options: dict, lock: CacheLock, 
     service = Service.open(config)
     service.mountpoint = str(mountpoint)
     service.lock = lock
+    to_systemd = SystemdReporter.from_environment(mountpoint, service)   # no-op without $NOTIFY_SOCKET
     try:
         answered = check_new_origins(service, warn) + service.untagged()
         started = time.monotonic()
@@ -332,6 +334,7 @@ def _run(config: Config, mountpoint: Path, fuse_options: dict, lock: CacheLock, 
 
         def tune_and_report_ready():
             set_read_ahead(mountpoint, config.fuse.read_ahead)
+            to_systemd.ready()   # before the parent hears "ready" and exits: MAINPID reaches systemd first
             notify("ready")
         # init() runs before the kernel has the INIT reply; the rest happens once it has.
         filesystem.on_mounted = lambda: threading.Thread(target=tune_and_report_ready, name="ready",
@@ -339,6 +342,7 @@ def _run(config: Config, mountpoint: Path, fuse_options: dict, lock: CacheLock, 
         options = dict(DEFAULT_FUSE_OPTIONS)
         options.update(fuse_options)
         service.catalog.recent.window = kernel_cache_window(options)
+        to_systemd.announce_stops(filesystem)
         _stop_on_signals(filesystem, mountpoint, lock)
         try:
             MusicFuse(filesystem, str(mountpoint), foreground=True, nothreads=False, encoding=FS_ENCODING,
@@ -347,6 +351,7 @@ def _run(config: Config, mountpoint: Path, fuse_options: dict, lock: CacheLock, 
             raise StartupError(f"cannot mount {mountpoint}: FUSE failed ({e}); is /dev/fuse available "
                                f"and the 'fuse' package installed?") from None
     finally:
+        to_systemd.stopping()   # no-op when a stop already said so
         service.stop()  # no-op when destroy() or a stop signal already stopped it
         lock.release()
 
