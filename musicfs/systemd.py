@@ -131,6 +131,8 @@ class Watchdog:
         self.period = interval / 2
         self.answer_within = interval / 4
         self._stop = threading.Event()
+        # Held while deciding to ping and pinging: after stop() returns no ping follows.
+        self._ping_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stuck: threading.Thread | None = None
         self._withholding = False
@@ -140,18 +142,20 @@ class Watchdog:
         self._thread.start()
 
     def stop(self) -> None:
-        self._stop.set()
+        with self._ping_lock:
+            self._stop.set()
 
     def _loop(self) -> None:
         while not self._stop.is_set():
             problem = self.mount_problem()
-            if self._stop.is_set():
-                break
             if problem is None:
                 if self._withholding:
                     self._withholding = False
                     log.info("the mount answers again; watchdog pings resume")
-                self.notifier.send(WATCHDOG=1)
+                with self._ping_lock:
+                    if self._stop.is_set():
+                        break
+                    self.notifier.send(WATCHDOG=1)
             elif not self._withholding:
                 self._withholding = True
                 log.warning("withholding systemd's watchdog ping: %s (systemd restarts musicfs if this lasts)",
@@ -189,7 +193,8 @@ class SystemdReporter:
         self.service = service
         self.watchdog = Watchdog(notifier, mountpoint, watchdog) if watchdog and notifier.enabled else None
         self._stopping = threading.Event()
-        self._stop_lock = threading.Lock()
+        # Held while sending a status line and while stopping: nothing follows STOPPING=1.
+        self._send_lock = threading.Lock()
         self._last_status: str | None = None
         self._files_key = None
         self._files = 0
@@ -227,13 +232,14 @@ class SystemdReporter:
 
     def stopping(self) -> None:
         """A stop began: STOPPING=1 (once), and the status and watchdog threads end."""
-        with self._stop_lock:
+        with self._send_lock:
             if self._stopping.is_set():
                 return
             self._stopping.set()
-        if self.watchdog is not None:
-            self.watchdog.stop()
-        self.notifier.send(STOPPING=1, STATUS="stopping")
+            if self.watchdog is not None:
+                self.watchdog.stop()
+            if self.notifier.send(STOPPING=1, STATUS="stopping"):
+                log.debug("told systemd the daemon is stopping")
 
     def announce_stops(self, filesystem) -> None:
         """Send STOPPING=1 as soon as `filesystem` (a MusicFS) begins to stop, whichever way:
@@ -260,9 +266,10 @@ class SystemdReporter:
             except Exception as e:  # noqa: BLE001 - a closed or reopened index: next round
                 log.debug("no systemd status this round: %s", e)
                 continue
-            if status != self._last_status and not self._stopping.is_set():
-                self._last_status = status
-                self.notifier.send(STATUS=status)
+            with self._send_lock:
+                if status != self._last_status and not self._stopping.is_set():
+                    self._last_status = status
+                    self.notifier.send(STATUS=status)
 
     def status_line(self) -> str:
         """e.g. "serving 1234 files from 1/2 origins (nas unhealthy); cache 1.2 GiB of 10.0 GiB"."""
