@@ -9,6 +9,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -240,3 +241,20 @@ def test_forked_daemon_names_itself_mainpid_and_keeps_the_watchdog(tmp_path, ori
         assert log.index("told systemd the daemon is stopping") < log.index("musicfs stopped cleanly")
     finally:
         daemon.stop()
+
+
+@pytest.mark.parametrize("unit, scope", [("musicfs.service", []), ("musicfs-user.service", ["--user"])])
+def test_the_contrib_units_pass_systemd_analyze_verify(tmp_path, unit, scope):
+    """systemd itself parses the units (every key known, commands absolute and executable),
+    with the musicfs of this checkout in place of the installed one."""
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("needs systemd-analyze")
+    musicfs = os.path.join(os.path.dirname(sys.executable), "musicfs")   # the console script of this venv
+    assert os.access(musicfs, os.X_OK), musicfs
+    text = (ROOT / "contrib" / unit).read_text()
+    text = text.replace("/usr/local/bin/musicfs", musicfs).replace("%h/.local/bin/musicfs", musicfs)
+    (tmp_path / "run").mkdir(exist_ok=True)
+    (tmp_path / "musicfs.service").write_text(text)
+    env = dict(os.environ, HOME=str(tmp_path), XDG_RUNTIME_DIR=str(tmp_path / "run"))
+    result = run_bounded(["systemd-analyze", *scope, "verify", str(tmp_path / "musicfs.service")], 60, env=env)
+    assert result.returncode == 0 and not result.stderr.strip(), result.stderr
