@@ -107,6 +107,14 @@ def test_abstract_socket_names_start_with_an_at_sign(abstract_listener):
     assert abstract_listener.receive(5) == {"STOPPING": "1"}
 
 
+def test_notify_uses_the_socket_named_in_the_environment(abstract_listener, monkeypatch):
+    import musicfs.systemd
+    monkeypatch.setattr(musicfs.systemd, "_default", None)   # read $NOTIFY_SOCKET afresh
+    monkeypatch.setenv("NOTIFY_SOCKET", abstract_listener.address)
+    assert musicfs.systemd.notify(STATUS="hello", MAINPID=42)
+    assert abstract_listener.receive(5) == {"STATUS": "hello", "MAINPID": "42"}
+
+
 def test_without_a_socket_nothing_is_sent_and_failures_never_raise(tmp_path):
     assert not Notifier.from_environment({}).enabled
     assert Notifier(None).send(READY=1) is False
