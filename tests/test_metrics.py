@@ -10,8 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from musicfs.health.monitor import DEGRADED, HEALTHY, UNHEALTHY
-from musicfs.health.probe import CRITICAL, OriginVerdict, Verdict
-from musicfs.inspect import status_path
+from musicfs.health.probe import CRITICAL, OriginVerdict, Verdict, status_path
 from musicfs.metrics import metric_families, write_textfile
 from musicfs.storage import Storage
 
