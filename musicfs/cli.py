@@ -222,7 +222,8 @@ def unmount(mountpoint: Path = typer.Argument(..., metavar="MOUNTPOINT", help="T
 @app.command()
 def health(mountpoint: Optional[Path] = typer.Argument(None, metavar="MOUNTPOINT", help="The mount to check (the daemon whose status names it); default: the daemon of the config's cache."),
            config: Optional[Path] = ConfigOption,
-           as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the plugin line.")):
+           as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the plugin line."),
+           prometheus: Optional[Path] = typer.Option(None, "--prometheus", metavar="FILE", help="Also write the verdict as Prometheus metrics to FILE (node_exporter's textfile collector reads *.prom), atomically, whatever the verdict; a failure to write it is one line on stderr and leaves the exit code alone.")):
     """The cron probe: check the daemon and its mount, the origins (the daemon's view and the
     probe's own check, bounded by [health].timeout) and the cache. Exit 0 OK, 1 WARNING,
     2 CRITICAL, 3 UNKNOWN (Nagios plugin convention). Always finishes within the timeout."""
@@ -231,15 +232,19 @@ def health(mountpoint: Optional[Path] = typer.Argument(None, metavar="MOUNTPOINT
 
     from . import logs
     from .health.probe import UNKNOWN, probe
+    from .metrics import write_textfile_or_warn
 
     try:
         # With a MOUNTPOINT the daemon serving it publishes its own config; -c is the fallback.
         cfg = config_module.load(config) if config is not None or mountpoint is None else None
         verdict = probe(cfg, mountpoint)
     except ConfigError as e:
+        write_textfile_or_warn(prometheus, None, mountpoint)
         _probe_exit(f"MUSICFS UNKNOWN - configuration: {e}", UNKNOWN, as_json, str(e))
     except Exception as e:  # noqa: BLE001 - UNKNOWN is the documented answer to an internal error
+        write_textfile_or_warn(prometheus, None, mountpoint)
         _probe_exit(f"MUSICFS UNKNOWN - internal error: {type(e).__name__}: {e}", UNKNOWN, as_json, str(e))
+    write_textfile_or_warn(prometheus, verdict, mountpoint)
     line = verdict.first_line()
     try:
         log_config = (verdict.config or cfg or config_module.load(None)).log

@@ -213,6 +213,7 @@ def _run(config: Config, mountpoint: Path, fuse_options: dict, lock: CacheLock, 
     must not keep the next `musicfs MOUNTPOINT` out."""
     from .fs import FS_ENCODING, MusicFS, MusicFuse
     from .service import Service
+    from .systemd import SystemdReporter
 
     log.info("musicfs starting: %s on %s (origins: %s; cache %s, max %d bytes)", os.getpid(), mountpoint,
              ", ".join(o.name for o in config.origins), config.cache.dir, config.cache.max_size)
@@ -226,6 +227,7 @@ def _run(config: Config, mountpoint: Path, fuse_options: dict, lock: CacheLock, 
     service.config_file = str(config.source) if config.source else None
     service.lock = lock
     control = ControlServer(config.cache.dir, control_handlers(service))
+    to_systemd = SystemdReporter.from_environment(mountpoint, service)   # no-op without $NOTIFY_SOCKET
     try:
         answered = check_new_origins(service, warn) + service.untagged()
         started = time.monotonic()
@@ -240,6 +242,7 @@ def _run(config: Config, mountpoint: Path, fuse_options: dict, lock: CacheLock, 
                 control.start()
             except OSError as e:   # rescan/pin then say there is no socket; serving goes on
                 log.warning("no control socket (%s): musicfs rescan and pin will not reach this daemon", e)
+            to_systemd.ready()   # before the parent hears "ready" and exits: MAINPID reaches systemd first
             notify("ready")
         # init() runs before the kernel has the INIT reply; the rest happens once it has.
         filesystem.on_mounted = lambda: threading.Thread(target=tune_and_report_ready, name="ready",
@@ -248,7 +251,9 @@ def _run(config: Config, mountpoint: Path, fuse_options: dict, lock: CacheLock, 
         options.update(fuse_options)
         service.catalog.recent.window = kernel_cache_window(options)
         service.in_progress = lambda: len(filesystem._in_progress)
-        _handle_signals(filesystem, service, mountpoint, lock, reloader(service, load_config, warn), control.stop)
+        # However the stop comes (unmount, signal): systemd hears STOPPING=1, requests stop.
+        service.on_stop += [to_systemd.stopping, control.stop]
+        _handle_signals(filesystem, service, mountpoint, lock, reloader(service, load_config, warn))
         try:
             MusicFuse(filesystem, str(mountpoint), foreground=True, nothreads=False, encoding=FS_ENCODING,
                       **options)
@@ -256,12 +261,13 @@ def _run(config: Config, mountpoint: Path, fuse_options: dict, lock: CacheLock, 
             raise StartupError(f"cannot mount {mountpoint}: FUSE failed ({e}); is /dev/fuse available "
                                f"and the 'fuse' package installed?") from None
     finally:
+        to_systemd.stopping()   # no-op when a stop already said so
         control.stop()
         service.stop()  # no-op when destroy() or a stop signal already stopped it
         lock.release()
 
 
-def _handle_signals(filesystem, service, mountpoint: Path, lock: CacheLock, reload, stop_control) -> None:
+def _handle_signals(filesystem, service, mountpoint: Path, lock: CacheLock, reload) -> None:
     """SIGTERM and SIGINT stop the daemon at once, even while reads wait on a hung origin;
     SIGHUP reloads the configuration; SIGUSR1 asks for a rescan.
 
@@ -288,7 +294,6 @@ def _handle_signals(filesystem, service, mountpoint: Path, lock: CacheLock, relo
                 threading.Thread(target=reload, name="reload", daemon=True).start()
             elif signum in (signal.SIGTERM, signal.SIGINT):
                 log.info("received %s: stopping", signal.Signals(signum).name)
-                stop_control()
                 filesystem.stop_serving()
                 lazy_unmount(mountpoint)
                 lock.release()

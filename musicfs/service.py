@@ -71,6 +71,7 @@ class Service:
         self.started_at = time.time()
         self.reloads = {"count": 0, "last": None, "error": None}   # published: did the last SIGHUP work?
         self.pinner = Pinner(catalog, store, reader)
+        self.on_stop: list = []   # called once when the stop begins (systemd's STOPPING=1, the control socket)
         self.in_progress = lambda: 0   # FUSE calls in progress (set by the FUSE layer)
 
     @classmethod
@@ -412,6 +413,11 @@ class Service:
             if self._stopping.is_set():
                 return
             self._stopping.set()
+        for callback in self.on_stop:
+            try:
+                callback()
+            except Exception:  # noqa: BLE001 - a failing announcement must not keep the cache open
+                log.exception("stop callback failed")
         self._rescan_wanted.set()
         self.pool.shutdown(error=ShuttingDown("musicfs is shutting down"))
         self.scanner.cancel_all()

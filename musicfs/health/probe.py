@@ -35,7 +35,7 @@ from .. import origins as origin_factory
 from ..config import DEFAULT_HEALTH_TIMEOUT, Config, OriginConfig
 from ..live import (CacheLock, config_from_status, read_status_file, runtime_dir, status_path, status_pid_alive,
                        statuses_of_mountpoint)
-from ..storage import ENV_NAME, TMP_DIR, Storage
+from ..storage import ENV_NAME, TMP_DIR, U64, Storage
 from .isolated import Checks, Outcome, is_enotconn
 from .monitor import DEGRADED, HEALTHY, UNHEALTHY
 
@@ -55,10 +55,12 @@ class OriginVerdict:
     daemon: dict | None = None        # the live daemon's view (its status-file entry), if fresh
     probe: dict | None = None         # the probe's own check: status, latency, error; None = not checked
     not_checked: str | None = None    # why the probe left it alone
+    last_scan: float | None = None    # unix time of its last complete scan (the index), if any
 
     def as_dict(self) -> dict:
         return {"status": self.status, "latency": self.latency, "error": self.error,
-                "daemon": self.daemon, "probe": self.probe, "not_checked": self.not_checked}
+                "daemon": self.daemon, "probe": self.probe, "not_checked": self.not_checked,
+                "last_scan": self.last_scan}
 
 
 @dataclass
@@ -120,7 +122,7 @@ def _check_mount(mountpoint: str) -> dict:
 
 
 def _check_cache(cache_dir) -> dict:
-    result = {"writable": False, "free_bytes": None, "bytes": None, "error": None, "holder": None}
+    result = {"writable": False, "free_bytes": None, "error": None, "holder": None}
     try:
         st = os.statvfs(cache_dir)
         result["free_bytes"] = st.f_bavail * st.f_frsize
@@ -132,7 +134,7 @@ def _check_cache(cache_dir) -> dict:
         result["writable"] = True
     except OSError as e:
         result["error"] = f"{e.strerror}: {e.filename or cache_dir}"
-    result["bytes"] = _index_total(cache_dir)
+    result.update(_index_figures(cache_dir))
     try:
         result["holder"] = CacheLock.holder(cache_dir)
     except OSError:
@@ -140,20 +142,32 @@ def _check_cache(cache_dir) -> dict:
     return result
 
 
-def _index_total(cache_dir) -> int | None:
+def _index_figures(cache_dir) -> dict:
+    """The index's totals: bytes, pinned bytes, hit and miss counters (the daemon adds its
+    own every few seconds), and each origin's last complete scan; None where unreadable."""
+    figures = {"bytes": None, "pinned_bytes": None, "hits": None, "misses": None, "scanned": {}}
     if not (cache_dir / ENV_NAME).is_dir():
-        return None
+        return figures
     try:
-        # Without LMDB's lock file: the probe must work on a read-only cache disk too, and one
-        # integer read beside a live writer is at worst a moment old.
+        # Without LMDB's lock file: the probe must work on a read-only cache disk too, and a
+        # few integers read beside a live writer are at worst a moment old.
         storage = Storage(cache_dir, disk_readonly=True)
     except Exception:  # noqa: BLE001 - the cache check reports what it can
-        return None
+        return figures
     try:
         with storage.begin() as txn:
-            return storage.get_u64(txn, b"total")
+            figures.update(bytes=storage.get_u64(txn, b"total"), pinned_bytes=storage.get_u64(txn, b"pinned"),
+                           hits=storage.get_u64(txn, b"hits"), misses=storage.get_u64(txn, b"misses"))
+            cursor = txn.cursor(db=storage.meta)
+            if cursor.set_range(b"scanned:"):
+                for key, value in cursor:
+                    if not key.startswith(b"scanned:"):
+                        break
+                    figures["scanned"][key[len(b"scanned:"):].decode(errors="replace")] = \
+                        U64.unpack(value)[0] / 1e9
     finally:
         storage.env.close()
+    return figures
 
 
 def _failure(outcome: Outcome, timeout: float) -> str | None:
@@ -295,10 +309,14 @@ def probe(config: Config | None, mountpoint=None) -> Verdict:
     # the cache
     cache = {"dir": str(config.cache.dir), "writable": False,
              "passthrough": bool(daemon["running"] and status.get("passthrough")),
-             "max_bytes": config.cache.max_size, "bytes": None, "free_bytes": None, "error": None}
+             "max_bytes": config.cache.max_size, "bytes": None, "free_bytes": None, "error": None,
+             "pinned_bytes": None, "hits": None, "misses": None}
     outcome = outcomes["cache"]
     if outcome.value is not None:
         holder = outcome.value.pop("holder", None)
+        scanned = outcome.value.pop("scanned", {})
+        for verdict in verdicts:
+            verdict.last_scan = scanned.get(verdict.name)
         cache.update(outcome.value)
         if holder is not None and not daemon["running"]:
             daemon.update(running=True, pid=holder)   # holds the lock but publishes no status
