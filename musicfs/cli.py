@@ -355,32 +355,22 @@ def cache_stats(config: Optional[Path] = ConfigOption, cache_dir: Optional[Path]
     if as_json:
         typer.echo(json.dumps(stats, sort_keys=True))
         return
-    limit = human_size(stats["max_bytes"])
+    limit = config_module.format_size(stats["max_bytes"])
     if from_daemon:
         limit += ", the running daemon's"
         if stats["config_max_bytes"] != stats["max_bytes"]:
-            limit += f" (the config says {human_size(stats['config_max_bytes'])})"
+            limit += f" (the config says {config_module.format_size(stats['config_max_bytes'])})"
     else:
         limit += ", from the config"
     rows = [("cache dir", stats["cache_dir"]), ("chunks", stats["chunks"]),
-            ("stored", f"{human_size(stats['bytes'])} ({stats['bytes']} bytes)"),
-            ("pinned", human_size(stats["pinned_bytes"])), ("limit", limit),
-            ("chunk size", human_size(stats["chunk_size"]) if stats["chunk_size"] else "not set yet"),
+            ("stored", f"{config_module.format_size(stats['bytes'])} ({stats['bytes']} bytes)"),
+            ("pinned", config_module.format_size(stats["pinned_bytes"])), ("limit", limit),
+            ("chunk size", config_module.format_size(stats["chunk_size"]) if stats["chunk_size"] else "not set yet"),
             ("hits", stats["hits"]), ("misses", stats["misses"]),
             ("passthrough", "yes (the cache disk is not written)" if stats["passthrough"] else "no"),
             ("daemon", f"pid {stats['daemon_pid']}" if stats["daemon_pid"] is not None else "not running")]
     for label, value in rows:
         typer.echo(f"{label:12} {value}")
-
-
-def human_size(count: int) -> str:
-    """1288490188 -> '1.2 GiB': binary units, as sizes in the config count them."""
-    value, unit = float(count), "B"
-    for bigger in ("KiB", "MiB", "GiB", "TiB"):
-        if round(value, 1) < 1024:
-            break
-        value, unit = value / 1024, bigger
-    return f"{count} B" if unit == "B" else f"{value:.1f}".removesuffix(".0") + f" {unit}"
 
 
 @cache_app.command("verify")

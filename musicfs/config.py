@@ -64,6 +64,18 @@ def default_config_path() -> Path:
     return xdg_dir("XDG_CONFIG_HOME", ".config") / "musicfs" / "config.toml"
 
 
+def format_size(count: int | None) -> str:
+    """1288490188 -> '1.2 GiB': binary units, as parse_size counts them ('?' for unknown)."""
+    if count is None:
+        return "?"
+    value, unit = float(count), "B"
+    for bigger in ("KiB", "MiB", "GiB", "TiB"):
+        if round(value, 1) < 1024:
+            break
+        value, unit = value / 1024, bigger
+    return f"{count} B" if unit == "B" else f"{value:.1f}".removesuffix(".0") + f" {unit}"
+
+
 def parse_size(value: str | int, key: str = "size") -> int:
     """'500M' -> 524288000. Accepts an int (bytes) or a number with a K/M/G/T suffix."""
     if isinstance(value, bool):

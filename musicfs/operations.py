@@ -15,6 +15,7 @@ from pathlib import Path
 from . import control
 from .cas.store import cached_bytes, manifest_key
 from .catalog import decode_entry, decode_record
+from .config import format_size
 from .errors import StartupError
 from .live import statuses_of_mountpoint, status_pid_alive
 
@@ -67,17 +68,6 @@ def mount_for(mountpoint: Path | None, cache_dir: Path | None) -> Mount:
 
 # -- status ------------------------------------------------------------------------------------
 
-def human_size(n: int | None) -> str:
-    if n is None:
-        return "?"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
-
-
 def human_duration(seconds: float | None) -> str:
     if seconds is None:
         return "?"
@@ -114,8 +104,8 @@ def format_daemon(report: dict) -> list[str]:
         f"musicfs {report.get('version', '?')}, PID {report.get('pid')}, up {human_duration(report.get('uptime'))}, "
         f"mounted at {report.get('mountpoint')}",
         f"layout    {layout.get('mode', '?')}" + (f"  {layout.get('template')}" if layout.get("mode") == "tags" else ""),
-        f"cache     {human_size(cache.get('bytes'))} of {human_size(cache.get('max_bytes'))}, "
-        f"{human_size(cache.get('pinned_bytes'))} pinned, {cache.get('chunks', '?')} chunks; "
+        f"cache     {format_size(cache.get('bytes'))} of {format_size(cache.get('max_bytes'))}, "
+        f"{format_size(cache.get('pinned_bytes'))} pinned, {cache.get('chunks', '?')} chunks; "
         f"hit rate {rate} ({hits} hits, {misses} misses)",
         "          passthrough: " + (f"YES - {report.get('passthrough_reason')}" if report.get("passthrough") else "no")
         + f"; cache dir {report.get('cache_dir')}",
@@ -205,7 +195,7 @@ def format_file(report: dict) -> list[str]:
     percent = f"{100 * report['cached'] / size:.0f}%" if size else "100%"
     lines = [f"{report['path']}",
              f"  served by  {report['origin']} ({report['state']}): {report['source']}",
-             f"  cached     {human_size(report['cached'])} of {human_size(size)} ({percent})"
+             f"  cached     {format_size(report['cached'])} of {format_size(size)} ({percent})"
              + ("  PINNED" if report["pinned"] else "")]
     for replica in report["replicas"]:
         lines.append(f"  replica    {replica['origin']} ({replica['state']}): {replica['source']}")
@@ -249,8 +239,8 @@ class ProgressBar:
         eta = human_duration((total - done) / rate) if rate > 0 else "?"
         width = 24
         filled = width * done // total if total else width
-        self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {human_size(done)} of {human_size(total)}"
-                          f"  {human_size(rate)}/s  ETA {eta}   ")
+        self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {format_size(done)} of {format_size(total)}"
+                          f"  {format_size(rate)}/s  ETA {eta}   ")
         self.stream.flush()
         self.shown = True
 
@@ -274,10 +264,10 @@ def pin(paths: list[Path], unpin: bool, progress=None) -> list[tuple[Mount, dict
 
 def format_pin(result: dict, unpin: bool) -> list[str]:
     if unpin:
-        return [f"released {result['files']} pinned file copies ({human_size(result['released_bytes'])}); "
-                f"{human_size(result['pinned_bytes'])} stay pinned"]
-    lines = [f"pinned {result['files']} files ({human_size(result['fetched_bytes'])} fetched); "
-             f"{human_size(result['pinned_bytes'])} pinned of {human_size(result['pin_limit_bytes'])} allowed"]
+        return [f"released {result['files']} pinned file copies ({format_size(result['released_bytes'])}); "
+                f"{format_size(result['pinned_bytes'])} stay pinned"]
+    lines = [f"pinned {result['files']} files ({format_size(result['fetched_bytes'])} fetched); "
+             f"{format_size(result['pinned_bytes'])} pinned of {format_size(result['pin_limit_bytes'])} allowed"]
     if result["not_fitting"]:
         lines.append(f"{len(result['not_fitting'])} files did not fit (raise [cache].max_size or unpin others):")
         lines.extend(f"  {path}" for path in result["not_fitting"][:20])

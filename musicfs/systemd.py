@@ -31,6 +31,7 @@ import os
 import socket
 import threading
 
+from .config import format_size
 from .health.monitor import HEALTHY
 from .service import STATUS_INTERVAL
 
@@ -266,7 +267,7 @@ class SystemdReporter:
         line = f"serving {self.file_count()} files from {healthy}/{len(origins)} origins"
         if others:
             line += f" ({', '.join(others)})"
-        line += f"; cache {human_bytes(service.store.total())} of {human_bytes(service.store.max_size)}"
+        line += f"; cache {format_size(service.store.total())} of {format_size(service.store.max_size)}"
         if service.store.passthrough:
             line += " (passthrough: reads go to the origins)"
         return line
@@ -284,12 +285,3 @@ class SystemdReporter:
             self._files = self.service.catalog.counts()[0]
             self._files_key = key
         return self._files
-
-
-def human_bytes(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"

@@ -14,6 +14,12 @@ def test_sizes_accept_suffixes():
     assert c.parse_size(4096) == 4096
 
 
+def test_sizes_are_shown_in_the_units_they_are_given_in():
+    assert [c.format_size(n) for n in (0, 1023, 1536, 10 << 30, 1288490188, None)] == \
+        ["0 B", "1023 B", "1.5 KiB", "10 GiB", "1.2 GiB", "?"]
+    assert c.parse_size(c.format_size(500 << 20).replace(" ", "").replace("iB", "")) == 500 << 20
+
+
 @pytest.mark.parametrize("bad", ["ten gigs", "10X", "", "-5M"])
 def test_bad_size_names_the_key(bad):
     with pytest.raises(ConfigError, match="cache.max_size"):

@@ -51,7 +51,7 @@ def test_status_of_a_mount_in_text_and_json(tmp_path, daemons):
     assert f"PID {daemon.pid}" in text.stdout
     assert f"mounted at {daemon.mountpoint}" in text.stdout
     assert "nas" in text.stdout and "healthy" in text.stdout
-    assert "of 7.0 MiB" in text.stdout   # the running daemon's limit, human
+    assert "of 7 MiB" in text.stdout   # the running daemon's limit, human
 
     report = status_file(daemon)
     assert report["pid"] == daemon.pid
