@@ -253,7 +253,7 @@ def _run(config: Config, mountpoint: Path, fuse_options: dict, lock: CacheLock, 
         service.in_progress = lambda: len(filesystem._in_progress)
         # However the stop comes (unmount, signal): systemd hears STOPPING=1, requests stop.
         service.on_stop += [to_systemd.stopping, control.stop]
-        _handle_signals(filesystem, service, mountpoint, lock, reloader(service, load_config, warn))
+        _handle_signals(filesystem, service, mountpoint, lock, reloader(service, load_config, warn, to_systemd))
         try:
             MusicFuse(filesystem, str(mountpoint), foreground=True, nothreads=False, encoding=FS_ENCODING,
                       **options)
@@ -301,14 +301,20 @@ def _handle_signals(filesystem, service, mountpoint: Path, lock: CacheLock, relo
     threading.Thread(target=watch, name="signals", daemon=True).start()
 
 
-def reloader(service, load_config, warn):
+def reloader(service, load_config, warn, to_systemd=None):
     """SIGHUP: read the config again and apply it; a config that is wrong or cannot be applied
     is refused with one log line, and the running one stays."""
     lock = threading.Lock()   # one reload at a time, in the order the signals came
 
     def reload() -> None:
         with lock:
-            apply()
+            if to_systemd is not None:
+                to_systemd.reloading()
+            try:
+                apply()
+            finally:
+                if to_systemd is not None:
+                    to_systemd.reloaded()
 
     def apply() -> None:
         if load_config is None:

@@ -30,6 +30,7 @@ import logging
 import os
 import socket
 import threading
+import time
 
 from .config import format_size
 from .health.monitor import HEALTHY
@@ -230,6 +231,19 @@ class SystemdReporter:
         threading.Thread(target=self._status_loop, name="systemd-status", daemon=True).start()
         if self.watchdog is not None:
             self.watchdog.start()
+
+    def reloading(self) -> None:
+        """A reload (SIGHUP) began: RELOADING=1 with the time systemd needs to match it to the
+        request (Type=notify-reload); reloaded() says READY=1 again when it is done."""
+        with self._send_lock:
+            if self.notifier.enabled and not self._stopping.is_set():
+                usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+                self.notifier.send(RELOADING=1, MONOTONIC_USEC=usec, STATUS="reloading the configuration")
+
+    def reloaded(self) -> None:
+        with self._send_lock:
+            if self.notifier.enabled and not self._stopping.is_set():
+                self.notifier.send(READY=1, STATUS=self._last_status or "serving")
 
     def stopping(self) -> None:
         """A stop began: STOPPING=1 (once), and the status and watchdog threads end."""

@@ -200,6 +200,13 @@ def test_foreground_daemon_reports_ready_status_watchdog_and_stopping(tmp_path, 
         abstract_listener.wait_for(lambda m: "from 2/2 origins;" in m.get("STATUS", ""), 15,
                                    "a STATUS= with origin b back")
 
+        # systemctl reload: RELOADING=1 (with the monotonic time systemd matches it by), then READY=1.
+        os.kill(process.pid, signal.SIGHUP)
+        reloading = abstract_listener.wait_for(lambda m: "RELOADING" in m, 10, "RELOADING=1")
+        assert int(reloading["MONOTONIC_USEC"]) > 0
+        abstract_listener.wait_for(lambda m: "READY" in m, 20, "READY=1 after the reload")   # (only newer ones)
+        assert "configuration reloaded" in daemon.log()
+
         result = run_bounded([*MUSICFS, "unmount", str(daemon.mountpoint)], 60, cwd=ROOT)
         assert result.returncode == 0, result.stderr
         stopping = abstract_listener.wait_for(lambda m: "STOPPING" in m, 10, "STOPPING=1")
