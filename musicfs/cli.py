@@ -14,7 +14,7 @@ import typer.main
 from typer.core import TyperCommand, TyperGroup
 
 from . import __version__, config as config_module
-from .errors import ConfigError, StartupError
+from .errors import CommandError, ConfigError
 
 # The click that typer runs on (its own copy since typer 0.2x, click itself before): its errors.
 click_errors = sys.modules[typer.BadParameter.__module__]
@@ -202,7 +202,7 @@ def mount(
                      fuse_options=parse_fuse_options(fuse_option or []), verbose=verbose, load_config=load_config)
     except ConfigError as e:
         _fail(str(e), 2)
-    except StartupError as e:
+    except CommandError as e:
         _fail(str(e), 1)
 
 
@@ -213,7 +213,7 @@ def unmount(mountpoint: Path = typer.Argument(..., metavar="MOUNTPOINT", help="T
 
     try:
         note = daemon.unmount(mountpoint)
-    except StartupError as e:
+    except CommandError as e:
         _fail(str(e), 1)
     if note:
         typer.echo(f"musicfs: {note}", err=True)
@@ -284,7 +284,7 @@ def status(targets: Optional[List[Path]] = typer.Argument(None, metavar="[MOUNTP
             typer.echo(json.dumps(report, sort_keys=True) if as_json else "\n".join(operations.format_daemon(report)))
             return
         reports = operations.file_reports(list(targets))
-    except StartupError as e:
+    except CommandError as e:
         _fail(str(e), 1)
     if as_json:
         typer.echo(json.dumps(reports if len(reports) != 1 else reports[0], sort_keys=True))
@@ -302,7 +302,7 @@ def rescan(mountpoint: Path = typer.Argument(..., help="The mount whose origins 
 
     try:
         result = operations.rescan(operations.mount_for(mountpoint, None))
-    except StartupError as e:
+    except CommandError as e:
         _fail(str(e), 1)
     typer.echo("\n".join(operations.format_rescan(result)))
     if not all(origin.get("complete") for origin in result.get("origins", [])):
@@ -320,7 +320,7 @@ def pin(paths: List[Path] = typer.Argument(..., metavar="PATH...", help="Files o
     bar = operations.ProgressBar()
     try:
         results = operations.pin(paths, unpin, progress=None if as_json else bar)
-    except StartupError as e:
+    except CommandError as e:
         bar.end()
         _fail(str(e), 1)
     bar.end()
@@ -344,7 +344,7 @@ def cache_stats(config: Optional[Path] = ConfigOption, cache_dir: Optional[Path]
     cfg = _load(config, cache_dir=cache_dir)
     try:
         stats = collect(cfg)
-    except StartupError as e:
+    except CommandError as e:
         _fail(str(e), 1)
     # The limit that counts is the running daemon's (it may have been started with --cache-size).
     published = ((read_status(cfg.cache.dir) or {}).get("config") or {}).get("cache_max_size")
@@ -383,7 +383,7 @@ def cache_verify(config: Optional[Path] = ConfigOption, cache_dir: Optional[Path
     cfg = _load(config, cache_dir=cache_dir)
     try:
         report = verify_cache(cfg, repair=repair, progress=not as_json and sys.stderr.isatty())
-    except StartupError as e:
+    except CommandError as e:
         _fail(str(e), 1)
     findings = [{"invariant": f.invariant, "detail": f.detail, "repaired": f.repaired} for f in report.findings]
     if as_json:

@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-from .errors import MusicfsError, StartupError
+from .errors import MusicfsError, CommandError
 from .live import runtime_dir, runtime_name
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ class ControlServer:
 def ask(cache_dir: Path, request: dict, progress: Callable[[dict], None] | None = None,
         timeout: float = REPLY_TIMEOUT) -> dict:
     """Send one request to the daemon of `cache_dir` and return its result; progress objects
-    go to `progress`. StartupError (one line) when there is no daemon or it refuses."""
+    go to `progress`. CommandError (one line) when there is no daemon or it refuses."""
     path = socket_path(cache_dir)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
@@ -124,11 +124,11 @@ def ask(cache_dir: Path, request: dict, progress: Callable[[dict], None] | None 
         sock.connect(str(path))
     except (FileNotFoundError, ConnectionRefusedError):
         sock.close()
-        raise StartupError(f"the daemon of cache {cache_dir} has no control socket at {path}; "
+        raise CommandError(f"the daemon of cache {cache_dir} has no control socket at {path}; "
                            f"is it running (and a musicfs of this version)?") from None
     except OSError as e:
         sock.close()
-        raise StartupError(f"cannot reach the daemon at {path}: {e.strerror or e}") from None
+        raise CommandError(f"cannot reach the daemon at {path}: {e.strerror or e}") from None
     with sock, sock.makefile("rwb") as stream:
         try:
             stream.write(json.dumps(request).encode() + b"\n")
@@ -139,11 +139,11 @@ def ask(cache_dir: Path, request: dict, progress: Callable[[dict], None] | None 
                     if progress is not None:
                         progress(message["progress"])
                 elif "error" in message:
-                    raise StartupError(message["error"])
+                    raise CommandError(message["error"])
                 elif "result" in message:
                     return message["result"]
         except socket.timeout:
-            raise StartupError(f"the daemon did not answer within {timeout:g}s") from None
+            raise CommandError(f"the daemon did not answer within {timeout:g}s") from None
         except (OSError, ValueError) as e:
-            raise StartupError(f"the daemon's answer broke off: {e}") from None
-    raise StartupError("the daemon closed the control connection without an answer (see its log)")
+            raise CommandError(f"the daemon's answer broke off: {e}") from None
+    raise CommandError("the daemon closed the control connection without an answer (see its log)")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from . import logs
 from .config import Config
-from .errors import MusicfsError, StartupError
+from .errors import CommandError, MusicfsError, StartupError
 from .control import ControlServer
 from .live import CacheLock, daemon_of_mountpoint
 
@@ -341,7 +341,7 @@ def control_handlers(service) -> dict:
     def paths(request) -> list[bytes]:
         given = request.get("paths")
         if not isinstance(given, list) or not all(isinstance(p, str) for p in given):
-            raise StartupError("bad request: paths must be a list of paths inside the mount")
+            raise CommandError("bad request: paths must be a list of paths inside the mount")
         return [os.fsencode(p) for p in given]
 
     def rescan(request, progress) -> dict:

@@ -24,7 +24,12 @@ class ConfigError(MusicfsError):
     """The configuration or the command line is wrong; the message says which key and how to fix it."""
 
 
-class StartupError(MusicfsError):
+class CommandError(MusicfsError):
+    """A command cannot do what was asked (no daemon serves that mount, a path outside any
+    mount, a pin the cache cannot take...); the message is the one line the user sees."""
+
+
+class StartupError(CommandError):
     """The daemon cannot start (lock held, mountpoint missing...); the message says what to do."""
 
 

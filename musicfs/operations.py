@@ -16,7 +16,7 @@ from . import control
 from .cas.store import cached_bytes, manifest_key
 from .catalog import decode_entry, decode_record
 from .config import format_size
-from .errors import StartupError
+from .errors import CommandError
 from .live import statuses_of_mountpoint, status_pid_alive
 
 _STATE_RANK = {"healthy": 0, "degraded": 1, "unhealthy": 2}
@@ -49,7 +49,7 @@ def locate(path: Path) -> tuple[Mount, bytes]:
         if mount is not None:
             inside = os.fsencode(absolute.relative_to(candidate))
             return mount, b"/" if inside in (b"", b".") else b"/" + inside
-    raise StartupError(f"{path} is not inside a running musicfs mount")
+    raise CommandError(f"{path} is not inside a running musicfs mount")
 
 
 def mount_for(mountpoint: Path | None, cache_dir: Path | None) -> Mount:
@@ -57,12 +57,12 @@ def mount_for(mountpoint: Path | None, cache_dir: Path | None) -> Mount:
     if mountpoint is not None:
         mount = live_mount(mountpoint)
         if mount is None:
-            raise StartupError(f"no running musicfs serves {os.path.abspath(mountpoint)}")
+            raise CommandError(f"no running musicfs serves {os.path.abspath(mountpoint)}")
         return mount
     from .live import read_status
     status = read_status(cache_dir) if cache_dir is not None else None
     if not status or not status.get("cache_dir"):
-        raise StartupError(f"no running musicfs uses the cache {cache_dir}; give the MOUNTPOINT")
+        raise CommandError(f"no running musicfs uses the cache {cache_dir}; give the MOUNTPOINT")
     return Mount(Path(status.get("mountpoint") or "?"), status)
 
 

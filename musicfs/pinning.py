@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from .cas.store import LOW_WATERMARK, CacheWriteError
 from .catalog import KIND_DIR
-from .errors import MusicfsError, NotFound, OriginUnavailable, ReadTimeout, StartupError
+from .errors import MusicfsError, NotFound, OriginUnavailable, ReadTimeout, CommandError
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class Pinner:
         for path in paths:
             entry = self.catalog.lookup(path)
             if entry is None:
-                raise StartupError(f"{_text(path)} is not in the library (a path inside the mount)")
+                raise CommandError(f"{_text(path)} is not in the library (a path inside the mount)")
             if not entry.is_dir:
                 found.setdefault(path, entry.size)
                 continue
@@ -71,7 +71,7 @@ class Pinner:
 
     def pin(self, paths: list[bytes], progress=None) -> dict:
         if self.store.passthrough:
-            raise StartupError(f"the cache does not take writes now ({self.store.passthrough_reason}); "
+            raise CommandError(f"the cache does not take writes now ({self.store.passthrough_reason}); "
                                f"nothing can be pinned until it does")
         files = self.files_under(paths)
         limit = int(self.store.max_size * PIN_SHARE)

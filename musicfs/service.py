@@ -20,7 +20,7 @@ from . import __version__, logs, origins as origin_factory
 from .cas import CacheChecker, ChunkStore, recover
 from .catalog import Catalog, Scanner
 from .config import Config
-from .errors import ConfigError, OriginMisconfigured, ShuttingDown, StartupError
+from .errors import CommandError, ConfigError, OriginMisconfigured, ShuttingDown, StartupError
 from .health import HealthMonitor
 from .layout import Template
 from .live import config_summary, process_started_at, status_path, write_status
@@ -305,7 +305,7 @@ class Service:
         reshaped = added or changed or removed or [o.name for o in old.origins] != [o.name for o in new.origins] \
             or new.layout != old.layout
         if reshaped and self.storage.readonly:
-            raise StartupError("the cache index is read-only (its disk refuses writes): origins and layout "
+            raise CommandError("the cache index is read-only (its disk refuses writes): origins and layout "
                                "cannot change until it takes writes again")
         view = TagView(Template(new.layout.template)) if new.layout.mode == "tags" else None
         built = {o.name: origin_factory.build(o) for o in added + changed}
@@ -389,7 +389,7 @@ class Service:
     def rescan_now(self) -> list:
         """Rescan every origin now and return the ScanResults (`musicfs rescan`)."""
         if self.storage.readonly:
-            raise StartupError("the cache index is read-only (its disk refuses writes): no rescans until it "
+            raise CommandError("the cache index is read-only (its disk refuses writes): no rescans until it "
                                "takes writes again")
         with self._scan_lock:
             results = self.scanner.scan()
