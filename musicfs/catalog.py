@@ -409,6 +409,7 @@ class Scanner:
                 txn.delete(key, db=self.storage.origin_files)
                 txn.delete(key, db=self.storage.tags)
                 self.store.drop_manifest(key, txn)
+                self.store.forget_pin(key, txn)
             if self.view is None:
                 txn.drop(self.storage.entries, delete=False)
                 txn.drop(self.storage.children, delete=False)

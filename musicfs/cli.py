@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import logging
 import math
 import os
 import sys
@@ -289,7 +290,13 @@ def status(targets: Optional[List[Path]] = typer.Argument(None, metavar="[MOUNTP
     if as_json:
         typer.echo(json.dumps(reports if len(reports) != 1 else reports[0], sort_keys=True))
     else:
-        typer.echo("\n".join(line for report in reports for line in operations.format_file(report)))
+        lines = [line for report in reports for line in operations.format_file(report)]
+        if lines:
+            typer.echo("\n".join(lines))
+        for report in reports:
+            error = operations.format_file_error(report)
+            if error:
+                typer.echo(f"musicfs: {error}", err=True)
     if any("error" in report for report in reports):
         raise typer.Exit(1)
 
@@ -431,6 +438,9 @@ def route(args: list[str], group) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    # Commands that set up no log file (cache verify, status...) must not have logging's
+    # last-resort handler print their warnings to stderr beside their own output.
+    logging.getLogger("musicfs").addHandler(logging.NullHandler())
     args = list(sys.argv[1:] if argv is None else argv)
     command = typer.main.get_command(app)
     try:

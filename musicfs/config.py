@@ -327,7 +327,8 @@ def load(path: Path | None = None, *, origins: list[Path] | None = None, cache_d
     document: dict = {}
     source = None
     if path is not None or default_config_path().exists():
-        source = Path(path) if path is not None else default_config_path()
+        # Absolute: the daemon reads it again on SIGHUP, and status shows where it is.
+        source = Path(os.path.abspath(path if path is not None else default_config_path()))
         try:
             with open(source, "rb") as f:
                 document = tomllib.load(f)
@@ -339,6 +340,10 @@ def load(path: Path | None = None, *, origins: list[Path] | None = None, cache_d
             raise ConfigError(f"cannot read config file {source}: {e.strerror}") from None
     config = parse(document, source)
     if origins:
+        given = [os.path.abspath(os.path.expanduser(p)) for p in origins]
+        twice = next((p for i, p in enumerate(given) if p in given[:i]), None)
+        if twice is not None:
+            raise ConfigError(f"-O {twice} is given twice; give each origin directory once")
         config = dataclasses.replace(config, origins=tuple(
             OriginConfig(name=f"origin{i + 1}", path=Path(os.path.abspath(os.path.expanduser(p))))
             for i, p in enumerate(origins)))

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from . import logs
 from .config import Config
-from .errors import CommandError, MusicfsError, StartupError
+from .errors import CommandError, ConfigError, MusicfsError, StartupError
 from .control import ControlServer
-from .live import CacheLock, daemon_of_mountpoint
+from .live import CacheLock, daemon_of_mountpoint, runtime_dir, runtime_name
 
 log = logging.getLogger(__name__)
 
@@ -113,9 +113,14 @@ def _daemonize(config, mountpoint, lock: CacheLock, fuse_options, verbose, load_
         os.setsid()
         lock.write_pid(os.getpid())
         devnull = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
+        for fd in (0, 1):
             os.dup2(devnull, fd)
         os.close(devnull)
+        # stderr goes to a file: libfuse explains a refused mount there (an unknown -o option),
+        # and a fatal error of the process would land there too.
+        stderr = os.open(stderr_path(mountpoint), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        os.dup2(stderr, 2)
+        os.close(stderr)
 
         def notify(message: str) -> None:
             try:
@@ -126,6 +131,10 @@ def _daemonize(config, mountpoint, lock: CacheLock, fuse_options, verbose, load_
         try:
             logs.setup(config.log.file, config.log.level, verbose=verbose)
             _run(config, mountpoint, fuse_options, lock, notify, load_config)
+        except ConfigError as e:
+            log.error("%s", e)
+            notify(f"config-error {e}")
+            code = 2
         except MusicfsError as e:
             log.error("%s", e)
             notify(f"error {e}")
@@ -144,6 +153,8 @@ def _daemonize(config, mountpoint, lock: CacheLock, fuse_options, verbose, load_
     os.close(lock.fd)
     lock.fd = None
     message = _wait_for_child(read_end, pid)
+    if message.startswith("config-error "):
+        raise ConfigError(message[len("config-error "):])
     if message != "ready":
         raise StartupError(message)
     # The kernel answers INIT after init() returns; this stat waits for that.
@@ -168,6 +179,8 @@ def _wait_for_child(read_end: int, pid: int) -> str:
                     return "ready"
                 if line.startswith("error "):
                     return line[len("error "):]
+                if line.startswith("config-error "):
+                    return line
                 if line.startswith("warn "):
                     sys.stderr.write(f"musicfs: {line[len('warn '):]}\n")
                     sys.stderr.flush()
@@ -258,6 +271,11 @@ def _run(config: Config, mountpoint: Path, fuse_options: dict, lock: CacheLock, 
             MusicFuse(filesystem, str(mountpoint), foreground=True, nothreads=False, encoding=FS_ENCODING,
                       **options)
         except RuntimeError as e:
+            complaint = libfuse_complaint(mountpoint)
+            if complaint and "unknown option" in complaint:
+                raise ConfigError(f"-o: {complaint}; see man mount.fuse for the options libfuse knows") from None
+            if complaint:
+                raise StartupError(f"cannot mount {mountpoint}: {complaint}") from None
             raise StartupError(f"cannot mount {mountpoint}: FUSE failed ({e}); is /dev/fuse available "
                                f"and the 'fuse' package installed?") from None
     finally:
@@ -265,6 +283,26 @@ def _run(config: Config, mountpoint: Path, fuse_options: dict, lock: CacheLock, 
         control.stop()
         service.stop()  # no-op when destroy() or a stop signal already stopped it
         lock.release()
+
+
+def stderr_path(mountpoint: Path) -> Path:
+    """Where a daemonized musicfs's stderr goes (libfuse writes its own errors there)."""
+    return runtime_dir() / f"{runtime_name(mountpoint)}.stderr"
+
+
+def libfuse_complaint(mountpoint: Path) -> str | None:
+    """The last line libfuse wrote to this daemon's stderr ("fuse: unknown option `x'"), if
+    any. In the foreground stderr is the terminal, where the user sees libfuse's line anyway."""
+    path = stderr_path(mountpoint)
+    try:
+        ours, there = os.fstat(2), os.stat(path)
+        if (ours.st_dev, ours.st_ino) != (there.st_dev, there.st_ino):
+            return None
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return None
+    fuse_lines = [line for line in lines if line.startswith("fuse:")]
+    return fuse_lines[-1].removeprefix("fuse:").strip() if fuse_lines else None
 
 
 def _handle_signals(filesystem, service, mountpoint: Path, lock: CacheLock, reload) -> None:
@@ -388,6 +426,8 @@ def unmount(mountpoint: Path, *, wait: float = 30.0) -> str | None:
     the normal way; it is then detached lazily and its daemon told to stop (SIGTERM), which
     fails the reads in progress. Returns a note for the user in that case."""
     mountpoint = Path(os.path.abspath(mountpoint))
+    if not os.path.lexists(mountpoint):
+        raise StartupError(f"{mountpoint} does not exist")
     pid, cache_dir = daemon_of_mountpoint(mountpoint)
     result = subprocess.run(["fusermount", "-u", str(mountpoint)], capture_output=True, text=True)
     note = None

@@ -21,7 +21,7 @@ musicfs_probe_status                           the plugin's exit code: 0 OK, 1 W
 musicfs_probe_duration_seconds                 how long the probe took
 musicfs_mount_up                               1 if the mountpoint is mounted and answered a
                                                statvfs in time
-musicfs_origin_up{origin}                      1 if the origin answers (healthy or degraded)
+musicfs_origin_up{origin}                      1 if the origin is healthy (a degraded one failed a check)
 musicfs_origin_state{origin,state}             1 for its state (healthy, degraded, unhealthy)
 musicfs_origin_latency_seconds{origin}         its last check's answer time (no sample when
                                                it does not answer)
@@ -83,7 +83,7 @@ def metric_families(verdict: Verdict | None, mountpoint: str) -> list:
                               int(bool(verdict.mount.get("answers") and verdict.mount.get("mounted")))))
 
     per_origin = {
-        "up": GaugeMetricFamily("musicfs_origin_up", "1 if the origin answers (healthy or degraded).",
+        "up": GaugeMetricFamily("musicfs_origin_up", "1 if the origin is healthy (degraded: it failed a check).",
                                 labels=["mountpoint", "origin"]),
         "state": GaugeMetricFamily("musicfs_origin_state", "1 for the origin's state, 0 for the others.",
                                    labels=["mountpoint", "origin", "state"]),
@@ -95,7 +95,7 @@ def metric_families(verdict: Verdict | None, mountpoint: str) -> list:
                                   labels=["mountpoint", "origin"]),
     }
     for origin in verdict.origins:
-        per_origin["up"].add_metric([mountpoint, origin.name], float(origin.status != UNHEALTHY))
+        per_origin["up"].add_metric([mountpoint, origin.name], float(origin.status == HEALTHY))
         for state in ORIGIN_STATES:
             per_origin["state"].add_metric([mountpoint, origin.name, state], float(origin.status == state))
         if origin.latency is not None:

@@ -6,6 +6,7 @@ control socket (:mod:`musicfs.control`) for anything that changes the cache or t
 """
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import time
@@ -33,11 +34,25 @@ class Mount:
 
 
 def live_mount(mountpoint: Path) -> Mount | None:
-    """The live daemon serving exactly `mountpoint`, or None."""
+    """The live daemon serving exactly `mountpoint`, or None. CommandError if the daemon that
+    served it died (its status file is left behind)."""
+    dead = None
     for status in statuses_of_mountpoint(mountpoint):
         if status_pid_alive(status) and status.get("cache_dir"):
             return Mount(Path(os.path.abspath(mountpoint)), status)
+        dead = dead or status
+    if dead is not None and _dead_fuse_mount(mountpoint):
+        raise CommandError(f"the musicfs daemon of {os.path.abspath(mountpoint)} (PID {dead.get('pid')}) died; "
+                           f"mount it again (musicfs {os.path.abspath(mountpoint)} ...)")
     return None
+
+
+def _dead_fuse_mount(path: Path) -> bool:
+    try:
+        os.statvfs(path)
+    except OSError as e:
+        return e.errno == errno.ENOTCONN
+    return False
 
 
 def locate(path: Path) -> tuple[Mount, bytes]:
@@ -144,10 +159,14 @@ def file_reports(paths: list[Path]) -> list[dict]:
     Read from the cache index (read-only) beside the daemon, one transaction per mount."""
     from .inspect import open_existing
     by_mount: dict[Path, tuple[Mount, list]] = {}
-    for path in paths:
-        mount, inside = locate(path)
-        by_mount.setdefault(mount.mountpoint, (mount, []))[1].append((str(path), inside))
     reports = []
+    for path in paths:
+        try:
+            mount, inside = locate(path)
+        except CommandError as e:   # one bad path does not hide the others' answers
+            reports.append({"path": str(path), "error": str(e)})
+            continue
+        by_mount.setdefault(mount.mountpoint, (mount, []))[1].append((str(path), inside))
     for mount, items in by_mount.values():
         health = {name: origin.get("status", "healthy") for name, origin in (mount.status.get("origins") or {}).items()}
         storage = open_existing(mount.cache_dir, readonly=True)
@@ -189,8 +208,9 @@ def _file_report(storage, txn, health: dict, given: str, inside: bytes) -> dict:
 
 
 def format_file(report: dict) -> list[str]:
+    """The lines for stdout (nothing for an error: see format_file_error)."""
     if "error" in report:
-        return [f"{report['path']}: {report['error']}"]
+        return []
     size = report["size"]
     percent = f"{100 * report['cached'] / size:.0f}%" if size else "100%"
     lines = [f"{report['path']}",
@@ -200,6 +220,13 @@ def format_file(report: dict) -> list[str]:
     for replica in report["replicas"]:
         lines.append(f"  replica    {replica['origin']} ({replica['state']}): {replica['source']}")
     return lines
+
+
+def format_file_error(report: dict) -> str | None:
+    if "error" not in report:
+        return None
+    error = report["error"]
+    return error if error.startswith(report["path"]) else f"{report['path']}: {error}"
 
 
 # -- rescan and pin ------------------------------------------------------------------------------
@@ -236,7 +263,7 @@ class ProgressBar:
             return
         done, total, seconds = progress.get("done", 0), progress.get("total", 0), progress.get("seconds", 0)
         rate = done / seconds if seconds > 0 else 0
-        eta = human_duration((total - done) / rate) if rate > 0 else "?"
+        eta = "0s" if done >= total else human_duration((total - done) / rate) if rate > 0 else "?"
         width = 24
         filled = width * done // total if total else width
         self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {format_size(done)} of {format_size(total)}"
@@ -262,18 +289,27 @@ def pin(paths: list[Path], unpin: bool, progress=None) -> list[tuple[Mount, dict
     return results
 
 
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def format_pin(result: dict, unpin: bool) -> list[str]:
     if unpin:
-        return [f"released {result['files']} pinned file copies ({format_size(result['released_bytes'])}); "
-                f"{format_size(result['pinned_bytes'])} stay pinned"]
-    lines = [f"pinned {result['files']} files ({format_size(result['fetched_bytes'])} fetched); "
+        return [f"released {plural(result['files'], 'pinned file copy').replace('copys', 'copies')} "
+                f"({format_size(result['released_bytes'])}); {format_size(result['pinned_bytes'])} stay pinned"]
+    incomplete = result["pinned_files"] - result["files"]
+    lines = [f"pinned {plural(result['pinned_files'], 'file')}"
+             + (f" ({incomplete} not complete yet)" if incomplete else "")
+             + f", {format_size(result['fetched_bytes'])} fetched; "
              f"{format_size(result['pinned_bytes'])} pinned of {format_size(result['pin_limit_bytes'])} allowed"]
     if result["not_fitting"]:
-        lines.append(f"{len(result['not_fitting'])} files did not fit (raise [cache].max_size or unpin others):")
+        lines.append(f"{plural(len(result['not_fitting']), 'file')} did not fit, left unpinned "
+                     f"(raise [cache].max_size or unpin others):")
         lines.extend(f"  {path}" for path in result["not_fitting"][:20])
         if len(result["not_fitting"]) > 20:
             lines.append(f"  ... and {len(result['not_fitting']) - 20} more")
     if result["failed"]:
-        lines.append(f"{len(result['failed'])} files are pinned but not all cached (run the pin again later):")
+        lines.append(f"{plural(len(result['failed']), 'file')} pinned but not all cached yet (fetched after "
+                     f"the next rescan once their origin answers, or pin again):")
         lines.extend(f"  {item['path']}: {item['error']}" for item in result["failed"][:20])
     return lines

@@ -29,13 +29,14 @@ PROGRESS_INTERVAL = 0.25
 
 @dataclass
 class PinReport:
-    files: int = 0                 # files pinned (now all cached)
+    pinned: int = 0                # files pinned now (complete or not)
+    files: int = 0                 # ... of which every byte is cached
     fetched: int = 0               # bytes fetched from origins for them
     not_fitting: list[str] = field(default_factory=list)
     failed: list[dict] = field(default_factory=list)    # {"path", "error"}: pinned, not all cached
 
     def as_dict(self, store) -> dict:
-        return {"files": self.files, "fetched_bytes": self.fetched, "not_fitting": self.not_fitting,
+        return {"pinned_files": self.pinned, "files": self.files, "fetched_bytes": self.fetched, "not_fitting": self.not_fitting,
                 "failed": self.failed, "pinned_bytes": store.pinned_bytes(),
                 "pin_limit_bytes": int(store.max_size * PIN_SHARE)}
 
@@ -56,18 +57,20 @@ class Pinner:
             if not entry.is_dir:
                 found.setdefault(path, entry.size)
                 continue
-            todo = [path]
-            while todo:
-                folder = todo.pop()
-                for name, kind in reversed(self.catalog.children(folder) or []):
-                    child = (folder.rstrip(b"/") + b"/" + name)
-                    if kind == KIND_DIR:
-                        todo.append(child)
-                    else:
-                        attrs = self.catalog.attrs(child)
-                        if attrs is not None:
-                            found.setdefault(child, attrs[1])
+            self._walk(path, found)
         return list(found.items())
+
+    def _walk(self, folder: bytes, found: dict) -> None:
+        # In listing order, so that when an album does not fit whole its first tracks are the
+        # ones pinned. Folders nest a few levels deep at most: recursion is fine.
+        for name, kind in self.catalog.children(folder) or []:
+            child = folder.rstrip(b"/") + b"/" + name
+            if kind == KIND_DIR:
+                self._walk(child, found)
+            else:
+                attrs = self.catalog.attrs(child)
+                if attrs is not None:
+                    found.setdefault(child, attrs[1])
 
     def pin(self, paths: list[bytes], progress=None) -> dict:
         if self.store.passthrough:
@@ -107,6 +110,7 @@ class Pinner:
         for path, size, keys in todo:
             for key, _, _ in keys:
                 self.store.pin(key, path)
+            report.pinned += 1
             fetched = 0
             try:
                 fetched = self.reader.cache_file(path, progress=lambda n, p=path: advance(n, p))
@@ -117,6 +121,7 @@ class Pinner:
             except (MusicfsError, OSError) as e:
                 reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
                 report.failed.append({"path": _text(path), "error": reason})
+                advance(size - fetched, path)   # counted as done: the bar is about this run
             else:
                 report.files += 1
                 advance(size - fetched, path)   # the part that was cached already
@@ -145,6 +150,8 @@ class Pinner:
             if stopping() or self.store.passthrough:
                 break
             origin, _, relpath = key.partition(b"\0")
+            if origin.decode() not in self.reader.origins:
+                continue   # an origin removed by a reload: reconcile_origins drops its pins
             try:
                 fetched += self.reader.cache_copy(origin.decode(), relpath)
             except (MusicfsError, OSError) as e:

@@ -111,6 +111,7 @@ class Service:
                         cache_timeout=config.health.timeout)
         service = cls(config, storage, store, catalog, scanner, origins, pool, reader, health)
         health.cache_probe = service.probe_cache
+        health.on_recovered.append(service.refresh_pins_soon)
         return service
 
     @staticmethod
@@ -393,10 +394,20 @@ class Service:
                                "takes writes again")
         with self._scan_lock:
             results = self.scanner.scan()
+        for result in results:
+            if result.complete:
+                self.health.answered(result.origin)   # may start refresh_pins_soon already
         # Pinned files that changed are fetched again in the background, not before answering.
+        self.refresh_pins_soon()
+        return results
+
+    def refresh_pins_soon(self, origin: str | None = None) -> None:
+        """Fetch what pinned files lack, in the background: after a rescan, and when an origin
+        is healthy again (pins it could not serve before)."""
+        if self.stopping or not self.store.pins_exist():
+            return
         threading.Thread(target=self.pinner.refresh, kwargs={"stopping": lambda: self._stopping.is_set()},
                          name="pins", daemon=True).start()
-        return results
 
     @property
     def stopping(self) -> bool:

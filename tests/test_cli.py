@@ -168,6 +168,31 @@ def test_an_existing_directory_named_like_a_command_typo_still_mounts(tmp_path):
         unmount(tmp_path / "helth", env)
 
 
+@pytest.mark.mount
+def test_an_option_libfuse_does_not_know_is_named_and_a_usage_error(tmp_path):
+    origin, mountpoint = tmp_path / "music", tmp_path / "mnt"
+    origin.mkdir()
+    mountpoint.mkdir()
+    env = isolated_env(tmp_path)
+    try:
+        result = musicfs(mountpoint, "-O", origin, "--cache-dir", tmp_path / "cache", "-o", "nonsense_opt", env=env)
+        assert result.returncode == 2
+        assert result.stderr.strip() == ("musicfs: -o: unknown option `nonsense_opt'; see man mount.fuse for the "
+                                         "options libfuse knows")
+        assert not is_mounted(mountpoint)
+    finally:
+        unmount(mountpoint, env)
+
+
+def test_unmount_of_a_path_that_does_not_exist_and_an_origin_given_twice(tmp_path):
+    result = musicfs("unmount", tmp_path / "nowhere")
+    assert (result.returncode, result.stderr.strip()) == (1, f"musicfs: {tmp_path / 'nowhere'} does not exist")
+    (tmp_path / "mnt").mkdir()
+    twice = musicfs(tmp_path / "mnt", "-O", tmp_path, "-O", f"{tmp_path}/", env=isolated_env(tmp_path))
+    assert (twice.returncode, twice.stderr.strip()) == (2, f"musicfs: -O {tmp_path} is given twice; give each "
+                                                           f"origin directory once")
+
+
 # -- cache stats --------------------------------------------------------------------------------
 
 @pytest.mark.mount

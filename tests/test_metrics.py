@@ -88,7 +88,8 @@ def test_names_units_and_missing_values_follow_the_conventions(tmp_path):
     mnt = "/mnt/music"
     assert metrics.value("musicfs_probe_status", mnt) == 2
     assert metrics.value("musicfs_origin_up", mnt, origin="nas") == 0
-    assert metrics.value("musicfs_origin_up", mnt, origin="usb") == 1          # degraded still answers
+    # degraded: a check failed (a NAS just unmounted is degraded for a round): not up
+    assert metrics.value("musicfs_origin_up", mnt, origin="usb") == 0
     assert metrics.value("musicfs_origin_state", mnt, origin="usb", state=DEGRADED) == 1
     assert metrics.value("musicfs_origin_state", mnt, origin="usb", state=HEALTHY) == 0
     assert metrics.value("musicfs_origin_latency_seconds", mnt, origin="nas") is None   # unknown: no sample

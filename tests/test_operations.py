@@ -81,9 +81,11 @@ def test_status_of_files_names_origin_source_replicas_and_cached_bytes(tmp_path,
     assert unread_report["cached"] == 0
 
     missing = run_musicfs("status", daemon.path("no such file.flac"))
-    assert missing.returncode == 1 and "not in the library" in missing.stdout
-    outside = run_musicfs("status", tmp_path / "a")
-    assert outside.returncode == 1 and outside.stderr.strip().endswith("is not inside a running musicfs mount")
+    assert missing.returncode == 1 and missing.stderr.strip() == f"musicfs: {daemon.path('no such file.flac')}: not in the library"
+    outside = run_musicfs("status", "--json", tmp_path / "a", read_path)   # one bad path, one good
+    assert outside.returncode == 1
+    bad, good = json.loads(outside.stdout)
+    assert bad["error"].endswith("is not inside a running musicfs mount") and good["origin"] == "a"
 
 
 def test_rescan_prints_what_changed(tmp_path, daemons):
@@ -152,7 +154,9 @@ def test_pin_reports_what_does_not_fit_and_pins_survive_a_restart(tmp_path, daem
     result = run_musicfs("pin", "--json", album)
     assert result.returncode == 1   # not everything fitted
     report = json.loads(result.stdout)
-    assert report["files"] == 3 and len(report["not_fitting"]) == 5
+    assert report["files"] == report["pinned_files"] == 3
+    # The album's first tracks are the ones pinned.
+    assert [path.rsplit("/", 1)[1] for path in report["not_fitting"]] == [f"0{n} Track.flac" for n in range(4, 9)]
     assert report["pinned_bytes"] <= report["pin_limit_bytes"] == int(2 * 1024 * 1024 * 0.9)
     pinned_before = report["pinned_bytes"]
 
@@ -187,6 +191,27 @@ def test_a_pinned_file_changed_on_its_origin_is_fetched_again_after_the_rescan(t
     wait_until(complete, timeout=30, message="the pinned file's new version in the cache")
     shutil.move(origin, tmp_path / "gone")
     assert read_file(daemon.path(relative)) == new
+
+
+def test_a_pin_made_while_the_origin_was_down_completes_when_it_is_back(tmp_path, daemons):
+    origin = tmp_path / "lib"
+    make_library(origin, 2, 300 * KIB)
+    daemon = daemons(tmp_path, [("nas", origin)], health={"interval": 0.3, "timeout": 2})
+    relative = "Artist 0000/Album 00/01 Track.flac"
+    expected = (origin / relative).read_bytes()
+    away = tmp_path / "away"
+    origin.rename(away)
+    wait_until(lambda: status_file(daemon)["origins"]["nas"]["status"] == "unhealthy", message="origin down")
+
+    result = run_musicfs("pin", daemon.path(relative))
+    assert result.returncode == 1 and "not all cached yet" in result.stdout, result.stdout
+    assert status_json(daemon.path(relative))["cached"] == 0
+
+    away.rename(origin)   # back: the health loop sees it, and the pin is completed without a rescan
+    wait_until(lambda: status_json(daemon.path(relative))["cached"] == len(expected), timeout=20,
+               message="the pinned file fetched once its origin is back")
+    origin.rename(away)
+    assert read_file(daemon.path(relative)) == expected
 
 
 def test_pin_outside_a_mount_is_one_clear_line(tmp_path):

@@ -379,6 +379,14 @@ class ChunkStore:
         with self.storage.begin() as txn:
             return list(txn.cursor(db=self.storage.pins))
 
+    def pins_exist(self) -> bool:
+        with self.storage.begin() as txn:
+            return txn.stat(self.storage.pins)["entries"] > 0
+
+    def forget_pin(self, key: bytes, txn) -> None:
+        """Drop the pin of a copy whose origin is no longer configured (after drop_manifest)."""
+        txn.delete(key, db=self.storage.pins)
+
     def pinned_bytes(self) -> int:
         with self.storage.begin() as txn:
             return self.storage.get_u64(txn, b"pinned")

@@ -62,6 +62,7 @@ class HealthMonitor:
         # Called every round: sees whether a cache disk that failed takes writes again (bounded
         # by the caller, since that disk may be the thing that hangs).
         self.cache_probe = cache_probe
+        self.on_recovered: list = []   # called with an origin's name when it is healthy again
         self.status = {name: OriginHealth(name) for name in self.names}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -131,7 +132,9 @@ class HealthMonitor:
 
     def _failed(self, name: str, error: str) -> None:
         with self._lock:
-            st = self.status[name]
+            st = self.status.get(name)
+            if st is None:   # removed by a reload meanwhile
+                return
             st.consecutive_failures += 1
             st.error = error
             old = st.state
@@ -139,13 +142,27 @@ class HealthMonitor:
         if st.state != old:
             log.warning("origin %s is %s: %s", name, st.state, error)
 
-    def _succeeded(self, name: str, latency: float) -> None:
+    def _succeeded(self, name: str, latency: float | None) -> None:
         with self._lock:
-            st = self.status[name]
+            st = self.status.get(name)
+            if st is None:   # removed by a reload meanwhile
+                return
             old = st.state
-            st.state, st.consecutive_failures, st.error, st.latency = HEALTHY, 0, "", latency
+            st.state, st.consecutive_failures, st.error = HEALTHY, 0, ""
+            if latency is not None:
+                st.latency = latency
         if old != HEALTHY:
-            log.info("origin %s is healthy again (answered in %.3fs)", name, latency)
+            log.info("origin %s is healthy again (%s)", name,
+                     f"answered in {latency:.3f}s" if latency is not None else "a complete scan of it succeeded")
+            for callback in self.on_recovered:
+                try:
+                    callback(name)
+                except Exception:  # noqa: BLE001 - a follow-up must not break the health loop
+                    log.exception("after origin %s recovered", name)
+
+    def answered(self, name: str) -> None:
+        """Something other than a check proved the origin works (a complete scan of it)."""
+        self._succeeded(name, None)
 
     # -- what reads ask ----------------------------------------------------------------------
 

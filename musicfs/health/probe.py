@@ -294,8 +294,10 @@ def probe(config: Config | None, mountpoint=None) -> Verdict:
         seen = [v for v in (verdict.daemon, verdict.probe) if v is not None]
         verdict.status = max((v["status"] for v in seen), key=_RANK.__getitem__)
         # A current answer's latency: the daemon keeps its last good one while an origin is down.
-        verdict.latency = next((v.get("latency") for v in (verdict.probe, verdict.daemon)
-                                if v is not None and v["status"] == HEALTHY and v.get("latency") is not None), None)
+        # None when either side finds it failing: a latency says the origin answers.
+        verdict.latency = None if verdict.status == UNHEALTHY else next(
+            (v.get("latency") for v in (verdict.probe, verdict.daemon)
+             if v is not None and v["status"] == HEALTHY and v.get("latency") is not None), None)
         reasons = [f"{who}: {v.get('error') or v['status']}" for who, v in (("daemon", verdict.daemon),
                                                                            ("probe", verdict.probe))
                    if v is not None and v["status"] != HEALTHY]
