@@ -20,7 +20,8 @@ from .config import format_size
 from .errors import CommandError
 from .live import statuses_of_mountpoint, status_pid_alive
 
-_STATE_RANK = {"healthy": 0, "degraded": 1, "unhealthy": 2}
+# As reads order the copies ("unknown": not checked yet, read like a healthy one).
+_STATE_RANK = {"healthy": 0, "unknown": 0, "degraded": 1, "unhealthy": 2}
 
 
 @dataclass

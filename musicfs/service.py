@@ -397,6 +397,7 @@ class Service:
         for result in results:
             if result.complete:
                 self.health.answered(result.origin)   # may start refresh_pins_soon already
+        self.publish_status()   # a `musicfs status` right after shows this scan
         # Pinned files that changed are fetched again in the background, not before answering.
         self.refresh_pins_soon()
         return results

@@ -39,10 +39,13 @@ class OriginHealth:
     latency: float | None = None
     error: str = ""
     checked_at: float = 0.0
+    answered: bool = False   # any verdict yet (a check, or a read's failure)
     pending: concurrent.futures.Future | None = field(default=None, repr=False)
 
     def as_dict(self) -> dict:
-        return {"status": self.state, "latency": self.latency, "error": self.error or None,
+        # "unknown" until the first verdict: reads treat it as healthy, but nobody has asked yet.
+        return {"status": self.state if self.answered else "unknown", "latency": self.latency,
+                "error": self.error or None,
                 "consecutive_failures": self.consecutive_failures}
 
 
@@ -137,6 +140,7 @@ class HealthMonitor:
                 return
             st.consecutive_failures += 1
             st.error = error
+            st.answered = True
             old = st.state
             st.state = UNHEALTHY if st.consecutive_failures >= UNHEALTHY_AFTER else DEGRADED
         if st.state != old:
@@ -148,7 +152,7 @@ class HealthMonitor:
             if st is None:   # removed by a reload meanwhile
                 return
             old = st.state
-            st.state, st.consecutive_failures, st.error = HEALTHY, 0, ""
+            st.state, st.consecutive_failures, st.error, st.answered = HEALTHY, 0, "", True
             if latency is not None:
                 st.latency = latency
         if old != HEALTHY:
