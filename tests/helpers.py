@@ -418,3 +418,43 @@ class MotoServer:
             self.process.kill()
             self.process.wait()
             self.process = None
+
+
+class BadServer:
+    """A TCP server on 127.0.0.1 that speaks no protocol: it accepts each connection and closes
+    it at once (`hold=False`: a server dropping connections) or holds it open without a word
+    (`hold=True`: a peer that stopped answering). `accepted` counts the connections, which is
+    how a test sees how many attempts a client really made."""
+
+    def __init__(self, hold: bool = False):
+        import socket
+        self.hold = hold
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.port = self.listener.getsockname()[1]
+        self.accepted = 0
+        self._held = []
+        self._thread = threading.Thread(target=self._serve, name="bad-server", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return   # stop() closed the listener
+            self.accepted += 1
+            if self.hold:
+                self._held.append(conn)
+            else:
+                conn.close()
+
+    def stop(self) -> None:
+        import socket
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+        self._thread.join(timeout=5)
+        for conn in self._held:
+            conn.close()

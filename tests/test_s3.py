@@ -7,11 +7,12 @@ import time
 import pytest
 
 from musicfs import config as config_module
-from musicfs.errors import OriginMissing
+from musicfs.errors import OriginMissing, OriginTransient
 from musicfs.origins import build
 from musicfs.service import Service
 
-from .helpers import FIXTURES, Daemon, is_mounted, read_outcome, run_musicfs, toml_config, wait_until
+from .helpers import (FIXTURES, BadServer, Daemon, is_mounted, read_outcome, run_musicfs, toml_config,
+                      wait_until)
 
 pytestmark = [pytest.mark.mount, pytest.mark.slow]
 
@@ -130,3 +131,24 @@ def test_a_mistyped_prefix_or_endpoint_or_profile_is_named(moto, bucket):
         config_module.parse({"origins": [{**table, "endpoint_url": "127.0.0.1:9000"}]})
     with pytest.raises(config_module.ConfigError, match="profile 'nosuch' is not in"):
         build(config_module.parse({"origins": [{**table, "profile": "nosuch"}]}).origins[0])
+
+
+@pytest.mark.parametrize("hold", [False, True], ids=["drops-connections", "never-answers"])
+def test_retries_are_musicfs_s_alone_and_fit_in_the_timeout(monkeypatch, hold):
+    """A server that drops every connection is tried three times; one that never answers twice
+    (an attempt is a little under half the timeout). botocore's own retries would multiply
+    both the connections and the time."""
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(key, "testing")
+    server = BadServer(hold=hold)
+    try:
+        origin = build(config_module.parse({"origins": [{
+            "name": "b", "type": "s3", "bucket": "music", "endpoint_url": f"http://127.0.0.1:{server.port}",
+            "region": "us-east-1", "timeout": 3}]}).origins[0])
+        started = time.monotonic()
+        with pytest.raises(OriginTransient):
+            origin.read(b"a.flac", 0, 1000)
+        assert time.monotonic() - started < 3 + 0.5
+        assert server.accepted == (2 if hold else 3)
+    finally:
+        server.stop()
