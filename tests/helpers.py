@@ -458,3 +458,33 @@ class BadServer:
         self._thread.join(timeout=5)
         for conn in self._held:
             conn.close()
+
+
+def moto_require_credentials(moto: MotoServer) -> tuple[tuple[str, str], tuple[str, str]]:
+    """Make `moto` check credentials as S3 does (it accepts any by default). Returns two access
+    keys as (id, secret): one of an IAM user allowed s3:*, one of a user allowed nothing."""
+    import json
+    import urllib.request
+
+    import boto3
+    iam = boto3.client("iam", endpoint_url=moto.url, region_name="us-east-1")
+    keys = []
+    for user, statements in (("musicfs", [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]),
+                             ("stranger", [])):
+        iam.create_user(UserName=user)
+        if statements:
+            iam.put_user_policy(UserName=user, PolicyName="s3", PolicyDocument=json.dumps(
+                {"Version": "2012-10-17", "Statement": statements}))
+        key = iam.create_access_key(UserName=user)["AccessKey"]
+        keys.append((key["AccessKeyId"], key["SecretAccessKey"]))
+    # moto's server switch: authenticate every request after the next 0 ones (a plain body:
+    # as a form, the server would not see the number)
+    urllib.request.urlopen(urllib.request.Request(f"{moto.url}/moto-api/reset-auth", data=b"0", method="POST",
+                                                  headers={"Content-Type": "text/plain"}), timeout=10).read()
+    return keys[0], keys[1]
+
+
+def origin_toml(table: dict) -> str:
+    """One [[origins]] table of a config file, from the dict an origin_table() gives."""
+    return "[[origins]]\n" + "".join(f'{k} = "{v}"\n' if isinstance(v, str) else f"{k} = {v!r}\n"
+                                     for k, v in table.items())

@@ -2,6 +2,7 @@
 import errno
 import os
 import shutil
+import sys
 import time
 
 import pytest
@@ -11,8 +12,8 @@ from musicfs.errors import OriginMissing, OriginTransient
 from musicfs.origins import build
 from musicfs.service import Service
 
-from .helpers import (FIXTURES, BadServer, Daemon, is_mounted, read_outcome, run_musicfs, toml_config,
-                      wait_until)
+from .helpers import (FIXTURES, ROOT, BadServer, Daemon, is_mounted, moto_require_credentials, origin_toml,
+                      read_outcome, run_bounded, run_musicfs, toml_config, wait_until)
 
 pytestmark = [pytest.mark.mount, pytest.mark.slow]
 
@@ -109,8 +110,7 @@ def test_missing_bucket_is_a_clear_error(tmp_path, moto):
         origin.check()
     daemon = Daemon(tmp_path, [])
     table = moto.origin_table("s3", "no-such-bucket")
-    daemon.config.write_text(toml_config([], daemon.cache_dir, daemon.log_file) + "\n[[origins]]\n" + "\n".join(
-        f"{k} = {v!r}" if not isinstance(v, str) else f'{k} = "{v}"' for k, v in table.items()) + "\n")
+    daemon.config.write_text(toml_config([], daemon.cache_dir, daemon.log_file) + origin_toml(table))
     result = run_musicfs(daemon.mountpoint, "-c", daemon.config, env={**os.environ})
     assert result.returncode == 1 and "bucket no-such-bucket does not exist" in result.stderr
     assert len(result.stderr.splitlines()) == 1 and not is_mounted(daemon.mountpoint)
@@ -152,3 +152,52 @@ def test_retries_are_musicfs_s_alone_and_fit_in_the_timeout(monkeypatch, hold):
         assert server.accepted == (2 if hold else 3)
     finally:
         server.stop()
+
+
+def test_refused_credentials_on_a_first_mount_are_one_line(tmp_path, moto, bucket):
+    allowed, stranger = moto_require_credentials(moto)
+    daemon = Daemon(tmp_path, [])
+    daemon.config.write_text(toml_config([], daemon.cache_dir, daemon.log_file)
+                             + origin_toml(moto.origin_table("bucket", "music", PREFIX)))
+    for key_id, secret, code in ((allowed[0], "not-the-secret", "SignatureDoesNotMatch"),
+                                 ("AKIAUNKNOWNKEY000000", allowed[1], "InvalidAccessKeyId"),
+                                 (*stranger, "AccessDenied")):
+        result = run_musicfs(daemon.mountpoint, "-c", daemon.config,
+                             env={**os.environ, "AWS_ACCESS_KEY_ID": key_id, "AWS_SECRET_ACCESS_KEY": secret})
+        assert result.returncode == 1, result.stderr
+        line, = result.stderr.splitlines()
+        assert line.startswith("musicfs: origin bucket (s3://music/library/") and "credentials refused" in line
+        assert f"({code}); check AWS_ACCESS_KEY_ID" in line
+        assert not is_mounted(daemon.mountpoint)
+
+
+def test_credentials_gone_bad_keep_the_listing_and_health_warns(tmp_path, moto, bucket, monkeypatch):
+    local, big = bucket
+    allowed, _ = moto_require_credentials(moto)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", allowed[0])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", allowed[1])
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    (disk / "on-disk.flac").write_bytes(b"local")
+    daemon = Daemon(tmp_path, [("disk", disk)], health={"interval": 0.5, "timeout": 2})
+    daemon.config.write_text(daemon.config.read_text() + origin_toml(moto.origin_table("bucket", "music", PREFIX)))
+    try:
+        daemon.mount()
+        listed = sorted(p.relative_to(daemon.mountpoint) for p in daemon.mountpoint.rglob("*"))
+        assert len(listed) > 5
+        daemon.stop()
+
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "rotated-away")     # the key was revoked
+        result = daemon.start()
+        assert result.returncode == 0 and result.stderr == "", result.stderr
+        assert sorted(p.relative_to(daemon.mountpoint) for p in daemon.mountpoint.rglob("*")) == listed
+        assert read_outcome(daemon.path("big.flac")) == errno.EIO       # never cached: no origin can serve it
+        assert daemon.path("on-disk.flac").read_bytes() == b"local"
+        probe = run_bounded([sys.executable, "-m", "musicfs.cli", "health",
+                             daemon.mountpoint], 30, cwd=ROOT)
+        assert probe.returncode == 1, probe.stdout + probe.stderr
+        assert probe.stdout.startswith("MUSICFS WARNING - 1/2 origins healthy; origin bucket unhealthy")
+        assert "credentials refused" in probe.stdout and "SignatureDoesNotMatch" in probe.stdout
+        assert "Traceback" not in probe.stdout + probe.stderr + daemon.log()
+    finally:
+        daemon.stop()

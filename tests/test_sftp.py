@@ -12,8 +12,8 @@ from musicfs.errors import OriginMisconfigured, OriginTransient
 from musicfs.origins import build
 from musicfs.service import Service
 
-from .helpers import (FIXTURES, BadServer, Daemon, is_mounted, read_outcome, run_musicfs, toml_config,
-                      wait_until)
+from .helpers import (FIXTURES, BadServer, Daemon, is_mounted, origin_toml, read_outcome, run_musicfs,
+                      toml_config, wait_until)
 
 pytestmark = [pytest.mark.mount, pytest.mark.slow]
 
@@ -145,8 +145,7 @@ def test_wrong_host_key_is_a_clear_error_never_accepted(tmp_path, sshd, remote_l
 
     # on a first mount it is one line and no mount
     daemon = Daemon(tmp_path, [])
-    daemon.config.write_text(toml_config([], daemon.cache_dir, daemon.log_file) + "\n[[origins]]\n" + "\n".join(
-        f"{k} = {v!r}" if not isinstance(v, str) else f'{k} = "{v}"' for k, v in table.items()) + "\n")
+    daemon.config.write_text(toml_config([], daemon.cache_dir, daemon.log_file) + origin_toml(table))
     result = run_musicfs(daemon.mountpoint, "-c", daemon.config)
     assert result.returncode == 1 and "is not in" in result.stderr and len(result.stderr.splitlines()) == 1
     assert not is_mounted(daemon.mountpoint)

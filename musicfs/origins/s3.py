@@ -125,7 +125,7 @@ class S3Origin(Origin):
             if code in _DENIED:
                 policy = " and the bucket policy" if code in ("AccessDenied", "403") else ""
                 return OriginMisconfigured(
-                    f"{what}: credentials refused: {_DENIED[code]} ({code}); check AWS_ACCESS_KEY_ID / "
+                    f"credentials refused: {_DENIED[code]} ({code}); check AWS_ACCESS_KEY_ID / "
                     f"AWS_SECRET_ACCESS_KEY, ~/.aws/credentials or the origin's profile{policy}")
             if code in _CHANGED:
                 return OriginChanged(f"{what} changed since it was catalogued (ETag)")
@@ -133,7 +133,7 @@ class S3Origin(Origin):
                 return OriginTransient(f"{what}: {code or status}")
             return OriginUnavailable(f"{what}: {code or error}")
         if isinstance(error, (botocore.exceptions.NoCredentialsError, botocore.exceptions.PartialCredentialsError)):
-            return OriginMisconfigured(f"{what}: no usable AWS credentials ({error}); set AWS_ACCESS_KEY_ID and "
+            return OriginMisconfigured(f"no usable AWS credentials ({error}); set AWS_ACCESS_KEY_ID and "
                                        f"AWS_SECRET_ACCESS_KEY, ~/.aws/credentials, or profile")
         if isinstance(error, botocore.exceptions.EndpointConnectionError):
             where = urlsplit(error.kwargs.get("endpoint_url") or self.endpoint_url or "").netloc or "the endpoint"
