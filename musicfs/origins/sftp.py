@@ -15,7 +15,7 @@
   :func:`_translate`). Those are retried, on a new connection when the old one died or hung,
   by the shared rule of :mod:`.retry`: all attempts together within ``timeout``.
 * SFTP (version 3) knows size and mtime in whole seconds, no ctime: a file's version is its size
-  and mtime, and a read checks both before and after.
+  and mtime, checked on the open file after each read.
 """
 from __future__ import annotations
 
@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_KEYS = ("id_ed25519", "id_ecdsa", "id_rsa")
 KEEPALIVE_SECONDS = 15
+# Reads up to this size are one SFTP request (paramiko's largest); longer ones are pipelined.
+SINGLE_REQUEST = paramiko.SFTPFile.MAX_REQUEST_SIZE
 
 
 class HostKeyError(OriginMisconfigured):
@@ -64,6 +66,10 @@ def _translate(error: BaseException, what: str, budget: float) -> BaseException:
 
 class SftpOrigin(Origin):
     readahead_chunks = 6   # several requests in flight: a round trip, not bandwidth, is the limit
+    # One chunk per request: paramiko's readv of several MiB is slower than the same bytes in
+    # 1 MiB reads (its pipelined answers are looked up in a list that grows with the request):
+    # measured through the mount, 8-chunk spans gave 23 MB/s, single chunks 71.
+    span_chunks = 1
 
     def __init__(self, config):
         super().__init__(config.name)
@@ -317,13 +323,26 @@ class SftpOrigin(Origin):
             # Not `with`: after a failure the whole session is closed, and a polite CLOSE would
             # first wait once more for a peer that stopped answering.
             f = client.open(path, "rb")
+            if size <= SINGLE_REQUEST:
+                f.seek(offset)
+                data = f.read(size)   # one request (readv would start a thread for it)
+            else:
+                # readv sends the chunk's requests at once: one round trip, not one per 32 KiB
+                data = b"".join(f.readv([(offset, size)]))
             if expect is not None:
+                # After the bytes, on the same handle: if this file is still the catalogued size
+                # and mtime, so were the bytes (a write moves the mtime before it lands). A
+                # check before the read too would cost a round trip and only narrow the window
+                # of what SFTP cannot tell anyway (a rewrite that puts the old mtime back).
                 self._verify(relpath, f.stat(), expect)
-            # readv sends the chunk's requests at once: one round trip, not one per 32 KiB
-            data = b"".join(f.readv([(offset, size)])) if size else b""
-            if expect is not None:
-                self._verify(relpath, f.stat(), expect)
-            f.close()
+            # Closed the way paramiko closes a file it garbage-collects: the CLOSE is sent and
+            # its answer dropped when the session's next request reads its own, so a read
+            # costs a round trip less (0.3 ms of 1.1 on loopback: a header scan's files are
+            # mostly round trips).
+            if hasattr(f, "_close"):
+                f._close(async_=True)
+            else:
+                f.close()
             return data
         return self._call(f"reading {path}", ranged)
 
