@@ -10,6 +10,7 @@ import pytest
 from musicfs import config as config_module
 from musicfs.errors import OriginMissing, OriginTransient
 from musicfs.origins import build
+from musicfs.origins.s3 import S3Origin
 from musicfs.service import Service
 
 from .helpers import (FIXTURES, ROOT, BadServer, Daemon, is_mounted, moto_require_credentials, origin_toml,
@@ -201,3 +202,37 @@ def test_credentials_gone_bad_keep_the_listing_and_health_warns(tmp_path, moto, 
         assert "Traceback" not in probe.stdout + probe.stderr + daemon.log()
     finally:
         daemon.stop()
+
+
+class CountingS3(S3Origin):
+    """The real s3 origin, noting the size of every read asked of it."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.reads = []
+
+    def read(self, relpath, offset, size, expect=None):
+        self.reads.append(size)
+        return super().read(relpath, offset, size, expect)
+
+
+def test_a_sequential_read_asks_for_several_chunks_per_request(tmp_path, moto, in_process_mount):
+    """One ranged GET per span of chunks ahead of a sequential reader, split into verified
+    chunks that are cached one by one: a second read needs no server at all."""
+    data = os.urandom(20 * MiB + 12345)
+    moto.client().create_bucket(Bucket="music")
+    moto.client().put_object(Bucket="music", Key="long.flac", Body=data)
+    config = config_module.parse({"cache": {"dir": str(tmp_path / "cache")}, "log": {"file": str(tmp_path / "log")},
+                                  "layout": {"mode": "paths"}, "origins": [moto.origin_table("bucket", "music")]})
+    origin = CountingS3(config.origins[0])
+    service = Service.open(config, origins={"bucket": origin})
+    service.initial_scan()
+    mount = in_process_mount(service)
+    assert read_outcome(mount.mountpoint / "long.flac") == data
+    chunks = -(-len(data) // service.store.chunk_size)
+    assert sum(origin.reads) == len(data)                       # every byte asked for once
+    assert max(origin.reads) == origin.span_chunks * service.store.chunk_size
+    assert len(origin.reads) <= 1 + -(-(chunks - 1) // origin.span_chunks) + 1
+    moto.stop()
+    service.store.verified.clear()         # from the chunk files, not memory (and not the page cache)
+    assert service.reader.read_path(b"/long.flac", 0, len(data)) == data

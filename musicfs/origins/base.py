@@ -38,6 +38,10 @@ class Origin(ABC):
     # Chunks a sequential reader fetches ahead from this origin, concurrently (within the
     # origin's worker budget): a local disk needs few; a remote origin hides its latency so.
     readahead_chunks = 2
+    # Consecutive chunks a sequential reader's readahead asks for in one request (split and
+    # verified into chunks by the reader): worth it where each request costs much more than
+    # its bytes (a round trip, an HTTP request); a local disk answers each chunk cheaply.
+    span_chunks = 1
 
     def __init__(self, name: str):
         self.name = name
