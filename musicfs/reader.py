@@ -29,6 +29,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
 import functools
 import logging
@@ -311,17 +312,19 @@ class Reader:
         return self._store(source, index, data), data
 
     def _fetch_span(self, source: Source, first: int, futures: list[Future]) -> None:
-        """Runs in the pool: chunks first.. (one future each) with one range read, each stored
-        and handed to its readers as soon as it is; a failure fails every chunk not handed yet."""
+        """Runs in the pool: chunks first.. (one future each) with one origin request, each
+        stored and handed to its readers as soon as its bytes are there; a failure fails every
+        chunk not handed out yet."""
+        origin = self.origins[source.origin]
         try:
             lengths = [self._chunk_length(source.size, index) for index in range(first, first + len(futures))]
-            data = memoryview(self._origin_read(source, first, sum(lengths)))
-            start = 0
-            for index, (length, future) in enumerate(zip(lengths, futures), first):
-                piece = bytes(data[start:start + length])
-                start += length
-                self.store.misses += 1
-                future.set_result((self._store(source, index, piece), piece))
+            pieces = origin.read_pieces(source.relpath, first * self.chunk_size, lengths, source.expect)
+            with self._origin_errors(source), contextlib.closing(pieces):
+                for index, (length, future) in enumerate(zip(lengths, futures), first):
+                    piece = next(pieces, b"")
+                    self._check_length(origin, source, index, piece, length)
+                    self.store.misses += 1
+                    future.set_result((self._store(source, index, piece), piece))
         except BaseException as e:
             for future in futures:
                 if not future.done():
@@ -330,12 +333,24 @@ class Reader:
     def _origin_read(self, source: Source, index: int, length: int) -> bytes:
         """`length` bytes from chunk `index` on, of exactly the version the catalog describes."""
         origin = self.origins[source.origin]
-        try:
+        with self._origin_errors(source):
             data = origin.read(source.relpath, index * self.chunk_size, length, source.expect)
-            if len(data) != length:
-                raise OriginChanged(f"{source.relpath.decode(errors='replace')} on {source.origin} returned "
-                                    f"{len(data)} bytes at chunk {index}, expected {length}",
-                                    origin.stat(source.relpath))
+            self._check_length(origin, source, index, data, length)
+        return data
+
+    @staticmethod
+    def _check_length(origin: Origin, source: Source, index: int, data: bytes, length: int) -> None:
+        if len(data) != length:
+            raise OriginChanged(f"{source.relpath.decode(errors='replace')} on {source.origin} returned "
+                                f"{len(data)} bytes at chunk {index}, expected {length}",
+                                origin.stat(source.relpath))
+
+    @contextlib.contextmanager
+    def _origin_errors(self, source: Source):
+        """What an origin read's failure means for the catalog: a changed file is refreshed at
+        once; a vanished one is a catalog change (OriginChanged), not an origin failure."""
+        try:
+            yield
         except OriginChanged as e:
             if self.scanner is not None:
                 self.scanner.refresh_file(source.origin, source.relpath, e.current)
@@ -349,7 +364,6 @@ class Reader:
                 self.scanner.refresh_vanished(source.origin, source.relpath)
             raise OriginChanged(f"{source.relpath.decode(errors='replace')} is no longer on origin "
                                 f"{source.origin}") from None
-        return data
 
     def _store(self, source: Source, index: int, data: bytes) -> bytes | None:
         """Cache a fetched chunk; its digest, or None if the cache did not take it (the bytes

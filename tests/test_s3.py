@@ -8,7 +8,7 @@ import time
 import pytest
 
 from musicfs import config as config_module
-from musicfs.errors import OriginMissing, OriginTransient
+from musicfs.errors import OriginChanged, OriginMissing, OriginTransient
 from musicfs.origins import build
 from musicfs.origins.s3 import S3Origin
 from musicfs.service import Service
@@ -215,6 +215,10 @@ class CountingS3(S3Origin):
         self.reads.append(size)
         return super().read(relpath, offset, size, expect)
 
+    def read_pieces(self, relpath, offset, lengths, expect=None):
+        self.reads.append(sum(lengths))
+        return super().read_pieces(relpath, offset, lengths, expect)
+
 
 def test_a_sequential_read_asks_for_several_chunks_per_request(tmp_path, moto, in_process_mount):
     """One ranged GET per span of chunks ahead of a sequential reader, split into verified
@@ -236,3 +240,19 @@ def test_a_sequential_read_asks_for_several_chunks_per_request(tmp_path, moto, i
     moto.stop()
     service.store.verified.clear()         # from the chunk files, not memory (and not the page cache)
     assert service.reader.read_path(b"/long.flac", 0, len(data)) == data
+
+
+def test_read_pieces_streams_one_version_of_the_object(moto):
+    data = os.urandom(3 * MiB + 100)
+    client = moto.client()
+    client.create_bucket(Bucket="music")
+    client.put_object(Bucket="music", Key="a.flac", Body=data)
+    origin = build(config_module.parse({"origins": [moto.origin_table("bucket", "music")]}).origins[0])
+    expect = origin.stat(b"a.flac")
+    pieces = list(origin.read_pieces(b"a.flac", 100, [MiB, MiB, 2 * MiB], expect))
+    assert [len(p) for p in pieces] == [MiB, MiB, MiB]            # the last one short: the end
+    assert b"".join(pieces) == data[100:]
+    client.put_object(Bucket="music", Key="a.flac", Body=os.urandom(len(data)))   # same size, new ETag
+    with pytest.raises(OriginChanged) as info:
+        next(origin.read_pieces(b"a.flac", 0, [MiB, MiB], expect))
+    assert info.value.current is not None and info.value.current.token != expect.token

@@ -8,6 +8,7 @@ the same interface; timeouts and worker budgets are imposed by the caller, not t
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 KIND_FILE = 1
@@ -61,6 +62,18 @@ class Origin(ABC):
         With `expect`, the bytes must come from exactly that version of the file (its size,
         mtime and token): otherwise raise OriginChanged carrying the entry the origin has now.
         A file that is not there raises FileNotFoundError."""
+
+    def read_pieces(self, relpath: bytes, offset: int, lengths: list[int],
+                    expect: OriginEntry | None = None) -> Iterator[bytes]:
+        """Consecutive pieces of `lengths` bytes from `offset` on, in ONE request, each handed
+        out as soon as it is there (fewer bytes only at end of file), with read()'s guarantees
+        about `expect`. An error ends the iteration. Here: one read(), then split; an origin
+        that can stream its answer hands out the first piece before the last has arrived."""
+        data = memoryview(self.read(relpath, offset, sum(lengths), expect))
+        start = 0
+        for length in lengths:
+            yield bytes(data[start:start + length])
+            start += length
 
     @abstractmethod
     def check(self) -> None:

@@ -11,6 +11,8 @@
 * A file's version is its size and ETag (plus LastModified as its mtime). A read is a ranged GET
   of exactly the bytes needed with ``IfMatch`` on the ETag seen at scan time: an object replaced
   since is refused by the server (412) and becomes OriginChanged, never a mix of two objects.
+  A sequential reader's chunks ahead come 8 to a GET (see ``span_chunks``), streamed: each
+  chunk is handed out as soon as its bytes have arrived.
 * Credentials come from the standard AWS chain (environment, ~/.aws, ``profile``), never from
   musicfs's config file; refused ones are a misconfiguration, never retried. Errors leave here
   as musicfs's (see :meth:`S3Origin._translate`).
@@ -22,6 +24,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import boto3
@@ -210,18 +213,48 @@ class S3Origin(Origin):
             raise
 
     def read(self, relpath: bytes, offset: int, size: int, expect: OriginEntry | None = None) -> bytes:
-        key = self._key(relpath)
         if size <= 0:
             return b""
+        key = self._key(relpath)
+        # the body is read inside the attempt: a connection lost mid-body is retried
+        response, data = self._get(key, offset, size, expect, lambda body: body.read())
+        return data
+
+    def read_pieces(self, relpath: bytes, offset: int, lengths: list[int],
+                    expect: OriginEntry | None = None) -> Iterator[bytes]:
+        """One ranged GET, its body handed out piece by piece as it arrives (a reader waits for
+        its chunk, not for the whole span). A failure mid-body ends the pieces, not retried:
+        the pieces already handed out are good, and the reader fetches the rest on its own."""
+        key = self._key(relpath)
+        response, body = self._get(key, offset, sum(lengths), expect, lambda body: body)
+        try:
+            for length in lengths:
+                parts, got = [], 0
+                while got < length:
+                    part = body.read(length - got)
+                    if not part:
+                        break    # the end of the object: the caller sees a short piece
+                    parts.append(part)
+                    got += len(part)
+                yield b"".join(parts)
+        except Exception as e:  # noqa: BLE001 - translated here
+            raise self._translate(e, key) from None
+        finally:
+            body.close()
+
+    def _get(self, key: str, offset: int, size: int, expect: OriginEntry | None, take):
+        """(response, take(body)) of a ranged GET of exactly that version of the object: If-Match
+        on the catalogued ETag (a replaced object is refused: 412), and the object's total size
+        from Content-Range checked against the catalogued one."""
         request = {"Bucket": self.bucket, "Key": key, "Range": f"bytes={offset}-{offset + size - 1}"}
         if expect is not None and expect.token:
             request["IfMatch"] = '"' + expect.token.decode() + '"'
 
-        def get():   # the body is read inside the attempt: a connection lost mid-body is retried
+        def get():
             response = self.client.get_object(**request)
-            return response, response["Body"].read()
+            return response, take(response["Body"])
         try:
-            response, data = self._request(key, get)
+            response, taken = self._request(key, get)
         except OriginChanged as error:
             try:
                 error.current = self._head(key)
@@ -231,9 +264,10 @@ class S3Origin(Origin):
         if expect is not None and response.get("ContentRange"):
             total = int(response["ContentRange"].rpartition("/")[2] or -1)
             if total != expect.size:
+                response["Body"].close()
                 raise OriginChanged(f"s3://{self.bucket}/{key} on origin {self.name} changed size since it was "
                                     f"catalogued", self._head(key))
-        return data
+        return response, taken
 
     def check(self) -> None:
         # One listing, not HEAD bucket: a HEAD's error has no body, so refused credentials would
