@@ -58,6 +58,10 @@ OPEN_FILES = 1024
 # Chunks fetched ahead of a sequential reader: enough to hide one origin round trip. An origin
 # may ask for more (Origin.readahead_chunks): a remote one is limited by latency, not bandwidth.
 READAHEAD_CHUNKS = 2
+# Cached chunks loaded into memory ahead of a sequential reader, whatever the origin's fetch
+# window: they land in the store's small memory of verified chunks (8 MiB), where loading much
+# further ahead would evict them before the reader gets to them.
+PRELOAD_AHEAD = 6
 
 
 @dataclass(frozen=True, slots=True)
@@ -396,7 +400,7 @@ class Reader:
                     continue
                 # Cached: load and verify it in the background, so the reader does not wait
                 # for one chunk file after another (the kernel reads ahead only within a file).
-                if ahead > handle.preloaded:
+                if handle.preloaded < ahead < index + PRELOAD_AHEAD:
                     handle.preloaded = ahead
                     self.pool.submit(CACHE_DISK, self.store.preload, digest,
                                      self._chunk_length(handle.size, ahead), lane=PRELOAD_LANE)
