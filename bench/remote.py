@@ -6,6 +6,10 @@ Workloads: first read of the large files (empty caches), the same read again wit
 cache dropped (musicfs and rclone from their disk caches, sshfs from the server again), and a
 header scan (open + read 4 KiB) of a 2,000-file library, cold. Loopback has no latency of its
 own, so these figures compare the stacks' own costs, not a real network's.
+
+BENCH_REMOTE_BASELINE=REV (a git revision, e.g. main) also runs musicfs as of REV, side by side
+on the same servers in the same run ("musicfs-sftp@REV"): before/after figures of a change
+that a shared, noisy machine cannot give from two separate runs.
 """
 from __future__ import annotations
 
@@ -78,9 +82,10 @@ class RcloneRemote(Remote):
 
 
 class MusicfsRemote(Remote):
-    def __init__(self, work, mnt, name: str, origin: dict):
+    def __init__(self, work, mnt, name: str, origin: dict, tree: Path | None = None):
         super().__init__(work, mnt)
         self.name, self.origin = name, origin
+        self.tree = tree    # a source tree of musicfs to run instead of this one (a baseline)
 
     def mount(self, fresh_cache=False):
         from bench.__main__ import MUSICFS, ROOT, sh
@@ -93,12 +98,28 @@ class MusicfsRemote(Remote):
         text += "[[origins]]\n" + "".join(f'{k} = "{v}"\n' if isinstance(v, str) else f"{k} = {v}\n"
                                           for k, v in self.origin.items())
         config.write_text(text)
-        sh(*MUSICFS, self.mnt, "-c", config, cwd=ROOT)
+        # `python -m` imports musicfs from its working directory first
+        sh(*MUSICFS, self.mnt, "-c", config, cwd=self.tree or ROOT)
         return self.mnt
 
     def unmount(self):
         from bench.__main__ import MUSICFS, ROOT, sh
-        sh(*MUSICFS, "unmount", self.mnt, cwd=ROOT, check=False)
+        sh(*MUSICFS, "unmount", self.mnt, cwd=self.tree or ROOT, check=False)
+
+
+def baseline_tree(work: Path) -> tuple[str, Path] | None:
+    """(revision, its source tree) when BENCH_REMOTE_BASELINE names one, exported once."""
+    revision = os.environ.get("BENCH_REMOTE_BASELINE")
+    if not revision:
+        return None
+    from bench.__main__ import ROOT, sh
+    commit = sh("git", "rev-parse", "--short", revision, cwd=ROOT).stdout.strip()
+    tree = work / f"baseline-{commit}"
+    if not tree.exists():
+        tree.mkdir(parents=True)
+        archive = subprocess.run(["git", "archive", commit, "musicfs"], cwd=ROOT, check=True, capture_output=True)
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+    return revision, tree
 
 
 def run(rows: dict, big: Path, work: Path) -> None:
@@ -126,17 +147,24 @@ def run(rows: dict, big: Path, work: Path) -> None:
                       "--sftp-key-file", str(sshd.key_file), "--sftp-known-hosts-file", str(sshd.known_hosts)]
         s3_flags = ["--s3-provider", "Other", "--s3-endpoint", moto.url, "--s3-access-key-id", "testing",
                     "--s3-secret-access-key", "testing", "--s3-region", "us-east-1"]
+        baseline = baseline_tree(work)
+
+        def musicfs(kind, tag, origin):
+            peers = [MusicfsRemote(work, work / "mnt" / f"musicfs-{kind}-{tag}", f"musicfs-{kind}-{tag}", origin)]
+            if baseline:
+                revision, tree = baseline
+                peers.append(MusicfsRemote(work, work / "mnt" / f"musicfs-{kind}-base-{tag}",
+                                           f"musicfs-{kind}@{revision}-{tag}", origin, tree))
+            return peers
         for kind, peers in (
             ("sftp", lambda root, tag: [
                 *([Sshfs(work, work / "mnt" / f"sshfs-{tag}", sshd, root)] if have_sshfs else []),
                 RcloneRemote(work, work / "mnt" / f"rclone-sftp-{tag}", f"rclone-sftp-{tag}", f":sftp:{root}",
                              sftp_flags),
-                MusicfsRemote(work, work / "mnt" / f"musicfs-sftp-{tag}", f"musicfs-sftp-{tag}",
-                              {**sshd.origin_table("ssh", root), "timeout": 30})]),
+                *musicfs("sftp", tag, {**sshd.origin_table("ssh", root), "timeout": 30})]),
             ("s3", lambda root, tag: [
                 RcloneRemote(work, work / "mnt" / f"rclone-s3-{tag}", f"rclone-s3-{tag}", f":s3:{tag}", s3_flags),
-                MusicfsRemote(work, work / "mnt" / f"musicfs-s3-{tag}", f"musicfs-s3-{tag}",
-                              {**moto.origin_table("bucket", tag), "timeout": 30})]),
+                *musicfs("s3", tag, {**moto.origin_table("bucket", tag), "timeout": 30})]),
         ):
             print(f"== remote: {kind}")
             for peer in peers(big, "big"):
@@ -172,11 +200,17 @@ def report(rows: dict) -> None:
         return
     print("\nremote origins (>1 means musicfs is better; targets: sftp first read >= 1.0x sshfs, re-read "
           ">= 3x sshfs, 2k scan <= 1.0x sshfs time; s3 first read >= 1.0x rclone, re-read >= 1.5x):")
+    baselines = sorted({name.split("@", 1)[1] for name in rows if "@" in name})
     for metric in ("r_sftp_first_MBps", "r_sftp_reread_MBps"):
         ratio(metric, "musicfs-sftp", "sshfs")
         ratio(metric, "musicfs-sftp", "rclone-sftp")
+        for revision in baselines:
+            ratio(metric, f"musicfs-sftp@{revision}", "sshfs")
     ratio("r_sftp_scan_2k_cold_s", "musicfs-sftp", "sshfs", higher=False)
     ratio("r_sftp_scan_2k_cold_s", "musicfs-sftp", "rclone-sftp", higher=False)
-    for metric in ("r_s3_first_MBps", "r_s3_reread_MBps"):
-        ratio(metric, "musicfs-s3", "rclone-s3")
-    ratio("r_s3_scan_2k_cold_s", "musicfs-s3", "rclone-s3", higher=False)
+    for revision in baselines:
+        ratio("r_sftp_scan_2k_cold_s", f"musicfs-sftp@{revision}", "sshfs", higher=False)
+    for metric in ("r_s3_first_MBps", "r_s3_reread_MBps", "r_s3_scan_2k_cold_s"):
+        ratio(metric, "musicfs-s3", "rclone-s3", higher=metric != "r_s3_scan_2k_cold_s")
+        for revision in baselines:
+            ratio(metric, f"musicfs-s3@{revision}", "rclone-s3", higher=metric != "r_s3_scan_2k_cold_s")

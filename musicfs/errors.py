@@ -46,6 +46,12 @@ class OriginMissing(OriginMisconfigured):
     """The origin's directory (or bucket) is not there."""
 
 
+class OriginTransient(OriginUnavailable):
+    """One attempt failed in a way the next may not: the connection was reset or dropped, no
+    answer came in time, the server said it is overloaded. The only kind origins retry
+    (origins/retry.py)."""
+
+
 class OriginChanged(MusicfsError):
     """The origin's file is not the version the catalog describes (rewritten, replaced, gone).
     `current` is the origin's entry for it now, None when it is gone or unknown."""

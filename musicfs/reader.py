@@ -10,6 +10,11 @@
 * Concurrent readers of the same missing chunk share one fetch (single flight).
 * Sequential reading fetches the next chunks ahead from origins, or, where they are cached,
   loads them into memory ahead in the pool's preload lane (a few workers for the cache disk).
+  An origin that pays a lot per request (Origin.span_chunks > 1: S3) is asked for several
+  consecutive chunks ahead in ONE request; the bytes are split into the usual chunks, each
+  hashed, stored and handed to its readers on its own, and the one request proves the version
+  of all of them (the same check as a single chunk's). Reads that are not sequential, and the
+  chunk a read waits for, are still fetched alone: no bytes are fetched that were not asked for.
 * If the preferred origin fails, replicas (other origins with the same path and size) are
   tried in order; bytes from a replica must match any digest already known for that chunk.
 * If the cache disk refuses a chunk, the bytes are served anyway (passthrough).
@@ -24,6 +29,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
 import functools
 import logging
@@ -52,6 +58,10 @@ OPEN_FILES = 1024
 # Chunks fetched ahead of a sequential reader: enough to hide one origin round trip. An origin
 # may ask for more (Origin.readahead_chunks): a remote one is limited by latency, not bandwidth.
 READAHEAD_CHUNKS = 2
+# Cached chunks loaded into memory ahead of a sequential reader, whatever the origin's fetch
+# window: they land in the store's small memory of verified chunks (8 MiB), where loading much
+# further ahead would evict them before the reader gets to them.
+PRELOAD_AHEAD = 6
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,12 +347,7 @@ class Reader:
             future = self.pool.submit(source.origin, self._fetch_chunk, source, index)
             future.started = time.monotonic()
             self._inflight[key] = future
-
-        def forget(done, key=key):
-            with self._inflight_lock:
-                if self._inflight.get(key) is done:
-                    del self._inflight[key]
-        future.add_done_callback(forget)
+        future.add_done_callback(functools.partial(self._forget, key))
         return future
 
     def _fetch_chunk(self, source: Source, index: int):
@@ -354,13 +359,50 @@ class Reader:
                 return known, self._cached(known, length, time.monotonic() + self.cache_timeout)
             except (ChunkMissing, ChunkCorrupt):
                 pass
+        data = self._origin_read(source, index, length)
+        self.store.misses += 1
+        return self._store(source, index, data), data
+
+    def _fetch_span(self, source: Source, first: int, futures: list[Future]) -> None:
+        """Runs in the pool: chunks first.. (one future each) with one origin request, each
+        stored and handed to its readers as soon as its bytes are there; a failure fails every
+        chunk not handed out yet."""
         origin = self.origins[source.origin]
         try:
+            lengths = [self._chunk_length(source.size, index) for index in range(first, first + len(futures))]
+            pieces = origin.read_pieces(source.relpath, first * self.chunk_size, lengths, source.expect)
+            with self._origin_errors(source), contextlib.closing(pieces):
+                for index, (length, future) in enumerate(zip(lengths, futures), first):
+                    piece = next(pieces, b"")
+                    self._check_length(origin, source, index, piece, length)
+                    self.store.misses += 1
+                    future.set_result((self._store(source, index, piece), piece))
+        except BaseException as e:
+            for future in futures:
+                if not future.done():
+                    future.set_exception(e)
+
+    def _origin_read(self, source: Source, index: int, length: int) -> bytes:
+        """`length` bytes from chunk `index` on, of exactly the version the catalog describes."""
+        origin = self.origins[source.origin]
+        with self._origin_errors(source):
             data = origin.read(source.relpath, index * self.chunk_size, length, source.expect)
-            if len(data) != length:
-                raise OriginChanged(f"{source.relpath.decode(errors='replace')} on {source.origin} returned "
-                                    f"{len(data)} bytes at chunk {index}, expected {length}",
-                                    origin.stat(source.relpath))
+            self._check_length(origin, source, index, data, length)
+        return data
+
+    @staticmethod
+    def _check_length(origin: Origin, source: Source, index: int, data: bytes, length: int) -> None:
+        if len(data) != length:
+            raise OriginChanged(f"{source.relpath.decode(errors='replace')} on {source.origin} returned "
+                                f"{len(data)} bytes at chunk {index}, expected {length}",
+                                origin.stat(source.relpath))
+
+    @contextlib.contextmanager
+    def _origin_errors(self, source: Source):
+        """What an origin read's failure means for the catalog: a changed file is refreshed at
+        once; a vanished one is a catalog change (OriginChanged), not an origin failure."""
+        try:
+            yield
         except OriginChanged as e:
             if self.scanner is not None:
                 self.scanner.refresh_file(source.origin, source.relpath, e.current)
@@ -374,8 +416,6 @@ class Reader:
                 self.scanner.refresh_vanished(source.origin, source.relpath)
             raise OriginChanged(f"{source.relpath.decode(errors='replace')} is no longer on origin "
                                 f"{source.origin}") from None
-        self.store.misses += 1
-        return self._store(source, index, data), data
 
     def _store(self, source: Source, index: int, data: bytes) -> bytes | None:
         """Cache a fetched chunk; its digest, or None if the cache did not take it (the bytes
@@ -397,7 +437,10 @@ class Reader:
     def _read_ahead(self, handle: OpenFile, index: int) -> None:
         count = chunk_count(handle.size, self.chunk_size)
         source = handle.sources[0]
-        depth = getattr(self.origins.get(source.origin), "readahead_chunks", READAHEAD_CHUNKS)
+        origin = self.origins.get(source.origin)
+        depth = getattr(origin, "readahead_chunks", READAHEAD_CHUNKS)
+        span = getattr(origin, "span_chunks", 1)
+        missing = []
         for ahead in range(index, min(index + depth, count)):
             digest = handle.digests[ahead]
             if digest is not None:
@@ -405,16 +448,81 @@ class Reader:
                     continue
                 # Cached: load and verify it in the background, so the reader does not wait
                 # for one chunk file after another (the kernel reads ahead only within a file).
-                if ahead > handle.preloaded:
+                if handle.preloaded < ahead < index + PRELOAD_AHEAD:
                     handle.preloaded = ahead
                     self.pool.submit(CACHE_DISK, self.store.preload, digest,
                                      self._chunk_length(handle.size, ahead), lane=PRELOAD_LANE)
                 continue
-            try:
-                future = self._fetch(source, ahead)
-            except Exception:  # readahead is an optimisation; the real read reports errors
-                return
-            future.add_done_callback(lambda f, ahead=ahead: self._learn(handle, ahead, f))
+            missing.append(ahead)
+        if span > 1 and missing:
+            # Whole spans, aligned to multiples of `span`: a reader moving one chunk at a time
+            # would otherwise start a one-chunk request at the window's edge each step.
+            groups = sorted({ahead // span for ahead in missing})
+            missing = [ahead for group in groups
+                       for ahead in range(max(group * span, index), min((group + 1) * span, count))
+                       if handle.digests[ahead] is None]
+        try:
+            for run in self._runs(source, missing, span):
+                futures = self._fetch_run(source, run)
+                for ahead, future in zip(run, futures):
+                    future.add_done_callback(lambda f, ahead=ahead: self._learn(handle, ahead, f))
+        except Exception:  # readahead is an optimisation; the real read reports errors
+            return
+
+    def _runs(self, source: Source, indices: list[int], span: int):
+        """The chunks among `indices` nobody is fetching yet, as runs of consecutive ones, each at
+        most `span` long (one origin request each)."""
+        run: list[int] = []
+        with self._inflight_lock:
+            free = [index for index in indices if (source.key, index) not in self._inflight]
+        for index in free:
+            if run and (index != run[-1] + 1 or len(run) == span):
+                yield run
+                run = []
+            run.append(index)
+        if run:
+            yield run
+
+    def _fetch_run(self, source: Source, run: list[int]) -> list[Future]:
+        """The shared fetches of consecutive chunks of one source: one request for all of them,
+        unless it is one chunk or another reader started fetching some of them meanwhile."""
+        futures = self._start_span(source, run) if len(run) > 1 else None
+        if futures is None:
+            return [self._fetch(source, index) for index in run]
+        return futures
+
+    def _start_span(self, source: Source, run: list[int]) -> list[Future] | None:
+        with self._inflight_lock:
+            if any((source.key, index) in self._inflight for index in run):
+                return None
+            if self.health is not None:
+                self.health.admit(source.origin)  # raises OriginUnavailable when known dead
+            futures = [Future() for _ in run]
+            now = time.monotonic()
+            for index, future in zip(run, futures):
+                future.started = now
+                self._inflight[(source.key, index)] = future
+        for index, future in zip(run, futures):
+            future.add_done_callback(functools.partial(self._forget, (source.key, index)))
+        task = self.pool.submit(source.origin, self._fetch_span, source, run[0], futures)
+        task.add_done_callback(functools.partial(self._abandoned, futures))
+        return futures
+
+    @staticmethod
+    def _abandoned(futures: list[Future], task: Future) -> None:
+        """A span task that never ran (dropped at shutdown) leaves no reader waiting on its chunks."""
+        if task.cancelled():
+            for future in futures:
+                future.cancel()
+        elif task.exception() is not None:
+            for future in futures:
+                if not future.done():
+                    future.set_exception(task.exception())
+
+    def _forget(self, key, done: Future) -> None:
+        with self._inflight_lock:
+            if self._inflight.get(key) is done:
+                del self._inflight[key]
 
     @staticmethod
     def _learn(handle: OpenFile, index: int, future: Future) -> None:

@@ -418,3 +418,73 @@ class MotoServer:
             self.process.kill()
             self.process.wait()
             self.process = None
+
+
+class BadServer:
+    """A TCP server on 127.0.0.1 that speaks no protocol: it accepts each connection and closes
+    it at once (`hold=False`: a server dropping connections) or holds it open without a word
+    (`hold=True`: a peer that stopped answering). `accepted` counts the connections, which is
+    how a test sees how many attempts a client really made."""
+
+    def __init__(self, hold: bool = False):
+        import socket
+        self.hold = hold
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.port = self.listener.getsockname()[1]
+        self.accepted = 0
+        self._held = []
+        self._thread = threading.Thread(target=self._serve, name="bad-server", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return   # stop() closed the listener
+            self.accepted += 1
+            if self.hold:
+                self._held.append(conn)
+            else:
+                conn.close()
+
+    def stop(self) -> None:
+        import socket
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+        self._thread.join(timeout=5)
+        for conn in self._held:
+            conn.close()
+
+
+def moto_require_credentials(moto: MotoServer) -> tuple[tuple[str, str], tuple[str, str]]:
+    """Make `moto` check credentials as S3 does (it accepts any by default). Returns two access
+    keys as (id, secret): one of an IAM user allowed s3:*, one of a user allowed nothing."""
+    import json
+    import urllib.request
+
+    import boto3
+    iam = boto3.client("iam", endpoint_url=moto.url, region_name="us-east-1")
+    keys = []
+    for user, statements in (("musicfs", [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]),
+                             ("stranger", [])):
+        iam.create_user(UserName=user)
+        if statements:
+            iam.put_user_policy(UserName=user, PolicyName="s3", PolicyDocument=json.dumps(
+                {"Version": "2012-10-17", "Statement": statements}))
+        key = iam.create_access_key(UserName=user)["AccessKey"]
+        keys.append((key["AccessKeyId"], key["SecretAccessKey"]))
+    # moto's server switch: authenticate every request after the next 0 ones (a plain body:
+    # as a form, the server would not see the number)
+    urllib.request.urlopen(urllib.request.Request(f"{moto.url}/moto-api/reset-auth", data=b"0", method="POST",
+                                                  headers={"Content-Type": "text/plain"}), timeout=10).read()
+    return keys[0], keys[1]
+
+
+def origin_toml(table: dict) -> str:
+    """One [[origins]] table of a config file, from the dict an origin_table() gives."""
+    return "[[origins]]\n" + "".join(f'{k} = "{v}"\n' if isinstance(v, str) else f"{k} = {v!r}\n"
+                                     for k, v in table.items())

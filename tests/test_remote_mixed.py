@@ -1,5 +1,8 @@
-"""A local origin, an SFTP origin and an S3 origin holding replicas of the same files: reads fail
-over between them when one goes away, and go back when it returns."""
+"""Remote origins among others: a local origin, an SFTP origin and an S3 origin holding replicas
+of the same files fail over between them when one goes away, and go back when it returns; a
+remote origin refusing connections on a first mount is left out, with a line saying what to
+check, until it answers."""
+import os
 import shutil
 
 import pytest
@@ -8,7 +11,7 @@ from musicfs import config as config_module
 from musicfs.health import HEALTHY
 from musicfs.service import Service
 
-from .helpers import FIXTURES, wait_until
+from .helpers import FIXTURES, Daemon, MotoServer, SshServer, origin_toml, read_file, wait_until
 
 pytestmark = [pytest.mark.mount, pytest.mark.slow]
 
@@ -52,3 +55,52 @@ def test_failover_between_sftp_s3_and_local_replicas(tmp_path, sshd, moto, in_pr
                message="the SSH origin to be healthy again")
     local.rename(tmp_path / "local-away")         # with the local disk gone too, only SSH can serve
     assert_all_read()
+
+
+@pytest.mark.parametrize("kind", ["sftp", "s3"])
+def test_connection_refused_on_a_first_mount_warns_and_mounts_without_it(tmp_path, kind, monkeypatch):
+    """Nothing listens at the origin's port (a mistyped port, or a server that is down: from
+    here they look the same). The mount comes up with the other origins and one line naming
+    host:port and both fixes; the origin's files appear once its server answers."""
+    files = tmp_path / "files"
+    shutil.copytree(FIXTURES / "origin-a", files)
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    (disk / "on-disk.flac").write_bytes(b"local")
+    if kind == "sftp":
+        if not os.path.exists("/usr/sbin/sshd"):
+            pytest.skip("needs OpenSSH's sshd (apt-get install openssh-server)")
+        server = SshServer(tmp_path)      # a free port (helpers.free_port); not started yet
+        table = server.origin_table("remote", files)
+
+        def serve():
+            server.start()
+    else:
+        pytest.importorskip("moto")
+        for key, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing")):
+            monkeypatch.setenv(key, value)
+        server = MotoServer(tmp_path)     # a free port (helpers.free_port); not started yet
+        table = server.origin_table("remote", "music")
+
+        def serve():
+            server.start()
+            server.client().create_bucket(Bucket="music")
+            server.upload("music", "", files)
+    daemon = Daemon(tmp_path, [("disk", disk)], catalog={"rescan_interval": 1}, health={"interval": 0.5})
+    daemon.config.write_text(daemon.config.read_text() + origin_toml(table))
+    try:
+        result = daemon.start()
+        assert result.returncode == 0, result.stderr
+        line, = result.stderr.splitlines()
+        assert f"connection refused at 127.0.0.1:{server.port}: check " in line, line
+        assert "or start the" in line and "mounting without it" in line and line.startswith("musicfs: origin remote")
+        assert os.listdir(daemon.mountpoint) == ["on-disk.flac"]
+        serve()
+        track = "Test Pattern/Signals/01 Sine 440.flac"
+        # (a listing, not a lookup: the kernel would remember a lookup's "no such file" a while)
+        wait_until(lambda: "Test Pattern" in os.listdir(daemon.mountpoint), timeout=30, interval=0.2,
+                   message="the origin's files to appear once its server answers")
+        assert read_file(daemon.path(track)) == (files / track).read_bytes()
+    finally:
+        daemon.stop()
+        server.stop()

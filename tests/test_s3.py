@@ -2,16 +2,19 @@
 import errno
 import os
 import shutil
+import sys
 import time
 
 import pytest
 
 from musicfs import config as config_module
-from musicfs.errors import OriginMissing
+from musicfs.errors import OriginChanged, OriginMissing, OriginTransient
 from musicfs.origins import build
+from musicfs.origins.s3 import S3Origin
 from musicfs.service import Service
 
-from .helpers import FIXTURES, Daemon, is_mounted, read_outcome, run_musicfs, toml_config, wait_until
+from .helpers import (FIXTURES, ROOT, BadServer, Daemon, is_mounted, moto_require_credentials, origin_toml,
+                      read_outcome, run_bounded, run_musicfs, toml_config, wait_until)
 
 pytestmark = [pytest.mark.mount, pytest.mark.slow]
 
@@ -108,8 +111,7 @@ def test_missing_bucket_is_a_clear_error(tmp_path, moto):
         origin.check()
     daemon = Daemon(tmp_path, [])
     table = moto.origin_table("s3", "no-such-bucket")
-    daemon.config.write_text(toml_config([], daemon.cache_dir, daemon.log_file) + "\n[[origins]]\n" + "\n".join(
-        f"{k} = {v!r}" if not isinstance(v, str) else f'{k} = "{v}"' for k, v in table.items()) + "\n")
+    daemon.config.write_text(toml_config([], daemon.cache_dir, daemon.log_file) + origin_toml(table))
     result = run_musicfs(daemon.mountpoint, "-c", daemon.config, env={**os.environ})
     assert result.returncode == 1 and "bucket no-such-bucket does not exist" in result.stderr
     assert len(result.stderr.splitlines()) == 1 and not is_mounted(daemon.mountpoint)
@@ -130,3 +132,127 @@ def test_a_mistyped_prefix_or_endpoint_or_profile_is_named(moto, bucket):
         config_module.parse({"origins": [{**table, "endpoint_url": "127.0.0.1:9000"}]})
     with pytest.raises(config_module.ConfigError, match="profile 'nosuch' is not in"):
         build(config_module.parse({"origins": [{**table, "profile": "nosuch"}]}).origins[0])
+
+
+@pytest.mark.parametrize("hold", [False, True], ids=["drops-connections", "never-answers"])
+def test_retries_are_musicfs_s_alone_and_fit_in_the_timeout(monkeypatch, hold):
+    """A server that drops every connection is tried three times; one that never answers twice
+    (an attempt is a little under half the timeout). botocore's own retries would multiply
+    both the connections and the time."""
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(key, "testing")
+    server = BadServer(hold=hold)
+    try:
+        origin = build(config_module.parse({"origins": [{
+            "name": "b", "type": "s3", "bucket": "music", "endpoint_url": f"http://127.0.0.1:{server.port}",
+            "region": "us-east-1", "timeout": 3}]}).origins[0])
+        started = time.monotonic()
+        with pytest.raises(OriginTransient):
+            origin.read(b"a.flac", 0, 1000)
+        assert time.monotonic() - started < 3 + 0.5
+        assert server.accepted == (2 if hold else 3)
+    finally:
+        server.stop()
+
+
+def test_refused_credentials_on_a_first_mount_are_one_line(tmp_path, moto, bucket):
+    allowed, stranger = moto_require_credentials(moto)
+    daemon = Daemon(tmp_path, [])
+    daemon.config.write_text(toml_config([], daemon.cache_dir, daemon.log_file)
+                             + origin_toml(moto.origin_table("bucket", "music", PREFIX)))
+    for key_id, secret, code in ((allowed[0], "not-the-secret", "SignatureDoesNotMatch"),
+                                 ("AKIAUNKNOWNKEY000000", allowed[1], "InvalidAccessKeyId"),
+                                 (*stranger, "AccessDenied")):
+        result = run_musicfs(daemon.mountpoint, "-c", daemon.config,
+                             env={**os.environ, "AWS_ACCESS_KEY_ID": key_id, "AWS_SECRET_ACCESS_KEY": secret})
+        assert result.returncode == 1, result.stderr
+        line, = result.stderr.splitlines()
+        assert line.startswith("musicfs: origin bucket (s3://music/library/") and "credentials refused" in line
+        assert f"({code}); check AWS_ACCESS_KEY_ID" in line
+        assert not is_mounted(daemon.mountpoint)
+
+
+def test_credentials_gone_bad_keep_the_listing_and_health_warns(tmp_path, moto, bucket, monkeypatch):
+    local, big = bucket
+    allowed, _ = moto_require_credentials(moto)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", allowed[0])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", allowed[1])
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    (disk / "on-disk.flac").write_bytes(b"local")
+    daemon = Daemon(tmp_path, [("disk", disk)], health={"interval": 0.5, "timeout": 2})
+    daemon.config.write_text(daemon.config.read_text() + origin_toml(moto.origin_table("bucket", "music", PREFIX)))
+    try:
+        daemon.mount()
+        listed = sorted(p.relative_to(daemon.mountpoint) for p in daemon.mountpoint.rglob("*"))
+        assert len(listed) > 5
+        daemon.stop()
+
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "rotated-away")     # the key was revoked
+        result = daemon.start()
+        assert result.returncode == 0 and result.stderr == "", result.stderr
+        assert sorted(p.relative_to(daemon.mountpoint) for p in daemon.mountpoint.rglob("*")) == listed
+        assert read_outcome(daemon.path("big.flac")) == errno.EIO       # never cached: no origin can serve it
+        assert daemon.path("on-disk.flac").read_bytes() == b"local"
+        probe = run_bounded([sys.executable, "-m", "musicfs.cli", "health",
+                             daemon.mountpoint], 30, cwd=ROOT)
+        assert probe.returncode == 1, probe.stdout + probe.stderr
+        assert probe.stdout.startswith("MUSICFS WARNING - 1/2 origins healthy; origin bucket unhealthy")
+        assert "credentials refused" in probe.stdout and "SignatureDoesNotMatch" in probe.stdout
+        assert "Traceback" not in probe.stdout + probe.stderr + daemon.log()
+    finally:
+        daemon.stop()
+
+
+class CountingS3(S3Origin):
+    """The real s3 origin, noting the size of every read asked of it."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.reads = []
+
+    def read(self, relpath, offset, size, expect=None):
+        self.reads.append(size)
+        return super().read(relpath, offset, size, expect)
+
+    def read_pieces(self, relpath, offset, lengths, expect=None):
+        self.reads.append(sum(lengths))
+        return super().read_pieces(relpath, offset, lengths, expect)
+
+
+def test_a_sequential_read_asks_for_several_chunks_per_request(tmp_path, moto, in_process_mount):
+    """One ranged GET per span of chunks ahead of a sequential reader, split into verified
+    chunks that are cached one by one: a second read needs no server at all."""
+    data = os.urandom(20 * MiB + 12345)
+    moto.client().create_bucket(Bucket="music")
+    moto.client().put_object(Bucket="music", Key="long.flac", Body=data)
+    config = config_module.parse({"cache": {"dir": str(tmp_path / "cache")}, "log": {"file": str(tmp_path / "log")},
+                                  "layout": {"mode": "paths"}, "origins": [moto.origin_table("bucket", "music")]})
+    origin = CountingS3(config.origins[0])
+    service = Service.open(config, origins={"bucket": origin})
+    service.initial_scan()
+    mount = in_process_mount(service)
+    assert read_outcome(mount.mountpoint / "long.flac") == data
+    chunks = -(-len(data) // service.store.chunk_size)
+    assert sum(origin.reads) == len(data)                       # every byte asked for once
+    assert max(origin.reads) == origin.span_chunks * service.store.chunk_size
+    assert len(origin.reads) <= 1 + -(-(chunks - 1) // origin.span_chunks) + 1
+    moto.stop()
+    service.store.verified.clear()         # from the chunk files, not memory (and not the page cache)
+    assert service.reader.read_path(b"/long.flac", 0, len(data)) == data
+
+
+def test_read_pieces_streams_one_version_of_the_object(moto):
+    data = os.urandom(3 * MiB + 100)
+    client = moto.client()
+    client.create_bucket(Bucket="music")
+    client.put_object(Bucket="music", Key="a.flac", Body=data)
+    origin = build(config_module.parse({"origins": [moto.origin_table("bucket", "music")]}).origins[0])
+    expect = origin.stat(b"a.flac")
+    pieces = list(origin.read_pieces(b"a.flac", 100, [MiB, MiB, 2 * MiB], expect))
+    assert [len(p) for p in pieces] == [MiB, MiB, MiB]            # the last one short: the end
+    assert b"".join(pieces) == data[100:]
+    client.put_object(Bucket="music", Key="a.flac", Body=os.urandom(len(data)))   # same size, new ETag
+    with pytest.raises(OriginChanged) as info:
+        next(origin.read_pieces(b"a.flac", 0, [MiB, MiB], expect))
+    assert info.value.current is not None and info.value.current.token != expect.token

@@ -8,6 +8,7 @@ the same interface; timeouts and worker budgets are imposed by the caller, not t
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 KIND_FILE = 1
@@ -38,6 +39,10 @@ class Origin(ABC):
     # Chunks a sequential reader fetches ahead from this origin, concurrently (within the
     # origin's worker budget): a local disk needs few; a remote origin hides its latency so.
     readahead_chunks = 2
+    # Consecutive chunks a sequential reader's readahead asks for in one request (split and
+    # verified into chunks by the reader): worth it where each request costs much more than
+    # its bytes (a round trip, an HTTP request); a local disk answers each chunk cheaply.
+    span_chunks = 1
 
     def __init__(self, name: str):
         self.name = name
@@ -57,6 +62,18 @@ class Origin(ABC):
         With `expect`, the bytes must come from exactly that version of the file (its size,
         mtime and token): otherwise raise OriginChanged carrying the entry the origin has now.
         A file that is not there raises FileNotFoundError."""
+
+    def read_pieces(self, relpath: bytes, offset: int, lengths: list[int],
+                    expect: OriginEntry | None = None) -> Iterator[bytes]:
+        """Consecutive pieces of `lengths` bytes from `offset` on, in ONE request, each handed
+        out as soon as it is there (fewer bytes only at end of file), with read()'s guarantees
+        about `expect`. An error ends the iteration. Here: one read(), then split; an origin
+        that can stream its answer hands out the first piece before the last has arrived."""
+        data = memoryview(self.read(relpath, offset, sum(lengths), expect))
+        start = 0
+        for length in lengths:
+            yield bytes(data[start:start + length])
+            start += length
 
     @abstractmethod
     def check(self) -> None:

@@ -1,44 +1,78 @@
 """The `s3` origin: objects under a prefix of a bucket (AWS S3, MinIO, Garage, moto...), boto3.
 
 * One client per origin (boto3 clients are thread-safe) with ``connections`` pooled HTTP
-  connections, botocore's "standard" retry mode, and the origin's ``timeout`` for connecting and
-  for each read from the socket.
+  connections. botocore's own retries are off: transient failures (a connection refused, reset
+  or timed out, a throttled or failing server) are retried by the shared rule of :mod:`.retry`,
+  all attempts of a request within the origin's ``timeout``; each attempt is bounded by the
+  client's connect and read timeouts (:func:`.retry.attempt_timeout`).
 * S3 has no directories: a listing is ``list_objects_v2`` with ``Delimiter="/"`` under the
-  prefix, its common prefixes being the folders (paginated, any size).
+  prefix, its common prefixes being the folders, page after page (each page one request, so a
+  failed page is retried alone).
 * A file's version is its size and ETag (plus LastModified as its mtime). A read is a ranged GET
   of exactly the bytes needed with ``IfMatch`` on the ETag seen at scan time: an object replaced
   since is refused by the server (412) and becomes OriginChanged, never a mix of two objects.
+  A sequential reader's chunks ahead come 8 to a GET (see ``span_chunks``), streamed: each
+  chunk is handed out as soon as its bytes have arrived.
 * Credentials come from the standard AWS chain (environment, ~/.aws, ``profile``), never from
-  musicfs's config file. Errors leave here as musicfs's (see :func:`_translate`).
+  musicfs's config file; refused ones are a misconfiguration, never retried. Errors leave here
+  as musicfs's (see :meth:`S3Origin._translate`).
 """
 from __future__ import annotations
 
 import errno
 import logging
 import os
+import socket
+import time
+from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 import boto3
 import botocore.config
 import botocore.exceptions
 
-from ..errors import ConfigError, OriginChanged, OriginMisconfigured, OriginMissing, OriginUnavailable
+from ..errors import (ConfigError, OriginChanged, OriginMisconfigured, OriginMissing, OriginTransient,
+                      OriginUnavailable)
 from .base import KIND_DIR, KIND_FILE, Origin, OriginEntry
+from .retry import attempt_timeout, retrying
 
 log = logging.getLogger(__name__)
 
-ATTEMPTS = 2   # botocore's standard retry mode: one retry of a throttled or failed request
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
-_DENIED = {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
-           "InvalidToken", "AllAccessDisabled"}
+# Refused credentials, each with what it means for the user.
+_DENIED = {
+    "InvalidAccessKeyId": "the server does not know the access key id",
+    "SignatureDoesNotMatch": "the secret key does not match the access key id",
+    "AccessDenied": "access denied", "403": "access denied",
+    "AllAccessDisabled": "access denied (all access to the bucket is disabled)",
+    "ExpiredToken": "the session token has expired", "InvalidToken": "the session token is not valid",
+}
 _CHANGED = {"PreconditionFailed", "412"}
+# Answers that say "not now" rather than "no": overload, throttling, a server-side failure.
+_TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestLimitExceeded",
+                    "InternalError", "ServiceUnavailable", "TooManyRequests"}
 
 
 def _code(error: botocore.exceptions.ClientError) -> str:
     return str(error.response.get("Error", {}).get("Code", ""))
 
 
+def _root_cause(error: BaseException) -> BaseException:
+    """The socket error under botocore's and urllib3's wrappers of it."""
+    cause = getattr(error, "kwargs", {}).get("error", error)
+    seen = set()
+    while id(cause) not in seen and (cause.__cause__ or cause.__context__) is not None:
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return cause
+
+
 class S3Origin(Origin):
-    readahead_chunks = 6   # several requests in flight: a round trip, not bandwidth, is the limit
+    # A sequential reader's next chunks come in ranged GETs of 8 chunks (8 MiB, the part size
+    # S3 tools use), two of them in flight: each request costs far more than its bytes
+    # (against moto on loopback, 1 MiB GETs gave 25 MB/s through the mount, 8 MiB ones 108).
+    readahead_chunks = 16
+    span_chunks = 8
 
     def __init__(self, config):
         super().__init__(config.name)
@@ -47,47 +81,83 @@ class S3Origin(Origin):
         prefix = options.get("prefix", "").strip("/")
         self.prefix = prefix + "/" if prefix else ""
         self.endpoint_url = options.get("endpoint_url")
+        self.timeout = config.timeout
+        self.attempt_timeout = attempt_timeout(config.timeout)
         try:
             session = boto3.session.Session(profile_name=options.get("profile")) if options.get("profile") \
                 else boto3.session.Session()
         except botocore.exceptions.ProfileNotFound:
             raise ConfigError(f"origin {self.name}: profile {options['profile']!r} is not in ~/.aws/config or "
                               f"~/.aws/credentials") from None
-        # `timeout` bounds a whole request, retries included: each of the attempts gets its share.
-        per_attempt = max(config.timeout / ATTEMPTS, 1.0)
         self.client = session.client(
             "s3", endpoint_url=self.endpoint_url, region_name=options.get("region"),
             config=botocore.config.Config(max_pool_connections=config.connections,
-                                          retries={"mode": "standard", "max_attempts": ATTEMPTS},
-                                          connect_timeout=per_attempt, read_timeout=per_attempt))
+                                          # one attempt per call: retries are origins/retry.py's
+                                          retries={"mode": "standard", "total_max_attempts": 1},
+                                          connect_timeout=self.attempt_timeout,
+                                          read_timeout=self.attempt_timeout))
 
     def describe(self) -> str:
         where = f" at {self.endpoint_url}" if self.endpoint_url else ""
         return f"{self.name} (s3://{self.bucket}/{self.prefix}{where})"
 
-    # -- errors --------------------------------------------------------------------------------
+    # -- requests and their errors -------------------------------------------------------------
+
+    def _request(self, key: str, call):
+        """call() - one S3 request - with its errors translated and transient ones retried, all
+        attempts within the origin's timeout."""
+        def attempt(budget: float):   # the client's own timeouts bound an attempt to `budget`
+            try:
+                return call()
+            except Exception as e:  # noqa: BLE001 - translated here
+                raise self._translate(e, key) from None
+        return retrying(attempt, deadline=time.monotonic() + self.timeout, attempt_timeout=self.attempt_timeout,
+                        what=f"origin {self.name}")
 
     def _translate(self, error: BaseException, key: str) -> BaseException:
         """botocore's errors as musicfs's: a missing key is ENOENT (a catalog change), a missing
-        bucket or refused credentials a misconfiguration, a replaced object OriginChanged, the
-        rest of the transport OriginUnavailable."""
+        bucket or refused credentials a misconfiguration, a replaced object OriginChanged, a
+        lost connection or a server saying "not now" OriginTransient (retried), the rest
+        OriginUnavailable."""
         what = f"s3://{self.bucket}/{key}"
+        if isinstance(error, (OriginUnavailable, OriginChanged)):
+            return error
         if isinstance(error, botocore.exceptions.ClientError):
             code = _code(error)
+            status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
             if code == "NoSuchBucket":
                 return OriginMissing(f"bucket {self.bucket} does not exist")
             if code in _NOT_FOUND:
                 return FileNotFoundError(errno.ENOENT, f"{what}: no such object")
             if code in _DENIED:
-                return OriginMisconfigured(f"{what}: access refused ({code}); check the credentials "
-                                           f"(AWS environment, ~/.aws, profile) and the bucket policy")
+                policy = " and the bucket policy" if code in ("AccessDenied", "403") else ""
+                return OriginMisconfigured(
+                    f"credentials refused: {_DENIED[code]} ({code}); check AWS_ACCESS_KEY_ID / "
+                    f"AWS_SECRET_ACCESS_KEY, ~/.aws/credentials or the origin's profile{policy}")
             if code in _CHANGED:
                 return OriginChanged(f"{what} changed since it was catalogued (ETag)")
+            if code in _TRANSIENT_CODES or status == 429 or status >= 500:
+                return OriginTransient(f"{what}: {code or status}")
             return OriginUnavailable(f"{what}: {code or error}")
-        if isinstance(error, botocore.exceptions.NoCredentialsError):
-            return OriginMisconfigured(f"{what}: no AWS credentials found (set AWS_ACCESS_KEY_ID and "
-                                       f"AWS_SECRET_ACCESS_KEY, ~/.aws/credentials, or profile)")
-        if isinstance(error, (botocore.exceptions.BotoCoreError, OSError)):
+        if isinstance(error, (botocore.exceptions.NoCredentialsError, botocore.exceptions.PartialCredentialsError)):
+            return OriginMisconfigured(f"no usable AWS credentials ({error}); set AWS_ACCESS_KEY_ID and "
+                                       f"AWS_SECRET_ACCESS_KEY, ~/.aws/credentials, or profile")
+        if isinstance(error, botocore.exceptions.EndpointConnectionError):
+            where = urlsplit(error.kwargs.get("endpoint_url") or self.endpoint_url or "").netloc or "the endpoint"
+            cause = _root_cause(error)
+            if isinstance(cause, ConnectionRefusedError):
+                return OriginTransient(f"connection refused at {where}: check endpoint_url, or start the S3 "
+                                       f"server")
+            if isinstance(cause, socket.gaierror) and cause.errno != socket.EAI_AGAIN:
+                # a name that does not resolve: a typo more likely than an outage
+                return OriginMisconfigured(f"cannot resolve the host of {where} ({cause.strerror or cause}); "
+                                           f"check endpoint_url")
+            return OriginTransient(f"cannot connect to {where} ({getattr(cause, 'strerror', None) or cause})")
+        if isinstance(error, (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError,
+                              botocore.exceptions.IncompleteReadError, OSError)):
+            # timed out, reset, closed before the body ended
+            return OriginTransient(f"{what}: {error}")
+        if isinstance(error, botocore.exceptions.BotoCoreError):
             return OriginUnavailable(f"{what}: {error}")
         return error
 
@@ -107,32 +177,29 @@ class S3Origin(Origin):
         base = self._key(relpath)
         base = base + "/" if relpath else base
         entries = []
-        try:
-            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base,
-                                                                           Delimiter="/")
-            for page in pages:
-                for common in page.get("CommonPrefixes", []):
-                    name = common["Prefix"][len(base):].rstrip("/")
-                    if name:
-                        entries.append(OriginEntry(name.encode("utf-8", "surrogateescape"), KIND_DIR, 0, 0))
-                for item in page.get("Contents", []):
-                    name = item["Key"][len(base):]
-                    if not name or "/" in name:
-                        continue   # the folder's own marker object
-                    entries.append(OriginEntry(name.encode("utf-8", "surrogateescape"), KIND_FILE, item["Size"],
-                                               int(item["LastModified"].timestamp() * 1e9),
-                                               token=self._etag(item.get("ETag"))))
-        except Exception as e:  # noqa: BLE001 - translated below
-            raise self._translate(e, base) from None
+        request = {"Bucket": self.bucket, "Prefix": base, "Delimiter": "/"}
+        while True:
+            page = self._request(base, lambda: self.client.list_objects_v2(**request))
+            for common in page.get("CommonPrefixes", []):
+                name = common["Prefix"][len(base):].rstrip("/")
+                if name:
+                    entries.append(OriginEntry(name.encode("utf-8", "surrogateescape"), KIND_DIR, 0, 0))
+            for item in page.get("Contents", []):
+                name = item["Key"][len(base):]
+                if not name or "/" in name:
+                    continue   # the folder's own marker object
+                entries.append(OriginEntry(name.encode("utf-8", "surrogateescape"), KIND_FILE, item["Size"],
+                                           int(item["LastModified"].timestamp() * 1e9),
+                                           token=self._etag(item.get("ETag"))))
+            if not page.get("IsTruncated") or not page.get("NextContinuationToken"):
+                break
+            request["ContinuationToken"] = page["NextContinuationToken"]
         if relpath and not entries:
             raise FileNotFoundError(errno.ENOENT, f"origin {self.name}: no objects under {base}")
         return entries
 
     def _head(self, key: str) -> OriginEntry:
-        try:
-            head = self.client.head_object(Bucket=self.bucket, Key=key)
-        except Exception as e:  # noqa: BLE001 - translated below
-            raise self._translate(e, key) from None
+        head = self._request(key, lambda: self.client.head_object(Bucket=self.bucket, Key=key))
         return OriginEntry(os.path.basename(key).encode("utf-8", "surrogateescape"), KIND_FILE,
                            head["ContentLength"], int(head["LastModified"].timestamp() * 1e9),
                            token=self._etag(head.get("ETag")))
@@ -146,45 +213,69 @@ class S3Origin(Origin):
             raise
 
     def read(self, relpath: bytes, offset: int, size: int, expect: OriginEntry | None = None) -> bytes:
-        key = self._key(relpath)
         if size <= 0:
             return b""
+        key = self._key(relpath)
+        # the body is read inside the attempt: a connection lost mid-body is retried
+        response, data = self._get(key, offset, size, expect, lambda body: body.read())
+        return data
+
+    def read_pieces(self, relpath: bytes, offset: int, lengths: list[int],
+                    expect: OriginEntry | None = None) -> Iterator[bytes]:
+        """One ranged GET, its body handed out piece by piece as it arrives (a reader waits for
+        its chunk, not for the whole span). A failure mid-body ends the pieces, not retried:
+        the pieces already handed out are good, and the reader fetches the rest on its own."""
+        key = self._key(relpath)
+        response, body = self._get(key, offset, sum(lengths), expect, lambda body: body)
+        try:
+            for length in lengths:
+                parts, got = [], 0
+                while got < length:
+                    part = body.read(length - got)
+                    if not part:
+                        break    # the end of the object: the caller sees a short piece
+                    parts.append(part)
+                    got += len(part)
+                yield b"".join(parts)
+        except Exception as e:  # noqa: BLE001 - translated here
+            raise self._translate(e, key) from None
+        finally:
+            body.close()
+
+    def _get(self, key: str, offset: int, size: int, expect: OriginEntry | None, take):
+        """(response, take(body)) of a ranged GET of exactly that version of the object: If-Match
+        on the catalogued ETag (a replaced object is refused: 412), and the object's total size
+        from Content-Range checked against the catalogued one."""
         request = {"Bucket": self.bucket, "Key": key, "Range": f"bytes={offset}-{offset + size - 1}"}
         if expect is not None and expect.token:
             request["IfMatch"] = '"' + expect.token.decode() + '"'
-        try:
+
+        def get():
             response = self.client.get_object(**request)
-            data = response["Body"].read()
-        except Exception as e:  # noqa: BLE001 - translated below
-            error = self._translate(e, key)
-            if isinstance(error, OriginChanged):
-                try:
-                    error.current = self._head(key)
-                except FileNotFoundError:
-                    error.current = None
-            raise error from None
+            return response, take(response["Body"])
+        try:
+            response, taken = self._request(key, get)
+        except OriginChanged as error:
+            try:
+                error.current = self._head(key)
+            except FileNotFoundError:
+                error.current = None
+            raise
         if expect is not None and response.get("ContentRange"):
             total = int(response["ContentRange"].rpartition("/")[2] or -1)
             if total != expect.size:
+                response["Body"].close()
                 raise OriginChanged(f"s3://{self.bucket}/{key} on origin {self.name} changed size since it was "
                                     f"catalogued", self._head(key))
-        return data
+        return response, taken
 
     def check(self) -> None:
-        try:
-            self.client.head_bucket(Bucket=self.bucket)
-            if self.prefix:   # a mistyped prefix would otherwise be an empty library, silently
-                listed = self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1)
-                if not listed.get("KeyCount"):
-                    raise OriginMissing(f"no objects under prefix {self.prefix!r} in bucket {self.bucket}")
-        except botocore.exceptions.ClientError as e:
-            if _code(e) in ("404", "NoSuchBucket", "NotFound"):
-                raise OriginMissing(f"bucket {self.bucket} does not exist") from None
-            raise self._translate(e, self.prefix) from None
-        except OriginMissing:
-            raise
-        except Exception as e:  # noqa: BLE001 - translated below
-            raise self._translate(e, self.prefix) from None
+        # One listing, not HEAD bucket: a HEAD's error has no body, so refused credentials would
+        # be a bare "403" instead of InvalidAccessKeyId or SignatureDoesNotMatch.
+        listed = self._request(self.prefix, lambda: self.client.list_objects_v2(
+            Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1))
+        if self.prefix and not listed.get("KeyCount"):   # a mistyped prefix: an empty library, silently
+            raise OriginMissing(f"no objects under prefix {self.prefix!r} in bucket {self.bucket}")
 
     def close(self) -> None:
         self.client.close()
