@@ -112,6 +112,7 @@ class Service:
         service = cls(config, storage, store, catalog, scanner, origins, pool, reader, health)
         health.cache_probe = service.probe_cache
         health.on_recovered.append(service.refresh_pins_soon)
+        health.on_recovered.append(service._scan_if_never_scanned)
         return service
 
     @staticmethod
@@ -401,6 +402,13 @@ class Service:
         # Pinned files that changed are fetched again in the background, not before answering.
         self.refresh_pins_soon()
         return results
+
+    def _scan_if_never_scanned(self, origin: str) -> None:
+        """An origin left out of the first mount (it did not answer, refused the connection)
+        answers now: its files appear with a rescan now, not at the next rescan interval."""
+        if not self.storage.readonly and not self.catalog.last_scan(origin):
+            log.info("origin %s answers for the first time: rescanning", origin)
+            self.request_rescan()
 
     def refresh_pins_soon(self, origin: str | None = None) -> None:
         """Fetch what pinned files lack, in the background: after a rescan, and when an origin

@@ -86,7 +86,8 @@ def test_connection_refused_on_a_first_mount_warns_and_mounts_without_it(tmp_pat
             server.start()
             server.client().create_bucket(Bucket="music")
             server.upload("music", "", files)
-    daemon = Daemon(tmp_path, [("disk", disk)], catalog={"rescan_interval": 1}, health={"interval": 0.5})
+    # The default rescan interval (an hour): the files appear because the origin answered.
+    daemon = Daemon(tmp_path, [("disk", disk)], health={"interval": 0.5})
     daemon.config.write_text(daemon.config.read_text() + origin_toml(table))
     try:
         result = daemon.start()

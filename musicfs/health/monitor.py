@@ -65,7 +65,8 @@ class HealthMonitor:
         # Called every round: sees whether a cache disk that failed takes writes again (bounded
         # by the caller, since that disk may be the thing that hangs).
         self.cache_probe = cache_probe
-        self.on_recovered: list = []   # called with an origin's name when it is healthy again
+        # Called with an origin's name when it answers for the first time or is healthy again.
+        self.on_recovered: list = []
         self.status = {name: OriginHealth(name) for name in self.names}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -151,13 +152,14 @@ class HealthMonitor:
             st = self.status.get(name)
             if st is None:   # removed by a reload meanwhile
                 return
-            old = st.state
+            old, first = st.state, not st.answered
             st.state, st.consecutive_failures, st.error, st.answered = HEALTHY, 0, "", True
             if latency is not None:
                 st.latency = latency
         if old != HEALTHY:
             log.info("origin %s is healthy again (%s)", name,
                      f"answered in {latency:.3f}s" if latency is not None else "a complete scan of it succeeded")
+        if old != HEALTHY or first:   # the first answer too: nothing was known of it before
             for callback in self.on_recovered:
                 try:
                     callback(name)
