@@ -337,7 +337,8 @@ def pin(paths: List[Path] = typer.Argument(..., metavar="PATH...", help="Files o
     else:
         for _, result in results:
             typer.echo("\n".join(operations.format_pin(result, unpin)))
-    if not unpin and any(result["not_fitting"] or result["failed"] for _, result in results):
+    if not unpin and any(result["not_fitting"] or result["failed"] or result.get("skipped")
+                         for _, result in results):
         raise typer.Exit(1)
 
 

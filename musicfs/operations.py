@@ -309,6 +309,9 @@ def format_pin(result: dict, unpin: bool) -> list[str]:
         lines.extend(f"  {path}" for path in result["not_fitting"][:20])
         if len(result["not_fitting"]) > 20:
             lines.append(f"  ... and {len(result['not_fitting']) - 20} more")
+    if result.get("skipped"):
+        lines.append(f"{plural(len(result['skipped']), 'file')} skipped: no configured origin holds them")
+        lines.extend(f"  {path}" for path in result["skipped"][:20])
     if result["failed"]:
         lines.append(f"{plural(len(result['failed']), 'file')} pinned but not all cached yet (fetched after "
                      f"the next rescan once their origin answers, or pin again):")

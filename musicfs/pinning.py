@@ -33,10 +33,12 @@ class PinReport:
     files: int = 0                 # ... of which every byte is cached
     fetched: int = 0               # bytes fetched from origins for them
     not_fitting: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)     # no configured origin holds them
     failed: list[dict] = field(default_factory=list)    # {"path", "error"}: pinned, not all cached
 
     def as_dict(self, store) -> dict:
-        return {"pinned_files": self.pinned, "files": self.files, "fetched_bytes": self.fetched, "not_fitting": self.not_fitting,
+        return {"pinned_files": self.pinned, "files": self.files, "fetched_bytes": self.fetched,
+                "not_fitting": self.not_fitting, "skipped": self.skipped,
                 "failed": self.failed, "pinned_bytes": store.pinned_bytes(),
                 "pin_limit_bytes": int(store.max_size * PIN_SHARE)}
 
@@ -85,7 +87,7 @@ class Pinner:
         for path, size in files:
             keys = self._keys(path)
             if keys is None:
-                report.failed.append({"path": _text(path), "error": "no configured origin holds it"})
+                report.skipped.append(_text(path))
                 continue
             pinned = all(key in already for key, _, _ in keys)
             need = size - (self.store.cached_bytes(keys[0][0], keys[0][1], keys[0][2]) if pinned else 0)
@@ -111,20 +113,24 @@ class Pinner:
             for key, _, _ in keys:
                 self.store.pin(key, path)
             report.pinned += 1
-            fetched = 0
+            fetched = [0]
+
+            def fetched_chunk(nbytes: int, current: bytes = path) -> None:
+                fetched[0] += nbytes
+                advance(nbytes, current)
             try:
-                fetched = self.reader.cache_file(path, progress=lambda n, p=path: advance(n, p))
-                report.fetched += fetched
+                self.reader.cache_file(path, progress=fetched_chunk)
             except CacheWriteError as e:
                 report.failed.append({"path": _text(path), "error": e.strerror or str(e)})
                 break   # passthrough now: no other file can be cached either
             except (MusicfsError, OSError) as e:
                 reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
                 report.failed.append({"path": _text(path), "error": reason})
-                advance(size - fetched, path)   # counted as done: the bar is about this run
             else:
                 report.files += 1
-                advance(size - fetched, path)   # the part that was cached already
+            finally:
+                report.fetched += fetched[0]
+            advance(size - fetched[0], path)   # the rest was cached already (or failed): done for the bar
         result = report.as_dict(self.store)
         log.info("pinned %d files (%d bytes fetched); %d did not fit, %d failed; %d bytes pinned of %d allowed",
                  report.files, report.fetched, len(report.not_fitting), len(report.failed),
