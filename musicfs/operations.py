@@ -100,9 +100,41 @@ def human_duration(seconds: float | None) -> str:
     return f"{secs}s"
 
 
+def open_files(mountpoint: Path) -> dict:
+    """Files open on the mount, per process, as the kernel lists them in /proc/PID/fd (what
+    fuser and lsof read; no request reaches the mount). The daemon cannot count them itself:
+    closing a file is answered inside libfuse, without a round trip into Python. Processes
+    of other users are visible to root only."""
+    root = os.path.abspath(mountpoint)
+    prefix = root.rstrip("/") + "/"
+    by_process = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        count = 0
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                try:
+                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                except OSError:
+                    continue
+                if target.startswith(prefix):
+                    count += 1
+        except OSError:   # gone, or another user's
+            continue
+        if count:
+            try:
+                with open(f"/proc/{pid}/comm") as f:
+                    name = f.read().strip()
+            except OSError:
+                name = "?"
+            by_process.append({"pid": int(pid), "name": name, "files": count})
+    by_process.sort(key=lambda p: -p["files"])
+    return {"count": sum(p["files"] for p in by_process), "processes": by_process}
+
+
 def daemon_report(mount: Mount) -> dict:
     """The daemon's status as `musicfs status --json` prints it."""
     status = dict(mount.status)
+    status["open_files"] = open_files(mount.mountpoint)
     now = time.time()
     started = status.get("started")
     status["uptime"] = round(now - started, 1) if isinstance(started, (int, float)) else None
@@ -149,7 +181,11 @@ def format_daemon(report: dict) -> list[str]:
         config_line += (f"; last reload {human_duration(now - reloads['last'])} ago: "
                         + (f"REFUSED - {reloads['error']}" if reloads.get("error") else "applied"))
     lines.append(config_line)
-    lines.append(f"requests  {report.get('requests_in_progress', 0)} in progress")
+    opened = report.get("open_files") or {"count": 0, "processes": []}
+    lines.append(f"open      {plural(opened['count'], 'file')}"
+                 + (": " + ", ".join(f"{p['name']} ({p['pid']}) {p['files']}" for p in opened["processes"][:5])
+                    if opened["processes"] else "")
+                 + f"; {report.get('requests_in_progress', 0)} requests in progress")
     if report.get("age", 0) > 10:
         lines.append(f"(this status is {human_duration(report['age'])} old: the daemon may be stuck)")
     return lines

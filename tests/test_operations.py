@@ -53,6 +53,11 @@ def test_status_of_a_mount_in_text_and_json(tmp_path, daemons):
     assert "nas" in text.stdout and "healthy" in text.stdout
     assert "of 7 MiB" in text.stdout   # the running daemon's limit, human
 
+    with open(daemon.path("Artist 0000/Album 00/02 Track.flac"), "rb"):
+        held = status_file(daemon)["open_files"]
+    assert held["count"] == 1 and held["processes"][0]["pid"] == os.getpid(), held
+    assert status_file(daemon)["open_files"]["count"] == 0
+
     report = status_file(daemon)
     assert report["pid"] == daemon.pid
     assert report["mountpoint"] == str(daemon.mountpoint)
