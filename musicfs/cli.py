@@ -233,11 +233,15 @@ def health(mountpoint: Optional[Path] = typer.Argument(None, metavar="MOUNTPOINT
 
     from . import logs
     from .health.probe import UNKNOWN, probe
+    from .live import read_status
     from .metrics import write_textfile_or_warn
 
     try:
         # With a MOUNTPOINT the daemon serving it publishes its own config; -c is the fallback.
         cfg = config_module.load(config) if config is not None or mountpoint is None else None
+        if cfg is not None and cfg.source is None and mountpoint is None and read_status(cfg.cache.dir) is None:
+            raise ConfigError(f"no config file ({config_module.default_config_path()}) and no musicfs running "
+                              f"on the default cache: give the MOUNTPOINT to check, or -c CONFIG")
         verdict = probe(cfg, mountpoint)
     except ConfigError as e:
         write_textfile_or_warn(prometheus, None, mountpoint)

@@ -193,6 +193,12 @@ def test_unmount_of_a_path_that_does_not_exist_and_an_origin_given_twice(tmp_pat
                                                            f"origin directory once")
 
 
+def test_health_without_config_or_daemon_is_unknown_not_a_critical_about_a_default_library(tmp_path):
+    result = musicfs("health", env=isolated_env(tmp_path))
+    assert result.returncode == 3
+    assert result.stdout.startswith("MUSICFS UNKNOWN - configuration: no config file (") and "-c CONFIG" in result.stdout
+
+
 # -- cache stats --------------------------------------------------------------------------------
 
 @pytest.mark.mount
