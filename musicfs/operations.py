@@ -166,8 +166,9 @@ def format_daemon(report: dict) -> list[str]:
         scan = origin.get("scan") or {}
         if scan.get("finished"):
             ago = human_duration(now - scan["finished"])
-            scanned = (f"last scan {ago} ago: {scan.get('entries', 0)} entries"
-                       + ("" if scan.get("complete") else f", INCOMPLETE ({scan.get('error') or 'cancelled'})"))
+            scanned = (f"last scan {ago} ago: {scan.get('entries', 0)} entries" if scan.get("complete") else
+                       f"last scan {ago} ago INCOMPLETE ({scan.get('error') or 'cancelled'}); "
+                       f"its stored files stay listed")
         else:
             scanned = "not scanned since the mount"
         line = (f"  {name:<{width}}  {origin.get('status', '?'):<9}  "
