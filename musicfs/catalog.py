@@ -54,6 +54,8 @@ SCAN_BATCH = 2000
 # disk one thread is fastest; a cold disk or a NAS answers several range reads at once (20k
 # files, cold: 1 thread 6.5 s, 4 threads 5.9 s, a plain mutagen loop 5.5 s).
 TAG_READERS = 4
+# Refreshes remembered for ordering against scans before old ones are pruned.
+REFRESHED_KEPT = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,6 +319,9 @@ class Scanner:
         self._write_lock = threading.Lock()  # one catalog writer at a time (merges read all origins)
         self._workers: dict[str, _ScanWorker] = {}
         self._workers_lock = threading.Lock()
+        # Records a read's refresh wrote (or removed), key -> time.monotonic(): a scan whose
+        # listing was taken before that must not put back what the listing saw (see walk).
+        self._refreshed: dict[bytes, float] = {}
 
     def set_origins(self, origins: list[Origin], view) -> None:
         """A reload: scan these origins, in this order, into this view from now on (the caller
@@ -475,11 +480,17 @@ class Scanner:
             self.storage.put_u64(txn, key, generation)
         return generation
 
-    def _apply_batch(self, origin: str, generation: int, batch, result: ScanResult, worker=None) -> None:
+    def _apply_batch(self, origin: str, generation: int, batch, result: ScanResult, worker=None,
+                     listed_at: float | None = None) -> None:
         prefix = origin.encode() + b"\0"
         tags = self._read_tags(origin, batch, result, worker) if self.view is not None else {}
         with self._write_lock, self.storage.begin(write=True) as txn:
             for relpath, entry in batch:
+                if listed_at is not None and self._refreshed_since(prefix + relpath, listed_at):
+                    # A read refreshed this record after the listing was taken: what the read
+                    # saw is newer. Keep it (stamped with this scan, so the sweep keeps it too).
+                    self._restamp(txn, prefix + relpath, generation)
+                    continue
                 new = txn.get(prefix + relpath, db=self.storage.origin_files) is None
                 if self._put_record(txn, prefix + relpath, relpath, entry, generation):
                     if new:
@@ -487,8 +498,28 @@ class Scanner:
                     else:
                         result.changed += 1
             for relpath, record in tags.items():
+                if listed_at is not None and self._refreshed_since(prefix + relpath, listed_at):
+                    continue   # read from the version the refresh replaced
                 txn.put(prefix + relpath, record, db=self.storage.tags)
                 self._view_dirty = True
+
+    def _refreshed_since(self, key: bytes, since: float) -> bool:
+        return self._refreshed.get(key, float("-inf")) >= since
+
+    def _restamp(self, txn, key: bytes, generation: int) -> None:
+        raw = txn.get(key, db=self.storage.origin_files)
+        if raw is not None:
+            kind, size, mtime_ns, _, token = decode_record(raw)
+            txn.put(key, encode_record(kind, size, mtime_ns, generation, token), db=self.storage.origin_files)
+
+    def _note_refreshed(self, key: bytes) -> None:
+        """Called under the write lock by the refreshes a read triggers."""
+        now = time.monotonic()
+        self._refreshed[key] = now
+        if len(self._refreshed) > REFRESHED_KEPT:
+            # Older than any scan still running (a scan that stalls this long is abandoned).
+            horizon = now - max(self.stall_timeout * 4, 3600.0)
+            self._refreshed = {k: t for k, t in self._refreshed.items() if t >= horizon}
 
     def _read_tags(self, origin_name: str, batch, result: ScanResult, worker=None) -> dict[bytes, bytes]:
         """Tag records for the audio files of a batch whose stored tags are missing or were
@@ -547,7 +578,7 @@ class Scanner:
         self._placed(txn, key[len(prefix):])
 
     def _sweep(self, origin: str, generation: int, result: ScanResult, under: bytes = b"",
-               keep: tuple[bytes, ...] = ()) -> None:
+               keep: tuple[bytes, ...] = (), since: float | None = None) -> None:
         """After a walk: remove what the origin no longer has below `under` (b"": everything),
         except below the directories in `keep` (those that could not be listed)."""
         prefix = origin.encode() + b"\0"
@@ -560,8 +591,9 @@ class Scanner:
                 for key, raw in cursor:
                     if not key.startswith(start):
                         break
-                    if ORIGIN_RECORD.unpack_from(raw)[3] != generation and not (kept and key.startswith(kept)):
-                        gone.append(key)
+                    if ORIGIN_RECORD.unpack_from(raw)[3] != generation and not (kept and key.startswith(kept)) \
+                            and not (since is not None and self._refreshed_since(key, since)):
+                        gone.append(key)   # (one a read recorded after the walk began is newer)
             for key in gone:
                 self._forget(txn, key, prefix)
             result.removed += len(gone)
@@ -585,10 +617,12 @@ class Scanner:
     def walk(self, origin: Origin, generation: int, result: ScanResult, worker: "_ScanWorker",
              top: bytes = b"", recursive: bool = True) -> None:
         batch = []
+        batch_listed_at = None   # when the oldest listing of this batch was asked for
         pending = [top]
         seen_dirs = set()
         while pending:
             relpath = pending.pop()
+            listed_at = time.monotonic()
             try:
                 entries = origin.list_dir(relpath)
             except OSError as e:
@@ -623,17 +657,19 @@ class Scanner:
                         pending.append(child)
                 elif entry.kind != KIND_FILE:
                     continue
+                if not batch:
+                    batch_listed_at = listed_at
                 batch.append((child, entry))
                 result.entries += 1
                 if len(batch) >= SCAN_BATCH:
                     if worker.cancelled:
                         raise _Cancelled()
-                    self._apply_batch(origin.name, generation, batch, result, worker)
+                    self._apply_batch(origin.name, generation, batch, result, worker, batch_listed_at)
                     batch = []
         if worker.cancelled:
             raise _Cancelled()
         if batch:
-            self._apply_batch(origin.name, generation, batch, result, worker)
+            self._apply_batch(origin.name, generation, batch, result, worker, batch_listed_at)
         for path in result.too_long[:10]:
             log.warning("origin %s: left out %s: its path is longer than the %d bytes the catalog takes",
                         origin.name, path.decode(errors="replace"), PATH_MAX - 1)
@@ -656,6 +692,7 @@ class Scanner:
                     self._forget(txn, key, prefix)
             else:
                 self._put_record(txn, key, relpath, current, generation)
+            self._note_refreshed(key)
         self.finish_view()
         log.warning("origin %s: %s %s since the last scan; catalog entry refreshed",
                     origin_name, relpath.decode(errors="replace"), "changed" if current else "vanished")
@@ -698,6 +735,7 @@ class Scanner:
                         gone.append(key)   # this entry, or anything below a vanished folder
             for key in gone:
                 self._forget(txn, key, prefix)
+                self._note_refreshed(key)
                 removed += 1
             for relpath, entry in present.items():
                 old = txn.get(prefix + relpath, db=self.storage.origin_files)
@@ -705,6 +743,7 @@ class Scanner:
                     # New folders are listed at the next scan; files are recorded now.
                     if entry.kind == KIND_FILE or old is None:
                         self._put_record(txn, prefix + relpath, relpath, entry, generation)
+                        self._note_refreshed(prefix + relpath)
                         changed += 1
         self.finish_view()
         log.warning("origin %s: refreshed %s after a file vanished: %d entries removed, %d changed",
@@ -743,7 +782,7 @@ class _ScanWorker(threading.Thread):
             if self.cancelled:
                 raise _Cancelled()
             keep = tuple(path for path, _ in self.result.unreadable)
-            self.scanner._sweep(self.origin.name, generation, self.result, keep=keep)
+            self.scanner._sweep(self.origin.name, generation, self.result, keep=keep, since=self.started)
             self.result.complete = True
         except _Cancelled:
             pass

@@ -157,3 +157,64 @@ def test_same_origin_name_with_another_path_drops_the_old_records(tmp_path):
     scanner.scan()
     assert catalog.list(b"/") == [b"new.flac"]
     storage.close()
+
+
+class _ChangesAfterListing:
+    """An origin whose file changes (a retag: a new file renamed over it) right after a scan
+    listed its folder, and a read notices and refreshes the record before the scan stores
+    what it listed: the order in which the two happen for real, made certain."""
+
+    def __init__(self, origin, relpath: bytes, new: bytes):
+        self.origin, self.relpath, self.new = origin, relpath, new
+        self.scanner = None
+        self.done = False
+
+    def __getattr__(self, name):
+        return getattr(self.origin, name)
+
+    def list_dir(self, relpath):
+        entries = self.origin.list_dir(relpath)
+        if not self.done and relpath == self.relpath.rpartition(b"/")[0]:
+            self.done = True
+            path = os.fsdecode(os.path.join(self.origin.root, self.relpath))
+            if self.new is None:   # deleted instead
+                os.unlink(path)
+                self.scanner.refresh_file(self.origin.name, self.relpath, None)
+                return entries
+            with open(path + ".tmp", "wb") as f:
+                f.write(self.new)
+            os.replace(path + ".tmp", path)
+            self.scanner.refresh_file(self.origin.name, self.relpath, self.origin.stat(self.relpath))
+        return entries
+
+
+def test_a_scan_never_puts_back_what_a_read_refreshed_after_the_listing(tmp_path):
+    a = tmp_path / "a"
+    write(a / "x/song.flac", b"old version")
+    write(a / "x/other.flac", b"other")
+    origin = _ChangesAfterListing(LocalOrigin("a", a), b"x/song.flac", b"the new version, longer")
+    storage, _, catalog, scanner = build(tmp_path, [origin])
+    origin.done = True
+    scanner.scan()                      # the first scan, undisturbed
+    origin.done, origin.scanner = False, scanner
+    results = scanner.scan()            # lists x/, the file changes, a read refreshes it, then the batch lands
+    assert origin.done and results[0].complete
+    assert catalog.lookup(b"/x/song.flac").size == len(b"the new version, longer")
+    assert catalog.lookup(b"/x/other.flac").size == len(b"other")
+    storage.close()
+
+
+def test_a_scan_never_puts_back_a_file_a_read_found_gone_after_the_listing(tmp_path):
+    a = tmp_path / "a"
+    write(a / "x/song.flac", b"old version")
+    write(a / "x/other.flac", b"other")
+    origin = _ChangesAfterListing(LocalOrigin("a", a), b"x/song.flac", None)
+    storage, _, catalog, scanner = build(tmp_path, [origin])
+    origin.done = True
+    scanner.scan()
+    origin.done, origin.scanner = False, scanner
+    results = scanner.scan()
+    assert origin.done and results[0].complete
+    assert catalog.lookup(b"/x/song.flac") is None
+    assert catalog.lookup(b"/x/other.flac") is not None
+    storage.close()
