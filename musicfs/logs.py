@@ -42,6 +42,11 @@ def setup(file: Path, level: str = "info", *, verbose: int = 0, stderr: bool = F
         root.addHandler(console)
     # fusepy logs every errno it returns at DEBUG with a traceback; that is noise, not signal.
     logging.getLogger("fuse").setLevel(logging.WARNING if numeric > logging.DEBUG else logging.INFO)
+    # The transports' own loggers: their failures reach our log translated, as one line each
+    # (paramiko logs a dead connection as an ERROR traceback, botocore every request at DEBUG).
+    for noisy in ("paramiko", "botocore", "boto3", "urllib3", "s3transfer"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose > 1 else logging.CRITICAL
+                                          if noisy == "paramiko" else logging.WARNING)
     # `kill -USR2 <pid>` dumps every thread's stack into the log: the tool for "where is it stuck?".
     # Its own descriptor: the handler reopens its stream when it rotates.
     global _stack_dump_file

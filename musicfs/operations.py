@@ -160,9 +160,13 @@ def format_daemon(report: dict) -> list[str]:
         "origins:",
     ]
     origins = report.get("origins") or {}
+    # In the configuration's order (the status file's keys are sorted), which is priority order.
+    order = [o.get("name") for o in (report.get("config") or {}).get("origins", [])]
+    names = [n for n in order if n in origins] + sorted(n for n in origins if n not in order)
     width = max((len(name) for name in origins), default=6)
-    for name, origin in origins.items():
-        latency = origin.get("latency")
+    for name in names:
+        origin = origins[name]
+        latency = origin.get("latency") if origin.get("status") != "unhealthy" else None
         scan = origin.get("scan") or {}
         if scan.get("finished"):
             ago = human_duration(now - scan["finished"])
@@ -240,9 +244,11 @@ def _file_report(storage, txn, health: dict, given: str, inside: bytes) -> dict:
     # The reader prefers the first copy of the same size whose origin is in the best state.
     same = [c for c in copies if c["size"] == copies[0]["size"]]
     serving = min(same, key=lambda c: _STATE_RANK.get(c["state"], 3))
+    # "cached" is the preferred copy's: its chunk list is the one reads use from the cache.
     return dict(report, origin=serving["origin"], source=serving["source"], size=copies[0]["size"],
                 cached=copies[0]["cached"], pinned=copies[0]["pinned"], state=serving["state"],
-                replicas=[{k: c[k] for k in ("origin", "source", "state", "cached")} for c in copies[1:]])
+                replicas=[{k: c[k] for k in ("origin", "source", "state", "cached")}
+                          for c in copies if c is not serving])
 
 
 def format_file(report: dict) -> list[str]:

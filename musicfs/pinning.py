@@ -14,7 +14,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from .cas.store import LOW_WATERMARK, CacheWriteError
+from .cas.store import LOW_WATERMARK, CacheWriteError, manifest_key
 from .catalog import KIND_DIR
 from .errors import MusicfsError, NotFound, OriginUnavailable, ReadTimeout, CommandError
 
@@ -149,15 +149,20 @@ class Pinner:
         return result
 
     def refresh(self, stopping=lambda: False) -> int:
-        """Fetch what pinned copies lack (a pinned file changed on its origin, or its origin was
-        down when it was pinned). Run after each rescan; returns the bytes fetched."""
-        fetched = 0
+        """Fetch what pinned files lack (a pinned file changed on its origin, or its origin was
+        down when it was pinned). Run after each rescan; returns the bytes fetched. Only the
+        preferred copy of each file is completed: it is the one reads take from the cache, and
+        fetching every replica again would download the same bytes once per replica."""
+        copies: dict[bytes, list[bytes]] = {}
         for key, shown in self.store.pins():
+            if key.partition(b"\0")[0].decode() in self.reader.origins:   # (a removed origin's go with it)
+                copies.setdefault(shown, []).append(key)
+        fetched = 0
+        for shown, keys in copies.items():
             if stopping() or self.store.passthrough:
                 break
+            key = self._preferred(shown, keys)
             origin, _, relpath = key.partition(b"\0")
-            if origin.decode() not in self.reader.origins:
-                continue   # an origin removed by a reload: reconcile_origins drops its pins
             try:
                 fetched += self.reader.cache_copy(origin.decode(), relpath)
             except (MusicfsError, OSError) as e:
@@ -166,6 +171,15 @@ class Pinner:
         if fetched:
             log.info("pins refreshed: %d bytes fetched for changed or incomplete pinned files", fetched)
         return fetched
+
+    def _preferred(self, shown: bytes, keys: list[bytes]) -> bytes:
+        """The copy reads prefer among a pinned file's copies (the catalog's source order; the
+        first one pinned if a retag moved the file since)."""
+        entry = self.catalog.lookup(shown)
+        if entry is None or entry.is_dir:
+            return keys[0]
+        order = [manifest_key(origin, relpath) for origin, relpath in entry.sources]
+        return min(keys, key=lambda k: order.index(k) if k in order else len(order))
 
     def _keys(self, path: bytes):
         """(manifest key, size, mtime_ns) of each copy of the file at `path`, preferred first."""

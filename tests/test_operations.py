@@ -295,3 +295,17 @@ def test_inode_numbers_are_stable_across_a_remount(tmp_path, daemons):
     daemon.stop()
     daemon.mount()
     assert inodes() == before
+
+
+def test_completing_pins_fetches_only_the_preferred_copy_not_every_replica(tmp_path, service_factory):
+    first, second = tmp_path / "a", tmp_path / "b"
+    for root in (first, second):
+        make_library(root, 2, 300 * KIB)   # the same files in both: replicas
+    service = service_factory([("a", first), ("b", second)])
+    service.initial_scan()
+    album = b"/Artist 0000/Album 00"
+    result = service.pinner.pin([album])
+    assert result["files"] == 2 and result["fetched_bytes"] > 0
+    # Both copies are pinned, but only the preferred one was fetched; completing the pins must
+    # not download the replicas' bytes again (on S3 that is paid traffic).
+    assert service.pinner.refresh() == 0

@@ -111,12 +111,14 @@ class SftpOrigin(Origin):
                                f"(ssh-keygen -R '{self._host_id()}' -f {self.known_hosts}) and add the new one")
 
     def _keys(self):
+        self._key_file_locked = False
         if self.key_file:
             try:
                 yield paramiko.PKey.from_path(str(self.key_file))
                 return
             except (paramiko.PasswordRequiredException, TypeError):
-                pass    # protected by a passphrase (cryptography says so with a TypeError): ssh-agent may hold it
+                # protected by a passphrase (cryptography says so with a TypeError): ssh-agent may hold it
+                self._key_file_locked = True
             except (OSError, paramiko.SSHException, ValueError) as e:
                 raise OriginMisconfigured(f"key_file {self.key_file} cannot be used: "
                                           f"{getattr(e, 'strerror', None) or e}") from None
@@ -164,8 +166,13 @@ class SftpOrigin(Origin):
                 if transport.is_authenticated():
                     break
             if not transport.is_authenticated():
-                hint = (f"key_file {self.key_file} is protected by a passphrase: load it into ssh-agent"
-                        if self.key_file else "set key_file or load the key into ssh-agent")
+                if getattr(self, "_key_file_locked", False):
+                    hint = f"key_file {self.key_file} is protected by a passphrase: load it into ssh-agent"
+                elif self.key_file:
+                    hint = (f"the server refused key_file {self.key_file}: add its public key to "
+                            f"~{self.user}/.ssh/authorized_keys on {self.host}")
+                else:
+                    hint = "set key_file or load the key into ssh-agent"
                 raise OriginMisconfigured(f"{what}: no key was accepted for user {self.user}; {hint}")
             transport.set_keepalive(KEEPALIVE_SECONDS)
             return transport
