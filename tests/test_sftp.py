@@ -61,6 +61,22 @@ def test_byte_exact_reads_and_ranges_over_sftp(sftp_mount, remote_library):
         assert f.read(100_000) == big[MiB + 17:MiB + 17 + 100_000]
 
 
+def test_reads_use_the_request_size_the_server_states(tmp_path, sshd, remote_library):
+    """OpenSSH's sftp-server states how much one read may ask (limits@openssh.com): reads use
+    that, not paramiko's 32 KiB, and still come back byte-exact, whole and in pieces."""
+    remote, big = remote_library
+    origin = build(sftp_config(tmp_path, sshd, remote).origins[0])
+    try:
+        assert origin.read(b"big.flac", 0, 2 * MiB) == big[:2 * MiB]
+        with origin._session(10) as client:
+            stated = client.musicfs_read_request
+        assert 32 * 1024 < stated <= MiB, stated
+        assert origin.read(b"big.flac", 3 * MiB, len(big) - 3 * MiB) == big[3 * MiB:]
+        assert origin.read(b"big.flac", 12345, stated + 1) == big[12345:12345 + stated + 1]
+    finally:
+        origin.close()
+
+
 def test_tag_view_from_remote_tags(sftp_mount):
     service, mount = sftp_mount("tags")
     assert sorted(os.listdir(mount.mountpoint / "Test Pattern" / "Signals (2019)")) == [

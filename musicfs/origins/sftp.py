@@ -30,6 +30,7 @@ import threading
 import time
 
 import paramiko
+from paramiko.sftp import CMD_EXTENDED, CMD_EXTENDED_REPLY
 
 from ..errors import OriginChanged, OriginMisconfigured, OriginMissing, OriginTransient, OriginUnavailable
 from .base import KIND_DIR, KIND_FILE, Origin, OriginEntry
@@ -39,12 +40,29 @@ log = logging.getLogger(__name__)
 
 DEFAULT_KEYS = ("id_ed25519", "id_ecdsa", "id_rsa")
 KEEPALIVE_SECONDS = 15
-# Reads up to this size are one SFTP request (paramiko's largest); longer ones are pipelined.
-SINGLE_REQUEST = paramiko.SFTPFile.MAX_REQUEST_SIZE
+# The size of one SFTP read request: paramiko's 32 KiB unless the server says it answers more
+# (OpenSSH's limits@openssh.com: 255 KiB). Fewer, larger requests: 128 KiB ones read a big file
+# through the mount at 104-119 MB/s against 75-89 with 32 KiB. Asking more than the server
+# answers would make paramiko fetch every short answer's rest in a round trip of its own.
+DEFAULT_READ_REQUEST = paramiko.SFTPFile.MAX_REQUEST_SIZE
+LARGEST_READ_REQUEST = 1 << 20
 
 
 class HostKeyError(OriginMisconfigured):
     """The server's host key is unknown or not the one known_hosts has."""
+
+
+def _read_request_size(client: paramiko.SFTPClient) -> int:
+    """How much one read request may ask of this server (see DEFAULT_READ_REQUEST)."""
+    try:
+        kind, reply = client._request(CMD_EXTENDED, "limits@openssh.com")
+    except (OSError, paramiko.SSHException):   # not supported (SSH_FX_OP_UNSUPPORTED): the default
+        return DEFAULT_READ_REQUEST
+    if kind != CMD_EXTENDED_REPLY:
+        return DEFAULT_READ_REQUEST
+    reply.get_int64()                 # max packet length
+    max_read = reply.get_int64()      # max read length (0: no limit stated)
+    return max(DEFAULT_READ_REQUEST, min(max_read, LARGEST_READ_REQUEST)) if max_read else DEFAULT_READ_REQUEST
 
 
 def _translate(error: BaseException, what: str, budget: float) -> BaseException:
@@ -215,7 +233,9 @@ class SftpOrigin(Origin):
             watchdog.start()
             try:
                 channel.invoke_subsystem("sftp")
-                return paramiko.SFTPClient(channel)
+                client = paramiko.SFTPClient(channel)
+                client.musicfs_read_request = _read_request_size(client)
+                return client
             finally:
                 watchdog.cancel()
         except BaseException as e:
@@ -330,7 +350,9 @@ class SftpOrigin(Origin):
             # Not `with`: after a failure the whole session is closed, and a polite CLOSE would
             # first wait once more for a peer that stopped answering.
             f = client.open(path, "rb")
-            if size <= SINGLE_REQUEST:
+            request = getattr(client, "musicfs_read_request", DEFAULT_READ_REQUEST)
+            f.MAX_REQUEST_SIZE = request   # this file's reads (paramiko reads it from the instance)
+            if size <= request:
                 f.seek(offset)
                 data = f.read(size)   # one request (readv would start a thread for it)
             else:
