@@ -129,12 +129,7 @@ class Reader:
             else:
                 handle = None
         if handle is None:
-            if raw is None:
-                raise NotFound(path)
-            entry = decode_entry(raw)
-            if entry.is_dir:
-                raise IsADirectoryError(21, "is a directory")
-            handle = OpenFile(path, entry.size, entry, raw, version_tag(raw))
+            handle = self._new_handle(path, raw)
             with self._files_lock:
                 self._files[path] = handle
                 if len(self._files) > OPEN_FILES:
@@ -143,22 +138,22 @@ class Reader:
             raise OriginChanged(f"{path.decode(errors='replace')} changed since it was opened; open it again")
         return self.read(handle, offset, size)
 
-    def sources_of(self, entry: CatalogEntry) -> list[Source]:
-        """The copies of a file a read would use, preferred first (OriginUnavailable if none)."""
-        return self._sources(entry)
+    @staticmethod
+    def _new_handle(path: bytes, raw: bytes | None) -> OpenFile:
+        """Read state for the catalog's stored entry `raw` of `path` (NotFound, EISDIR)."""
+        if raw is None:
+            raise NotFound(path)
+        entry = decode_entry(raw)
+        if entry.is_dir:
+            raise IsADirectoryError(21, "is a directory")
+        return OpenFile(path, entry.size, entry, raw, version_tag(raw))
 
     def cache_file(self, path: bytes, progress=None) -> int:
         """Fetch every chunk of `path` that is not cached into the cache (for `musicfs pin`).
         Returns the bytes fetched; `progress(bytes)` after each chunk. Raises what a read would
         (OriginUnavailable, ReadTimeout, OriginChanged...), or CacheWriteError when the cache
         does not take the chunks (passthrough)."""
-        raw = self.catalog.raw(path)
-        if raw is None:
-            raise NotFound(path)
-        entry = decode_entry(raw)
-        if entry.is_dir:
-            raise IsADirectoryError(21, "is a directory")
-        handle = OpenFile(path, entry.size, entry, raw, version_tag(raw))
+        handle = self._new_handle(path, self.catalog.raw(path))
         self._resolve(handle)
         return self._cache_whole(handle, progress)
 
@@ -206,13 +201,14 @@ class Reader:
         with handle.lock:
             if handle.sources is not None:
                 return
-            sources = self._sources(handle.entry)
+            sources = self.sources_of(handle.entry)
             primary = sources[0]
             handle.digests = self.store.manifest(primary.key, primary.size, primary.mtime_ns)
             handle.size = primary.size
             handle.sources = tuple(sources)
 
-    def _sources(self, entry: CatalogEntry) -> list[Source]:
+    def sources_of(self, entry: CatalogEntry) -> list[Source]:
+        """The copies of a file a read would use, preferred first (OriginUnavailable if none)."""
         sources = [s for s in (self._source(origin, relpath) for origin, relpath in entry.sources) if s is not None]
         if not sources:
             raise OriginUnavailable("no configured origin holds this file any more")
