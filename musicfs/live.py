@@ -184,14 +184,23 @@ def statuses_of_mountpoint(mountpoint: Path) -> list[dict]:
     return found
 
 
+def mountpoint_status(mountpoint: Path) -> tuple[dict | None, bool]:
+    """(the status file naming `mountpoint` that counts, whether its daemon is alive): the live
+    daemon's if there is one, else the newest left behind by a daemon that died, else None."""
+    statuses = statuses_of_mountpoint(mountpoint)   # live daemons first
+    if not statuses:
+        return None, False
+    return statuses[0], status_pid_alive(statuses[0])
+
+
 def daemon_of_mountpoint(mountpoint: Path) -> tuple[int | None, Path | None]:
     """(PID, cache dir) of the live daemon serving `mountpoint`, from the status files daemons
     publish; (None, None) if no live daemon serves it."""
-    for status in statuses_of_mountpoint(mountpoint):
-        if status_pid_alive(status):
-            cache_dir = status.get("cache_dir")
-            return status["pid"], Path(cache_dir) if cache_dir else None
-    return None, None
+    status, alive = mountpoint_status(mountpoint)
+    if not alive:
+        return None, None
+    cache_dir = status.get("cache_dir")
+    return status["pid"], Path(cache_dir) if cache_dir else None
 
 
 def config_summary(config: Config) -> dict:

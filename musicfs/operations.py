@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import errno
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,8 @@ from .cas.store import cached_bytes, manifest_key
 from .catalog import decode_entry, decode_record
 from .config import format_size
 from .errors import CommandError
-from .live import statuses_of_mountpoint, status_pid_alive
+from .live import mountpoint_status, read_status
+from .terminal import StatusLine, bar
 
 # As reads order the copies ("unknown": not checked yet, read like a healthy one).
 _STATE_RANK = {"healthy": 0, "unknown": 0, "degraded": 1, "unhealthy": 2}
@@ -37,13 +37,11 @@ class Mount:
 def live_mount(mountpoint: Path) -> Mount | None:
     """The live daemon serving exactly `mountpoint`, or None. CommandError if the daemon that
     served it died (its status file is left behind)."""
-    dead = None
-    for status in statuses_of_mountpoint(mountpoint):
-        if status_pid_alive(status) and status.get("cache_dir"):
-            return Mount(Path(os.path.abspath(mountpoint)), status)
-        dead = dead or status
-    if dead is not None and _dead_fuse_mount(mountpoint):
-        raise CommandError(f"the musicfs daemon of {os.path.abspath(mountpoint)} (PID {dead.get('pid')}) died; "
+    status, alive = mountpoint_status(mountpoint)
+    if alive and status.get("cache_dir"):
+        return Mount(Path(os.path.abspath(mountpoint)), status)
+    if status is not None and not alive and _dead_fuse_mount(mountpoint):
+        raise CommandError(f"the musicfs daemon of {os.path.abspath(mountpoint)} (PID {status.get('pid')}) died; "
                            f"mount it again (musicfs {os.path.abspath(mountpoint)} ...)")
     return None
 
@@ -75,7 +73,6 @@ def mount_for(mountpoint: Path | None, cache_dir: Path | None) -> Mount:
         if mount is None:
             raise CommandError(f"no running musicfs serves {os.path.abspath(mountpoint)}")
         return mount
-    from .live import read_status
     status = read_status(cache_dir) if cache_dir is not None else None
     if not status or not status.get("cache_dir"):
         raise CommandError(f"no running musicfs uses the cache {cache_dir}; give the MOUNTPOINT")
@@ -294,31 +291,15 @@ def format_rescan(result: dict) -> list[str]:
     return lines
 
 
-class ProgressBar:
-    """bytes done of total, rate and ETA on one terminal line; silent when not a terminal."""
-
-    def __init__(self, stream=sys.stderr):
-        self.stream = stream
-        self.tty = stream.isatty()
-        self.shown = False
+class ProgressBar(StatusLine):
+    """bytes done of total, rate and ETA on one terminal line."""
 
     def __call__(self, progress: dict) -> None:
-        if not self.tty:
-            return
         done, total, seconds = progress.get("done", 0), progress.get("total", 0), progress.get("seconds", 0)
         rate = done / seconds if seconds > 0 else 0
         eta = "0s" if done >= total else human_duration((total - done) / rate) if rate > 0 else "?"
-        width = 24
-        filled = width * done // total if total else width
-        self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {format_size(done)} of {format_size(total)}"
-                          f"  {format_size(rate)}/s  ETA {eta}   ")
-        self.stream.flush()
-        self.shown = True
-
-    def end(self) -> None:
-        if self.shown:
-            self.stream.write("\n")
-            self.stream.flush()
+        self.show(f"{bar(done, total, 24)} {format_size(done)} of {format_size(total)}  {format_size(rate)}/s  "
+                  f"ETA {eta}   ")
 
 
 def pin(paths: list[Path], unpin: bool, progress=None) -> list[tuple[Mount, dict]]:
