@@ -20,6 +20,7 @@ from . import logs
 from .config import Config
 from .errors import CommandError, ConfigError, MusicfsError, StartupError
 from .control import ControlServer
+from .terminal import StatusLine
 from .live import CacheLock, daemon_of_mountpoint, runtime_dir, runtime_name
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ def mount(config: Config, mountpoint: Path, *, foreground: bool, fuse_options: d
         logs.setup(config.log.file, config.log.level, verbose=verbose, stderr=True)
         progress = _Progress()
         _run(config, mountpoint, fuse_options, lock,
-             notify=lambda message: progress.show(message.split()[1:]) if message.startswith("progress ")
+             notify=lambda message: progress.fields(message.split()[1:]) if message.startswith("progress ")
              else progress.end(), load_config=load_config)
         return
     _daemonize(config, mountpoint, lock, fuse_options, verbose, load_config)
@@ -172,7 +173,7 @@ def _wait_for_child(read_end: int, pid: int) -> str:
                 raw, buffer = buffer.split(b"\n", 1)
                 line = raw.decode(errors="replace")
                 if line.startswith("progress "):
-                    progress.show(line.split()[1:])
+                    progress.fields(line.split()[1:])
                     continue
                 progress.end()
                 if line == "ready":
@@ -195,28 +196,15 @@ def _wait_for_child(read_end: int, pid: int) -> str:
     return f"the daemon exited before mounting (status {status}); see the log"
 
 
-class _Progress:
-    """The first scan's progress on the terminal (files found, tags read, rate), one line
-    rewritten in place; nothing when stderr is not a terminal (cron, systemd, a pipe)."""
+class _Progress(StatusLine):
+    """The first scan's progress on the terminal (files found, tags read, rate)."""
 
-    def __init__(self):
-        self.shown = False
-        self.tty = sys.stderr.isatty()
-
-    def show(self, fields: list[str]) -> None:
-        if not self.tty or len(fields) != 4:
+    def fields(self, fields: list[str]) -> None:
+        if len(fields) != 4:
             return
         origin, files, tags, seconds = fields[0], int(fields[1]), int(fields[2]), float(fields[3])
         rate = tags / seconds if seconds > 0 else 0.0
-        sys.stderr.write(f"\rmusicfs: first scan of {origin}: {files} entries found, {tags} tags read "
-                         f"({rate:.0f} files/s) ")
-        sys.stderr.flush()
-        self.shown = True
-
-    def end(self) -> None:
-        if self.shown:
-            sys.stderr.write("\n")
-            self.shown = False
+        self.show(f"musicfs: first scan of {origin}: {files} entries found, {tags} tags read ({rate:.0f} files/s) ")
 
 
 def _run(config: Config, mountpoint: Path, fuse_options: dict, lock: CacheLock, notify, load_config=None) -> None:

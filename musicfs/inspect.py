@@ -5,7 +5,6 @@ in-memory state (passthrough, origin health) comes from the status file it refre
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import lmdb
@@ -14,6 +13,7 @@ from .cas.check import CacheChecker
 from .config import Config
 from .errors import StartupError
 from .live import CacheLock, read_status
+from .terminal import StatusLine, bar
 from .storage import ENV_NAME, Storage
 
 # While a daemon runs, a chunk file may sit between its rename and its index transaction for
@@ -52,14 +52,13 @@ def verify_cache(config: Config, *, repair: bool, progress: bool):
     daemon = CacheLock.holder(config.cache.dir)
     storage = open_existing(config.cache.dir, readonly=not repair)
 
+    line = StatusLine()
+
     def show(done: int, total: int) -> None:
         if progress and (done == total or done % 256 == 0):
-            width = 30
-            filled = width * done // max(total, 1)
-            sys.stderr.write(f"\rverifying chunks [{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
+            line.show(f"verifying chunks {bar(done, total, 30)} {done}/{total}")
             if done == total:
-                sys.stderr.write("\n")
-            sys.stderr.flush()
+                line.end()
 
     try:
         checker = CacheChecker(storage, repair=repair, settle_seconds=SETTLE_SECONDS if daemon else 0.0,
