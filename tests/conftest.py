@@ -133,3 +133,13 @@ def moto(tmp_path, monkeypatch):
     server = MotoServer(tmp_path).start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def private_runtime_dir(tmp_path, monkeypatch):
+    """Status files, check records, config and default log of this test only (inherited by
+    every musicfs the test starts)."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg-state"))
+    (tmp_path / "run").mkdir()

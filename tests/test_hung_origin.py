@@ -2,13 +2,16 @@
 threads waiting on it cannot be interrupted or killed. musicfs must mount, serve what it can,
 unmount and remount without waiting on it, and recover when it answers again."""
 import errno
+import json
 import os
+import signal
 import subprocess
 import time
 
 import pytest
 
-from .helpers import MUSICFS, ROOT, Daemon, alive, is_mounted, make_library, read_outcome, run_bounded, wait_until
+from .helpers import (MUSICFS, ROOT, Daemon, alive, is_mounted, make_library, read_outcome, run_bounded,
+                      toml_config, wait_until)
 
 pytestmark = [pytest.mark.mount, pytest.mark.slow]
 
@@ -64,12 +67,18 @@ def test_mount_with_the_origin_hung_serves_the_stored_catalog_at_once(library_on
                message="reads to work again after the origin answers")
 
 
-def test_first_mount_of_a_hung_origin_comes_up_without_it(tmp_path, hung_origin):
-    nas = hung_origin().start()
-    make_library(nas.backing, 5, 10_000)
+def local_origin(tmp_path):
+    """A local origin beside the hung one: Local Artist/song.flac, 1000 bytes of x."""
     local = tmp_path / "local"
     (local / "Local Artist").mkdir(parents=True)
     (local / "Local Artist" / "song.flac").write_bytes(b"x" * 1000)
+    return local
+
+
+def test_first_mount_of_a_hung_origin_comes_up_without_it(tmp_path, hung_origin):
+    nas = hung_origin().start()
+    make_library(nas.backing, 5, 10_000)
+    local = local_origin(tmp_path)
     daemon = Daemon(tmp_path, [("local", local), ("nas", nas.path)], **SETTINGS)
     nas.hang()
     try:
@@ -127,15 +136,9 @@ def test_stop_signal_stops_a_daemon_stuck_on_a_hung_origin(library_on_hung_nas):
 
 
 def test_a_reload_adding_a_hung_origin_finishes_and_the_mount_keeps_serving(tmp_path, hung_origin):
-    import json
-    import signal
-
-    from .helpers import toml_config
     nas = hung_origin().start()
     make_library(nas.backing, 3, 10_000)
-    local = tmp_path / "local"
-    (local / "Local Artist").mkdir(parents=True)
-    (local / "Local Artist" / "song.flac").write_bytes(b"x" * 1000)
+    local = local_origin(tmp_path)
     daemon = Daemon(tmp_path, [("local", local)], **SETTINGS)
     try:
         mount(daemon)

@@ -22,13 +22,8 @@ from .helpers import (MUSICFS, ROOT, Daemon, alive, chunk_bytes_on_disk, force_u
 TIMEOUT = 5
 
 
-@pytest.fixture(autouse=True)
-def private_runtime_dir(tmp_path, monkeypatch):
-    """Status files, check records and default log of this test only."""
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
-    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg-state"))
-    (tmp_path / "run").mkdir()
+# Status files, check records and default log of each test only (tests.conftest).
+pytestmark = pytest.mark.usefixtures("private_runtime_dir")
 
 
 def health(*args):

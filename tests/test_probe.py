@@ -22,13 +22,15 @@ PERFDATA_ITEM = re.compile(r"^('[^'=]+'|[^'= ]+)=(U|-?\d+(\.\d+)?(s|ms|us|%|B|KB
                            r"(;(-?\d+(\.\d+)?)?){0,4}$")
 
 
-@pytest.fixture(autouse=True)
-def private_runtime_dir(tmp_path, monkeypatch):
-    """Status files and check records of this test only (inherited by every musicfs started)."""
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
-    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg-state"))
-    (tmp_path / "run").mkdir()
+# Status files, check records and default log of each test only (tests.conftest).
+pytestmark = pytest.mark.usefixtures("private_runtime_dir")
+
+
+def one_file_origins(tmp_path, *names):
+    """Origin directories tmp_path/NAME, each holding NAME.flac."""
+    for name in names:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / f"{name}.flac").write_bytes(b"x")
 
 
 def health(*args, timeout=TIMEOUT):
@@ -137,9 +139,7 @@ def test_killed_daemon_is_critical(tmp_path):
 
 @pytest.mark.mount
 def test_daemon_view_of_an_unhealthy_origin_is_reported_and_not_touched(tmp_path):
-    for name in ("a", "b"):
-        (tmp_path / name).mkdir()
-        (tmp_path / name / f"{name}.flac").write_bytes(b"x")
+    one_file_origins(tmp_path, "a", "b")
     daemon = Daemon(tmp_path, [("a", tmp_path / "a"), ("b", tmp_path / "b")],
                     health={"timeout": TIMEOUT, "interval": 0.2}).mount()
     try:
@@ -165,9 +165,7 @@ def test_daemon_view_of_an_unhealthy_origin_is_reported_and_not_touched(tmp_path
 
 @pytest.mark.mount
 def test_health_mountpoint_of_a_mount_started_with_origin_options(tmp_path):
-    for name in ("one", "two"):
-        (tmp_path / name).mkdir()
-        (tmp_path / name / f"{name}.flac").write_bytes(b"x")
+    one_file_origins(tmp_path, "one", "two")
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
     mount = run_bounded([*MUSICFS, str(mountpoint), "-O", str(tmp_path / "one"), "-O", str(tmp_path / "two"),
