@@ -374,8 +374,7 @@ class Service:
         # [catalog].rescan_interval, or sooner when asked (SIGUSR1).
         while not self._stopping.is_set():
             try:
-                with self._scan_lock:
-                    self.scanner.scan()
+                self._rescan()
                 self.pinner.refresh(stopping=lambda: self._stopping.is_set())
             except Exception:
                 log.exception("rescan failed")
@@ -393,14 +392,19 @@ class Service:
         if self.storage.readonly:
             raise CommandError("the cache index is read-only (its disk refuses writes): no rescans until it "
                                "takes writes again")
+        results = self._rescan()
+        # Pinned files that changed are fetched again in the background, not before answering.
+        self.refresh_pins_soon()
+        return results
+
+    def _rescan(self) -> list:
+        """One rescan of every origin, the background loop's and `musicfs rescan`'s alike."""
         with self._scan_lock:
             results = self.scanner.scan()
         for result in results:
             if result.complete:
-                self.health.answered(result.origin)   # may start refresh_pins_soon already
+                self.health.answered(result.origin)   # a complete scan proves the origin answers
         self.publish_status()   # a `musicfs status` right after shows this scan
-        # Pinned files that changed are fetched again in the background, not before answering.
-        self.refresh_pins_soon()
         return results
 
     def _scan_if_never_scanned(self, origin: str) -> None:
