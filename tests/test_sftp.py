@@ -8,7 +8,7 @@ import time
 import pytest
 
 from musicfs import config as config_module
-from musicfs.errors import OriginMisconfigured, OriginTransient
+from musicfs.errors import OriginChanged, OriginMisconfigured, OriginTransient
 from musicfs.origins import build
 from musicfs.service import Service
 
@@ -73,6 +73,29 @@ def test_reads_use_the_request_size_the_server_states(tmp_path, sshd, remote_lib
         assert 32 * 1024 < stated <= MiB, stated
         assert origin.read(b"big.flac", 3 * MiB, len(big) - 3 * MiB) == big[3 * MiB:]
         assert origin.read(b"big.flac", 12345, stated + 1) == big[12345:12345 + stated + 1]
+    finally:
+        origin.close()
+
+
+def test_ranged_reads_are_whole_however_the_server_splits_its_answers(tmp_path, sshd, remote_library):
+    """A read's requests go out at once; an answer shorter than asked (the server caps each at
+    its own limit) is completed, one past the end is just shorter, and a file that changed
+    under the read is reported, never returned as the catalogued version."""
+    remote, big = remote_library
+    origin = build(sftp_config(tmp_path, sshd, remote).origins[0])
+    try:
+        with origin._session(10) as client:
+            client.musicfs_read_request = 2 * MiB     # more than OpenSSH answers in one go
+        assert origin.read(b"big.flac", 5, 3 * MiB) == big[5:5 + 3 * MiB]
+        assert origin.read(b"big.flac", len(big) - 10, 100) == big[-10:]
+        assert origin.read(b"big.flac", len(big) + 5, 100) == b""
+        catalogued = origin.stat(b"big.flac")
+        assert origin.read(b"big.flac", 0, 1000, catalogued) == big[:1000]
+        with open(remote / "big.flac", "r+b") as f:
+            f.truncate(MiB)
+        os.utime(remote / "big.flac", (catalogued.mtime_ns // 10**9 + 7,) * 2)
+        with pytest.raises(OriginChanged):
+            origin.read(b"big.flac", 0, 2 * MiB, catalogued)
     finally:
         origin.close()
 
