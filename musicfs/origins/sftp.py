@@ -173,6 +173,11 @@ class SftpOrigin(Origin):
         # delayed ACK: ~40 ms stalls per chunk (20 MB/s on loopback instead of ~100).
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         transport = paramiko.Transport(sock)
+        options = transport.get_security_options()
+        # AES-GCM first where the server offers it: paramiko computes a separate MAC of every
+        # packet for the CTR ciphers (and compares it byte by byte in Python); GCM
+        # authenticates in the same call that decrypts. Reads measured ~20 % faster in-process.
+        options.ciphers = tuple(sorted(options.ciphers, key=lambda name: "-gcm@" not in name))
         try:
             transport.banner_timeout = transport.auth_timeout = transport.handshake_timeout = budget
             transport.start_client(timeout=budget)
