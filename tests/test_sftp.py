@@ -63,7 +63,8 @@ def test_byte_exact_reads_and_ranges_over_sftp(sftp_mount, remote_library):
 
 def test_reads_use_the_request_size_the_server_states(tmp_path, sshd, remote_library):
     """OpenSSH's sftp-server states how much one read may ask (limits@openssh.com): reads use
-    that, not paramiko's 32 KiB, and still come back byte-exact, whole and in pieces."""
+    that, not paramiko's 32 KiB, and still come back byte-exact, whole and in pieces; the
+    cipher is the cheaper AES-GCM the server offers."""
     remote, big = remote_library
     origin = build(sftp_config(tmp_path, sshd, remote).origins[0])
     try:
@@ -71,6 +72,8 @@ def test_reads_use_the_request_size_the_server_states(tmp_path, sshd, remote_lib
         with origin._session(10) as client:
             stated = client.musicfs_read_request
         assert 32 * 1024 < stated <= MiB, stated
+        # AES-GCM, offered by OpenSSH, is taken over paramiko's default CTR + separate MAC
+        assert origin._transport.remote_cipher == origin._transport.local_cipher == "aes128-gcm@openssh.com"
         assert origin.read(b"big.flac", 3 * MiB, len(big) - 3 * MiB) == big[3 * MiB:]
         assert origin.read(b"big.flac", 12345, stated + 1) == big[12345:12345 + stated + 1]
     finally:
