@@ -249,6 +249,22 @@ class Catalog:
                 found.append((key[cut:], value[0]))
         return found
 
+    def next_files(self, path: bytes, count: int) -> list[bytes]:
+        """Up to `count` files listed after `path` in its directory, in listing order."""
+        parent, _, name = path.rpartition(b"/")
+        prefix = (parent or ROOT) + b"\0"
+        found = []
+        with self.storage.env.begin(db=self.storage.children) as txn:
+            cursor = txn.cursor()
+            if not cursor.set_range(prefix + name + b"\0"):   # the first key after `name`'s
+                return found
+            for key, value in cursor:
+                if not key.startswith(prefix) or len(found) == count:
+                    break
+                if value[0] != KIND_DIR:
+                    found.append(parent + b"/" + key[len(prefix):])
+        return found
+
     def counts(self) -> tuple[int, int]:
         """(files, directories) in the merged tree."""
         files = dirs = 0

@@ -14,7 +14,12 @@
   consecutive chunks ahead in ONE request; the bytes are split into the usual chunks, each
   hashed, stored and handed to its readers on its own, and the one request proves the version
   of all of them (the same check as a single chunk's). Reads that are not sequential, and the
-  chunk a read waits for, are still fetched alone: no bytes are fetched that were not asked for.
+  chunk a read waits for, are still fetched alone.
+* Where an origin pays round trips per file (Origin.prefetch_next_files: sftp, s3), reading a
+  file whose first chunk was not cached also starts fetching the first chunk of the next few
+  files of its folder, as a library scanner or a player going through an album will read them
+  next; reading one of those carries this on. Beyond that, no bytes are fetched that were not
+  asked for.
 * If the preferred origin fails, replicas (other origins with the same path and size) are
   tried in order; bytes from a replica must match any digest already known for that chunk.
 * If the cache disk refuses a chunk, the bytes are served anyway (passthrough).
@@ -86,6 +91,7 @@ class OpenFile:
     digests: list | None = None  # known chunk digests of the preferred source (None = unknown)
     next_offset: int = -1    # where a sequential reader will read next
     preloaded: int = -1      # highest cached chunk already handed to a background load
+    followed: bool = False   # the files after it in its folder were considered (_prefetch_next_files)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -106,6 +112,9 @@ class Reader:
         self._inflight_lock = threading.Lock()
         self._files: collections.OrderedDict[bytes, OpenFile] = collections.OrderedDict()
         self._files_lock = threading.Lock()
+        # Files whose first chunk a _prefetch_next_files fetched: reading one carries the
+        # prefetch on to the files after it, as reading an uncached one does.
+        self._prefetched: collections.OrderedDict[bytes, None] = collections.OrderedDict()
 
     # -- open ------------------------------------------------------------------------------
 
@@ -227,6 +236,7 @@ class Reader:
         cs = self.chunk_size
         first, last = offset // cs, (end - 1) // cs
         deadline = time.monotonic() + self.read_timeout
+        follow = first == 0 and not handle.followed and (handle.digests[0] is None or self._was_prefetched(handle.path))
         if first == last:
             # No copy: the caller copies this piece of the chunk where it is needed.
             result = (self._chunk(handle, first, deadline), offset - first * cs, end - offset)
@@ -248,6 +258,9 @@ class Reader:
         if sequential or offset == 0:
             self._read_ahead(handle, last + 1)
         handle.next_offset = end
+        if follow:
+            handle.followed = True
+            self._prefetch_next_files(handle)
         return result
 
     def _chunk_length(self, size: int, index: int) -> int:
@@ -464,6 +477,41 @@ class Reader:
                     future.add_done_callback(lambda f, ahead=ahead: self._learn(handle, ahead, f))
         except Exception:  # readahead is an optimisation; the real read reports errors
             return
+
+    def _prefetch_next_files(self, handle: OpenFile) -> None:
+        """Start fetching the first chunk of the next files in this file's folder (at most the
+        origin's prefetch_next_files), where it is not cached: called when this file's first
+        chunk was not cached (or came from such a prefetch), so a scan of the folder finds its
+        next files fetched or on their way instead of paying each one's round trips in turn."""
+        count = getattr(self.origins.get(handle.sources[0].origin), "prefetch_next_files", 0)
+        if not count:
+            return
+        try:
+            for path in self.catalog.next_files(handle.path, count):
+                raw = self.catalog.raw(path)
+                if raw is None:
+                    continue
+                source = self._ordered(self.sources_of(decode_entry(raw)))[0]
+                if (source.size == 0 or not getattr(self.origins.get(source.origin), "prefetch_next_files", 0)
+                        or self.store.manifest(source.key, source.size, source.mtime_ns)[0] is not None):
+                    continue
+                try:
+                    self._fetch(source, 0)
+                except OriginUnavailable:   # known to be down: a replica is the read's business
+                    continue
+                with self._files_lock:
+                    self._prefetched[path] = None
+                    if len(self._prefetched) > OPEN_FILES:
+                        self._prefetched.popitem(last=False)
+        except Exception:   # an optimisation: the files' own reads report errors
+            log.debug("prefetching the files after %r failed", handle.path, exc_info=True)
+
+    def _was_prefetched(self, path: bytes) -> bool:
+        with self._files_lock:
+            if path not in self._prefetched:
+                return False
+            del self._prefetched[path]
+            return True
 
     def _runs(self, source: Source, indices: list[int], span: int):
         """The chunks among `indices` nobody is fetching yet, as runs of consecutive ones, each at

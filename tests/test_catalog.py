@@ -218,3 +218,16 @@ def test_a_scan_never_puts_back_a_file_a_read_found_gone_after_the_listing(tmp_p
     assert catalog.lookup(b"/x/song.flac") is None
     assert catalog.lookup(b"/x/other.flac") is not None
     storage.close()
+
+
+def test_next_files_are_the_files_listed_after_one_in_its_folder(tmp_path):
+    root = tmp_path / "o"
+    for name in ("a.flac", "b.flac", "b.flac.d/x.flac", "c.flac", "d.flac", "sub/one.flac", "sub/two.flac"):
+        write(root / name)
+    storage, _, catalog, scanner = build(tmp_path, [LocalOrigin("o", root)])
+    assert all(r.complete for r in scanner.scan())
+    assert catalog.next_files(b"/a.flac", 2) == [b"/b.flac", b"/c.flac"]   # the folder b.flac.d skipped
+    assert catalog.next_files(b"/b.flac", 9) == [b"/c.flac", b"/d.flac"]   # not the folder's own files
+    assert catalog.next_files(b"/d.flac", 3) == []
+    assert catalog.next_files(b"/sub/one.flac", 3) == [b"/sub/two.flac"]
+    storage.close()

@@ -259,3 +259,18 @@ def test_libfuse_threads_keep_their_python_thread_state_between_calls(tmp_path, 
     assert calls["kept"] + calls["fresh"] == 50
     # A handful of libfuse threads served the 50 requests: most found their state from before.
     assert calls["kept"] > calls["fresh"]
+
+
+def test_a_local_origin_fetches_nothing_but_what_is_read(tmp_path, mounted):
+    """Fetching a folder's next files ahead is for origins that pay round trips per file: a
+    local one answers a first read faster than the bookkeeping would cost."""
+    album = tmp_path / "local" / "Album"
+    album.mkdir(parents=True)
+    for n in range(1, 6):
+        (album / f"{n:02} Track.flac").write_bytes(os.urandom(4000 + n))
+    service, mount = mounted([("local", tmp_path / "local")])
+    assert (mount.mountpoint / "Album" / "01 Track.flac").read_bytes() == (album / "01 Track.flac").read_bytes()
+    assert not service.reader._inflight
+    for n in range(2, 6):
+        source = service.reader.sources_of(service.catalog.lookup(f"/Album/{n:02} Track.flac".encode()))[0]
+        assert service.store.manifest(source.key, source.size, source.mtime_ns) == [None]

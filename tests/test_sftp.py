@@ -103,6 +103,35 @@ def test_ranged_reads_are_whole_however_the_server_splits_its_answers(tmp_path, 
         origin.close()
 
 
+def first_chunk_cached(service, path: bytes) -> bool:
+    source = service.reader.sources_of(service.catalog.lookup(path))[0]
+    return service.store.manifest(source.key, source.size, source.mtime_ns)[0] is not None
+
+
+def test_reading_an_uncached_file_fetches_the_next_files_of_its_folder(tmp_path, sshd, remote_library,
+                                                                         in_process_mount):
+    """A scanner or a player going through a folder finds the next files' first chunks fetched
+    or on their way (four after an uncached one), instead of paying their round trips in turn;
+    reading a file fetched that way carries the prefetch on."""
+    remote, _ = remote_library
+    (remote / "Album").mkdir()
+    tracks = {f"{n:02} Track.flac": os.urandom(5000 + n) for n in range(1, 8)}
+    for name, data in tracks.items():
+        (remote / "Album" / name).write_bytes(data)
+    service = Service.open(sftp_config(tmp_path, sshd, remote))
+    service.initial_scan()
+    mount = in_process_mount(service)
+    shown = [f"/Album/{name}".encode() for name in tracks]
+    assert (mount.mountpoint / "Album" / "01 Track.flac").read_bytes() == tracks["01 Track.flac"]
+    wait_until(lambda: all(first_chunk_cached(service, path) for path in shown[1:5]), message="tracks 2-5 fetched")
+    assert not first_chunk_cached(service, shown[5]) and not first_chunk_cached(service, shown[6])
+    assert (mount.mountpoint / "Album" / "02 Track.flac").read_bytes() == tracks["02 Track.flac"]
+    wait_until(lambda: first_chunk_cached(service, shown[5]), message="track 6 fetched")
+    assert not first_chunk_cached(service, shown[6])
+    for name, data in tracks.items():
+        assert (mount.mountpoint / "Album" / name).read_bytes() == data
+
+
 def test_tag_view_from_remote_tags(sftp_mount):
     service, mount = sftp_mount("tags")
     assert sorted(os.listdir(mount.mountpoint / "Test Pattern" / "Signals (2019)")) == [

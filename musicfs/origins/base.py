@@ -43,6 +43,12 @@ class Origin(ABC):
     # verified into chunks by the reader): worth it where each request costs much more than
     # its bytes (a round trip, an HTTP request); a local disk answers each chunk cheaply.
     span_chunks = 1
+    # When a file's first chunk had to come from this origin, the first chunks of this many
+    # files after it in the same folder are fetched too, in the background: a library scanner
+    # (beets, Navidrome) reads the folder's files one after another, and so does a player
+    # going through an album. Worth it where each file costs round trips; a local disk answers
+    # a file's first read in less than the bookkeeping would cost.
+    prefetch_next_files = 0
 
     def __init__(self, name: str):
         self.name = name

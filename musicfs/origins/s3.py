@@ -73,6 +73,7 @@ class S3Origin(Origin):
     # (against moto on loopback, 1 MiB GETs gave 25 MB/s through the mount, 8 MiB ones 108).
     readahead_chunks = 16
     span_chunks = 8
+    prefetch_next_files = 4   # see Origin: each GET costs a request's latency
 
     def __init__(self, config):
         super().__init__(config.name)
