@@ -15,7 +15,9 @@ Remote origins (bench/remote.py): musicfs's sftp and s3 origins against sshfs an
 same loopback servers.
 
 Environment: BENCH_BIG_MB (default 512), BENCH_SMALL_FILES (20000), BENCH_REPEAT (3),
-BENCH_CATALOG_FILES (100000), BENCH_REMOTE (1; 0 skips the remote origins).
+BENCH_CATALOG_FILES (100000), BENCH_REMOTE (1; 0 skips the remote origins), BENCH_REMOTE_BASELINE
+(a git revision to run beside this tree), BENCH_REMOTE_DELAY_MS (0; a delay each way in front of
+the remote servers).
 """
 from __future__ import annotations
 

@@ -5,7 +5,9 @@ loopback, rclone (s3) on one moto S3 server. The servers are the test suite's (t
 Workloads: first read of the large files (empty caches), the same read again with the page
 cache dropped (musicfs and rclone from their disk caches, sshfs from the server again), and a
 header scan (open + read 4 KiB) of a 2,000-file library, cold. Loopback has no latency of its
-own, so these figures compare the stacks' own costs, not a real network's.
+own, so these figures compare the stacks' own costs, not a real network's: with
+BENCH_REMOTE_DELAY_MS=D every peer reaches both servers through a proxy that delays each
+direction by D milliseconds (bench/latency.py; D=0.5 is a 1 ms round trip, a LAN).
 
 BENCH_REMOTE_BASELINE=REV (a git revision, e.g. main) also runs musicfs as of REV, side by side
 on the same servers in the same run ("musicfs-sftp@REV"): before/after figures of a change
@@ -19,6 +21,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from bench.latency import DelayProxy
 from tests.helpers import MotoServer, SshServer, toml_config
 
 REMOTE_FILES = 2000
@@ -138,11 +141,21 @@ def run(rows: dict, big: Path, work: Path) -> None:
     moto = MotoServer(work / "servers")
     os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
     moto.start()
+    proxies = []
     try:
         client = moto.client()
         for bucket, root in (("big", big), ("small", small / "lib")):
             client.create_bucket(Bucket=bucket)
             moto.upload(bucket, "", root)
+        delay_ms = float(os.environ.get("BENCH_REMOTE_DELAY_MS", "0"))
+        if delay_ms:
+            print(f"(remote peers reach the servers through a {delay_ms:g} ms delay each way)")
+            proxies = [DelayProxy(sshd.port, delay_ms / 1000).start(), DelayProxy(moto.port, delay_ms / 1000).start()]
+            # every peer below is given the proxies' addresses; the host key is the server's
+            host_key = Path(f"{sshd.host_key}.pub").read_text().split()
+            with open(sshd.known_hosts, "a") as f:
+                f.write(f"[127.0.0.1]:{proxies[0].port} {host_key[0]} {host_key[1]}\n")
+            sshd.port, moto.url = proxies[0].port, f"http://127.0.0.1:{proxies[1].port}"
         sftp_flags = ["--sftp-host", "127.0.0.1", "--sftp-port", str(sshd.port), "--sftp-user", "root",
                       "--sftp-key-file", str(sshd.key_file), "--sftp-known-hosts-file", str(sshd.known_hosts)]
         s3_flags = ["--s3-provider", "Other", "--s3-endpoint", moto.url, "--s3-access-key-id", "testing",
@@ -187,6 +200,8 @@ def run(rows: dict, big: Path, work: Path) -> None:
                 rows[label][f"r_{kind}_scan_2k_cold_s"] = (time.perf_counter() - started,) * 2
                 peer.unmount()
     finally:
+        for proxy in proxies:
+            proxy.stop()
         moto.stop()
         sshd.stop()
 
