@@ -132,6 +132,22 @@ def test_reading_an_uncached_file_fetches_the_next_files_of_its_folder(tmp_path,
         assert (mount.mountpoint / "Album" / name).read_bytes() == data
 
 
+def test_a_header_read_fetches_only_the_chunk_it_reads(sftp_mount, remote_library):
+    """A tag scanner reads a few KiB of each file: nothing is read ahead of a file's first read,
+    only once a read continues it (a player, a copy)."""
+    remote, big = remote_library
+    service, mount = sftp_mount()
+    with open(mount.mountpoint / "big.flac", "rb", buffering=0) as f:
+        assert f.read(4096) == big[:4096]
+    source = service.reader.sources_of(service.catalog.lookup(b"/big.flac"))[0]
+    assert not [key for key in service.reader._inflight if key[0] == source.key]
+    digests = service.store.manifest(source.key, source.size, source.mtime_ns)
+    assert digests[0] is not None and digests[1:] == [None] * (len(digests) - 1)
+    assert (mount.mountpoint / "big.flac").read_bytes() == big
+    wait_until(lambda: None not in service.store.manifest(source.key, source.size, source.mtime_ns),
+               message="every chunk cached by the whole read")
+
+
 def test_tag_view_from_remote_tags(sftp_mount):
     service, mount = sftp_mount("tags")
     assert sorted(os.listdir(mount.mountpoint / "Test Pattern" / "Signals (2019)")) == [
