@@ -237,7 +237,8 @@ class Reader:
         cs = self.chunk_size
         first, last = offset // cs, (end - 1) // cs
         deadline = time.monotonic() + self.read_timeout
-        follow = first == 0 and not handle.followed and (handle.digests[0] is None or self._was_prefetched(handle.path))
+        follow = (first == 0 and not handle.followed
+                  and (handle.digests[0] is None or self._was_prefetched(handle.path)))
         if first == last:
             # No copy: the caller copies this piece of the chunk where it is needed.
             result = (self._chunk(handle, first, deadline), offset - first * cs, end - offset)

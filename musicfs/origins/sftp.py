@@ -442,6 +442,7 @@ def _read_range(client: paramiko.SFTPClient, path: str, offset: int, size: int, 
         raise paramiko.SFTPError(f"the server answered more than asked reading {path}")
     return data, attributes
 
+
 def _with_name(attr, name: str):
     attr.filename = name
     return attr
