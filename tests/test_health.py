@@ -45,7 +45,7 @@ def test_health_checks_run_in_parallel(tmp_path):
     started = time.monotonic()
     monitor.check_all()
     elapsed = time.monotonic() - started
-    assert elapsed < 0.35, f"3 origins of 200 ms took {elapsed:.3f}s: not parallel"
+    assert elapsed < 0.5, f"3 origins of 200 ms took {elapsed:.3f}s: not parallel (one after another: 0.6 s)"
     assert all(monitor.status[o.name].state == HEALTHY for o in origins)
     pool.shutdown()
 
