@@ -196,8 +196,12 @@ def test_sequential_read_of_a_cached_file_loads_the_next_chunks_in_background(tm
     origin_reads = service.origins["o"].calls["read"]
 
     assert reader.read_path(b"/f.flac", 0, 4096) == data[:4096]
+    # A first read alone may be all there is (a tag scanner's): nothing is loaded ahead of it...
+    assert service.pool.busy(CACHE_DISK, PRELOAD_LANE) == 0 and store.verified.get(digests[1]) is None
+    assert reader.read_path(b"/f.flac", 4096, 4096) == data[4096:8192]
     ahead = digests[1:1 + READAHEAD_CHUNKS]
-    # The next chunks come off the cache disk into memory without anyone reading them...
+    # ...once a read continues it, the next chunks come off the cache disk into memory without
+    # anyone reading them...
     wait_until(lambda: all(store.verified.get(d) is not None for d in ahead))
     # ...and no further than the read-ahead, and never from the origin.
     assert store.verified.get(digests[1 + READAHEAD_CHUNKS]) is None
