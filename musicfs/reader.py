@@ -22,7 +22,9 @@
   next; reading one of those carries this on. Beyond that, no bytes are fetched that were not
   asked for.
 * If the preferred origin fails, replicas (other origins with the same path and size) are
-  tried in order; bytes from a replica must match any digest already known for that chunk.
+  tried in order; bytes from a replica must match any digest already known for that chunk,
+  and a replica takes over a file only if its chunks equal every chunk already known from the
+  copy read so far (a replica of the same size may be another version: see _agrees).
 * If the cache disk refuses a chunk, the bytes are served anyway (passthrough).
 * Every origin read proves that the origin file is still the version the catalog describes
   (size, mtime, version token). If it is not, no byte of it is served: the read fails, the
@@ -89,7 +91,8 @@ class OpenFile:
     raw: bytes               # the catalog's stored entry this state belongs to
     tag: int                 # version_tag(raw): what an open of this version was given
     sources: tuple[Source, ...] | None = None   # resolved on the first read
-    digests: list | None = None  # known chunk digests of the preferred source (None = unknown)
+    digests: list | None = None  # known chunk digests of the copy below (None = unknown)
+    copy: bytes | None = None    # manifest key of the copy whose version `digests` are: the file as read so far
     next_offset: int = -1    # where a sequential reader will read next
     preloaded: int = -1      # highest cached chunk already handed to a background load
     followed: bool = False   # the files after it in its folder were considered (_prefetch_next_files)
@@ -174,7 +177,7 @@ class Reader:
         if source is None:
             raise OriginUnavailable(f"origin {origin} no longer holds {relpath.decode(errors='replace')}")
         handle = OpenFile(relpath, source.size, None, b"", 0, sources=(source,),
-                          digests=self.store.manifest(source.key, source.size, source.mtime_ns))
+                          digests=self.store.manifest(source.key, source.size, source.mtime_ns), copy=source.key)
         return self._cache_whole(handle, None)
 
     def _cache_whole(self, handle: OpenFile, progress) -> int:
@@ -214,6 +217,7 @@ class Reader:
             sources = self.sources_of(handle.entry)
             primary = sources[0]
             handle.digests = self.store.manifest(primary.key, primary.size, primary.mtime_ns)
+            handle.copy = primary.key
             handle.size = primary.size
             handle.sources = tuple(sources)
 
@@ -277,10 +281,10 @@ class Reader:
             try:
                 return self._cached(digest, self._chunk_length(handle.size, index), deadline)
             except (ChunkMissing, ChunkCorrupt):
-                handle.digests[index] = None  # dropped by the store, or its disk hangs: fetch it below
+                pass  # dropped by the store, or its disk hangs: fetched below, and must be the same bytes
         digest, data = self._fetch_with_failover(handle, index, deadline)
-        if digest is not None:
-            handle.digests[index] = digest
+        # In passthrough (digest None) too: what was served from which copy must stay known.
+        handle.digests[index] = digest if digest is not None else digest_of(data)
         return data
 
     def _cached(self, digest: bytes, length: int, deadline: float) -> bytes:
@@ -337,8 +341,43 @@ class Reader:
             if known is not None and digest_of(data) != known:
                 errors.append(f"{source.origin}: bytes differ from the preferred copy")
                 continue
+            if source.key != handle.copy:
+                if not self._agrees(handle, source, index, deadline):
+                    errors.append(f"{source.origin}: holds another version of this file than the one read so far")
+                    continue
+                handle.copy = source.key
             return digest, data
         raise OriginUnavailable("; ".join(errors) or "no origin can serve this file")
+
+    def _agrees(self, handle: OpenFile, source: Source, index: int, deadline: float) -> bool:
+        """Whether `source` (another copy than the one read so far) has the same bytes in every
+        chunk the file has known digests for, besides `index`. A replica of the same size may be
+        another version (a retag that kept the size, a backup not synced yet): its chunks may
+        then only be served if all the chunks known from the other copy are its own too, so that
+        the file as read is exactly this copy. Its digests come from its own manifest where
+        cached, else the chunks are fetched from it (and cached under it): the price of
+        changing copies in the middle of a file, paid once per open file."""
+        theirs = self.store.manifest(source.key, source.size, source.mtime_ns)
+        pending = []
+        for other, ours in enumerate(handle.digests):
+            if ours is None or other == index:
+                continue
+            if theirs[other] is not None:
+                if theirs[other] != ours:
+                    return False
+                continue
+            try:
+                pending.append((ours, self._fetch(source, other)))
+            except OriginUnavailable:
+                return False
+        for ours, future in pending:
+            try:
+                digest, data = future.result(timeout=max(deadline - time.monotonic(), 0))
+            except Exception:   # noqa: BLE001 - this copy cannot prove itself now: not used
+                return False
+            if (digest if digest is not None else digest_of(data)) != ours:
+                return False
+        return True
 
     def _report(self, origin: str, error: BaseException) -> None:
         if self.health is not None:
@@ -450,7 +489,8 @@ class Reader:
 
     def _read_ahead(self, handle: OpenFile, index: int) -> None:
         count = chunk_count(handle.size, self.chunk_size)
-        source = handle.sources[0]
+        # from the copy the file is being read from (a replica, after a failover)
+        source = next((s for s in handle.sources if s.key == handle.copy), handle.sources[0])
         origin = self.origins.get(source.origin)
         depth = getattr(origin, "readahead_chunks", READAHEAD_CHUNKS)
         span = getattr(origin, "span_chunks", 1)
@@ -479,7 +519,7 @@ class Reader:
             for run in self._runs(source, missing, span):
                 futures = self._fetch_run(source, run)
                 for ahead, future in zip(run, futures):
-                    future.add_done_callback(lambda f, ahead=ahead: self._learn(handle, ahead, f))
+                    future.add_done_callback(lambda f, ahead=ahead: self._learn(handle, source.key, ahead, f))
         except Exception:  # readahead is an optimisation; the real read reports errors
             return
 
@@ -574,9 +614,11 @@ class Reader:
                 del self._inflight[key]
 
     @staticmethod
-    def _learn(handle: OpenFile, index: int, future: Future) -> None:
+    def _learn(handle: OpenFile, copy: bytes, index: int, future: Future) -> None:
+        """A chunk read ahead from `copy`: known from now on, if the file is being read from
+        that copy (a read may have moved to a replica meanwhile; see _agrees)."""
         if future.cancelled() or future.exception() is not None:
             return
         digest = future.result()[0]
-        if digest is not None and handle.digests[index] is None:
+        if digest is not None and handle.digests[index] is None and handle.copy == copy:
             handle.digests[index] = digest

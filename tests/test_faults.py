@@ -11,7 +11,7 @@ import pytest
 from musicfs.cas import CacheChecker
 
 from .helpers import (DT_DIR, DT_REG, Daemon, chunk_bytes_on_disk, chunk_files, dirent_types, read_file,
-                      run_musicfs, wait_until)
+                      read_outcome, run_musicfs, wait_until)
 
 pytestmark = pytest.mark.mount
 
@@ -89,6 +89,31 @@ def test_failover_to_a_replica(tmp_path, mounted):
         f.seek(MiB)
         assert f.read(100) == data[MiB:MiB + 100]
     assert service.origins["primary"].calls["read"] == before
+
+
+def test_a_replica_of_another_version_never_completes_a_file(tmp_path, mounted, caplog):
+    """Replicas of the same size may be different versions (a retag that kept the size on one
+    origin, a backup not synced yet). A failover in the middle of a file takes the replica only
+    if it has the same bytes in every chunk already read from the first copy - the file is then
+    exactly the replica's - and fails with EIO otherwise: never a mix of the two."""
+    old = os.urandom(4 * MiB + 7)
+    new = bytearray(old)
+    new[MiB + 1000:MiB + 5000] = os.urandom(4000)            # chunk 1 differs, same size
+    primary = library(tmp_path, "primary", {"retagged.flac": bytes(new), "same.flac": old})
+    replica = library(tmp_path, "replica", {"retagged.flac": old, "same.flac": old})
+    service, mount = mounted([("primary", primary), ("replica", replica)], faulty={"primary"},
+                             health={"interval": 0.2, "timeout": 0.3})
+    for name in ("retagged.flac", "same.flac"):              # chunk 1 read (and cached) from the primary
+        with open(mount.mountpoint / name, "rb", buffering=0) as f:
+            f.seek(MiB)
+            assert f.read(4096) == (new if name == "retagged.flac" else old)[MiB:MiB + 4096]
+    service.origins["primary"].fail(errno.EIO, only={"read", "check"})
+    assert read_outcome(mount.mountpoint / "retagged.flac") == errno.EIO
+    assert "replica: holds another version of this file than the one read so far" in caplog.text
+    assert read_outcome(mount.mountpoint / "same.flac") == old   # proven the same: served from the replica
+    service.origins["primary"].healthy()
+    wait_until(lambda: service.health.status["primary"].state == "healthy", message="primary healthy again")
+    assert read_outcome(mount.mountpoint / "retagged.flac") == bytes(new)
 
 
 def test_offline_playback_of_cached_files_with_every_origin_hung(tmp_path, mounted):
