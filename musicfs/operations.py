@@ -7,13 +7,14 @@ control socket (:mod:`musicfs.control`) for anything that changes the cache or t
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import control
-from .cas.store import cached_bytes, manifest_key
+from .cas.store import cached_slots, manifest_key
 from .catalog import decode_entry, decode_record
 from .config import format_size
 from .errors import CommandError
@@ -233,17 +234,22 @@ def _file_report(storage, txn, health: dict, given: str, inside: bytes) -> dict:
             continue
         _, size, mtime_ns, _, _ = decode_record(record)
         key = manifest_key(origin, relpath)
+        slots = cached_slots(storage, txn, key, size, mtime_ns)
         copies.append({"origin": origin, "source": os.fsdecode(relpath), "size": size,
-                       "state": health[origin], "cached": cached_bytes(storage, txn, key, size, mtime_ns),
+                       "state": health[origin], "cached": sum(slots), "slots": slots,
                        "pinned": txn.get(key, db=storage.pins) is not None})
     if not copies:
         return dict(report, size=entry.size, error="no configured origin holds it")
     # The reader prefers the first copy of the same size whose origin is in the best state.
     same = [c for c in copies if c["size"] == copies[0]["size"]]
     serving = min(same, key=lambda c: _STATE_RANK.get(c["state"], 3))
-    # "cached" is the preferred copy's: its chunk list is the one reads use from the cache.
+    # Reads take the preferred copy's cached chunks, and while a replica serves, its cached
+    # chunks for the rest (fetching from it finds them cached). Pins name the preferred copy.
+    cached = copies[0]["cached"]
+    if serving is not copies[0]:
+        cached = sum(max(pair) for pair in itertools.zip_longest(copies[0]["slots"], serving["slots"], fillvalue=0))
     return dict(report, origin=serving["origin"], source=serving["source"], size=copies[0]["size"],
-                cached=copies[0]["cached"], pinned=copies[0]["pinned"], state=serving["state"],
+                cached=cached, pinned=copies[0]["pinned"], state=serving["state"],
                 replicas=[{k: c[k] for k in ("origin", "source", "state", "cached")}
                           for c in copies if c is not serving])
 
@@ -259,7 +265,8 @@ def format_file(report: dict) -> list[str]:
              f"  cached     {format_size(report['cached'])} of {format_size(size)} ({percent})"
              + ("  PINNED" if report["pinned"] else "")]
     for replica in report["replicas"]:
-        lines.append(f"  replica    {replica['origin']} ({replica['state']}): {replica['source']}")
+        cached = f", {format_size(replica['cached'])} cached" if replica["cached"] else ""
+        lines.append(f"  replica    {replica['origin']} ({replica['state']}): {replica['source']}{cached}")
     return lines
 
 

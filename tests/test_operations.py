@@ -71,7 +71,7 @@ def test_status_of_files_names_origin_source_replicas_and_cached_bytes(tmp_path,
     first, second = tmp_path / "a", tmp_path / "b"
     for root in (first, second):
         make_library(root, 2, 300 * KIB)   # same paths and bytes in both: replicas
-    daemon = daemons(tmp_path, [("a", first), ("b", second)])
+    daemon = daemons(tmp_path, [("a", first), ("b", second)], health={"interval": 0.3, "timeout": 2})
     read_path = daemon.path("Artist 0000/Album 00/01 Track.flac")
     read_file(read_path)
     unread = daemon.path("Artist 0000/Album 00/02 Track.flac")
@@ -85,12 +85,25 @@ def test_status_of_files_names_origin_source_replicas_and_cached_bytes(tmp_path,
     assert [r["origin"] for r in read_report["replicas"]] == ["b"]
     assert unread_report["cached"] == 0
 
+    # with the preferred origin down, reads are the replica's: so are the cached bytes shown
+    first.rename(tmp_path / "a-away")
+    wait_until(lambda: status_file(daemon)["origins"]["a"]["status"] == "unhealthy", message="origin a down")
+    assert read_file(unread) == (second / "Artist 0000/Album 00/02 Track.flac").read_bytes()
+    failed_over = status_json(unread)
+    assert failed_over["origin"] == "b" and failed_over["cached"] == failed_over["size"]
+    assert failed_over["replicas"] == [{"origin": "a", "source": "Artist 0000/Album 00/02 Track.flac",
+                                        "state": "unhealthy", "cached": 0}]
+    text = run_musicfs("status", read_path).stdout    # read from a before: a's chunks still serve it
+    assert "  served by  b (healthy): Artist 0000/Album 00/01 Track.flac" in text, text
+    assert "  cached     300.1 KiB of 300.1 KiB (100%)" in text, text
+    assert "  replica    a (unhealthy): Artist 0000/Album 00/01 Track.flac, 300.1 KiB cached" in text, text
+
     missing = run_musicfs("status", daemon.path("no such file.flac"))
     assert missing.returncode == 1 and missing.stderr.strip() == f"musicfs: {daemon.path('no such file.flac')}: not in the library"
     outside = run_musicfs("status", "--json", tmp_path / "a", read_path)   # one bad path, one good
     assert outside.returncode == 1
     bad, good = json.loads(outside.stdout)
-    assert bad["error"].endswith("is not inside a running musicfs mount") and good["origin"] == "a"
+    assert bad["error"].endswith("is not inside a running musicfs mount") and good["origin"] == "b"
 
 
 def test_rescan_prints_what_changed(tmp_path, daemons):

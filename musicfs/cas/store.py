@@ -114,15 +114,22 @@ def count_pin(storage: Storage, txn, digest: bytes, delta: int) -> None:
 
 def cached_bytes(storage: Storage, txn, key: bytes, file_size: int, mtime_ns: int) -> int:
     """How many bytes of this file version are in the cache (recorded chunks of its manifest)."""
+    return sum(cached_slots(storage, txn, key, file_size, mtime_ns))
+
+
+def cached_slots(storage: Storage, txn, key: bytes, file_size: int, mtime_ns: int) -> list[int]:
+    """Per slot of this file version's manifest, the bytes of its chunk in the cache (0 where
+    none is recorded): what reads of this copy take from the cache."""
     raw = txn.get(key, db=storage.manifests)
     if raw is None or MANIFEST_HEAD.unpack_from(raw) != (file_size, mtime_ns):
-        return 0
-    total = 0
-    for digest in manifest_digests(raw):
-        record = txn.get(digest, db=storage.chunks)
-        if record is not None:
-            total += CHUNK_RECORD.unpack(record)[0]
-    return total
+        return []
+    body = memoryview(raw)[MANIFEST_HEAD.size:]
+    slots = []
+    for i in range(0, len(body) - DIGEST_SIZE + 1, DIGEST_SIZE):
+        digest = bytes(body[i:i + DIGEST_SIZE])
+        record = txn.get(digest, db=storage.chunks) if digest != NO_DIGEST else None
+        slots.append(CHUNK_RECORD.unpack(record)[0] if record is not None else 0)
+    return slots
 
 
 def manifest_digests(raw: bytes | None) -> list[bytes]:
