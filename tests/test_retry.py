@@ -107,3 +107,20 @@ def test_the_budget_never_reaches_past_the_deadline():
     with pytest.raises(OriginUnavailable, match="no time left"):
         retrying(call, deadline=clock() - 1, attempt_timeout=2.0, clock=clock, sleep=clock.sleep)
     assert budgets == [0.5]
+
+
+def test_the_last_failure_names_the_first_when_it_said_something_else():
+    """A server that stopped answering, then reconnects that fail another way: the error a user
+    sees keeps the first cause, not only the last symptom."""
+    clock, calls = Clock(), []
+
+    def call(budget):
+        calls.append(budget)
+        if len(calls) == 1:
+            clock.now += budget
+            raise OriginTransient("nas:22: no answer within 4.5s")
+        raise OriginTransient("nas:22: the connection to the server was lost")
+    with pytest.raises(OriginTransient) as raised:
+        run(clock, call)
+    assert str(raised.value) == ("nas:22: the connection to the server was lost "
+                                 "(first attempt: nas:22: no answer within 4.5s)")

@@ -5,11 +5,13 @@ import shutil
 import signal
 import time
 
+import paramiko
 import pytest
 
 from musicfs import config as config_module
 from musicfs.errors import OriginChanged, OriginMisconfigured, OriginTransient
 from musicfs.origins import build
+from musicfs.origins.sftp import _translate
 from musicfs.service import Service
 
 from .helpers import (FIXTURES, BadServer, Daemon, is_mounted, origin_toml, read_outcome, run_musicfs,
@@ -298,3 +300,13 @@ def test_reconnects_are_retried_within_the_timeout(tmp_path, sshd, hold):
         assert server.accepted == (2 if hold else 3)
     finally:
         server.stop()
+
+
+def test_paramiko_errors_without_words_are_named():
+    """paramiko raises some failures with an empty message ("Server connection dropped: ",
+    "No existing session"): the error says what happened."""
+    for error in (EOFError(), paramiko.SSHException("No existing session"),
+                  paramiko.SSHException("Server connection dropped: ")):
+        translated = _translate(error, "nas:22", 4.5)
+        assert isinstance(translated, OriginTransient)
+        assert str(translated) in ("nas:22: the connection to the server was lost", "nas:22: Server connection dropped")

@@ -61,7 +61,9 @@ def retrying(call: Callable[[float], T], *, deadline: float, attempt_timeout: fl
     `budget` is what the attempt may spend (at most `attempt_timeout`, never beyond the
     deadline). A failure for which ``retry_on(error)`` is false is raised at once; a transient
     one is retried after a pause while attempts are left and a whole attempt still fits before
-    the deadline; otherwise the last failure is raised."""
+    the deadline; otherwise the last failure is raised, naming the first one too when it said
+    something else (a server that stopped answering, then a reconnect that failed otherwise)."""
+    first = None
     for attempt in range(1, attempts + 1):
         budget = min(attempt_timeout, deadline - clock())
         if budget <= 0:
@@ -69,10 +71,13 @@ def retrying(call: Callable[[float], T], *, deadline: float, attempt_timeout: fl
         try:
             return call(budget)
         except BaseException as error:
-            if attempt == attempts or not retry_on(error):
+            if not retry_on(error):
                 raise
+            first = first or error
             pause = backoff * 2 ** (attempt - 1)
-            if clock() + pause + attempt_timeout > deadline:
+            if attempt == attempts or clock() + pause + attempt_timeout > deadline:
+                if first is not error and str(first) != str(error):
+                    raise OriginTransient(f"{error} (first attempt: {first})") from error
                 raise
             log.info("%s: %s; attempt %d of %d in %.1fs", what, error, attempt + 1, attempts, pause)
             sleep(pause)

@@ -67,6 +67,13 @@ def _root_cause(error: BaseException) -> BaseException:
     return cause
 
 
+# Requests that may run beside the `connections` readers: the scanner's listing and its 4 tag
+# readers (catalog.TAG_READERS) and the health check. Without room for them in the client's
+# pool, urllib3 opens a connection for each request that finds it empty anyway and throws it
+# away afterwards, with a "Connection pool is full" warning in the log.
+BESIDE_READERS = 6
+
+
 class S3Origin(Origin):
     # A sequential reader's next chunks come in ranged GETs of 8 chunks (8 MiB, the part size
     # S3 tools use), two of them in flight: each request costs far more than its bytes
@@ -92,7 +99,7 @@ class S3Origin(Origin):
                               f"~/.aws/credentials") from None
         self.client = session.client(
             "s3", endpoint_url=self.endpoint_url, region_name=options.get("region"),
-            config=botocore.config.Config(max_pool_connections=config.connections,
+            config=botocore.config.Config(max_pool_connections=config.connections + BESIDE_READERS,
                                           # one attempt per call: retries are origins/retry.py's
                                           retries={"mode": "standard", "total_max_attempts": 1},
                                           connect_timeout=self.attempt_timeout,

@@ -77,10 +77,21 @@ def _translate(error: BaseException, what: str, budget: float) -> BaseException:
     if isinstance(error, (ConnectionError, EOFError, paramiko.SSHException)):
         # reset, aborted, "Server connection dropped", a channel closed under us: the
         # connection, not the request, failed
-        return OriginTransient(f"{what}: {error or type(error).__name__}")
+        return OriginTransient(f"{what}: {_reason(error)}")
     if isinstance(error, OSError) and error.errno:
         return error                        # the server's answer about a path: ENOENT, EACCES...
-    return OriginUnavailable(f"{what}: {error or type(error).__name__}")
+    return OriginUnavailable(f"{what}: {_reason(error)}")
+
+
+def _reason(error: BaseException) -> str:
+    """What went wrong, in words: paramiko says nothing ("") or "No existing session" when
+    the connection under a request is gone, and "Server connection dropped: " with nothing
+    after the colon."""
+    text = str(error).strip().rstrip(":").strip()
+    if not text or text == "No existing session":
+        lost = isinstance(error, (ConnectionError, EOFError, paramiko.SSHException))
+        return "the connection to the server was lost" if lost else type(error).__name__
+    return text
 
 
 class SftpOrigin(Origin):
