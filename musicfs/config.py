@@ -92,6 +92,18 @@ def parse_size(value: str | int, key: str = "size") -> int:
     return int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
 
 
+# The smallest cache that holds one chunk (cas.store's chunk size): anything less caches nothing.
+MIN_CACHE_SIZE = 1 << 20
+
+
+def _cache_size(value, key: str) -> int:
+    size = parse_size(value, key)
+    if size < MIN_CACHE_SIZE:
+        raise ConfigError(f"{key}: {format_size(size)} does not hold one 1 MiB chunk; give a size such as "
+                          f"500M or 10G (K, M, G, T are powers of 1024)")
+    return size
+
+
 @dataclass(frozen=True)
 class OriginConfig:
     """One [[origins]] table. `path`: a local directory, or the directory on an SFTP server
@@ -197,7 +209,7 @@ def _level(value, key):
 
 
 _SCHEMA = {
-    "cache": {"dir": ((str,), _path), "max_size": ((str, int), parse_size)},
+    "cache": {"dir": ((str,), _path), "max_size": ((str, int), _cache_size)},
     "fuse": {"read_timeout": (_Number, _seconds), "read_ahead": ((str, int), parse_size)},
     "health": {"timeout": (_Number, _seconds), "interval": (_Number, _seconds),
                "workers_per_origin": ((int,), _positive_int)},
@@ -351,7 +363,7 @@ def load(path: Path | None = None, *, origins: list[Path] | None = None, cache_d
         config = dataclasses.replace(config, cache=dataclasses.replace(config.cache, dir=Path(os.path.abspath(cache_dir))))
     if cache_size is not None:
         config = dataclasses.replace(config, cache=dataclasses.replace(
-            config.cache, max_size=parse_size(cache_size, "--cache-size")))
+            config.cache, max_size=_cache_size(cache_size, "--cache-size")))
     if read_timeout is not None:
         config = dataclasses.replace(config, fuse=dataclasses.replace(
             config.fuse, read_timeout=_seconds(read_timeout, "--read-timeout")))

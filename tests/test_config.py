@@ -26,6 +26,14 @@ def test_bad_size_names_the_key(bad):
         c.parse({"cache": {"max_size": bad}})
 
 
+@pytest.mark.parametrize("tiny", ["500", 500, "0", "512K"])
+def test_a_cache_that_holds_no_chunk_is_refused(tiny):
+    """max_size = "500" is 500 bytes, not 500 MiB: a cache that could not hold one chunk."""
+    with pytest.raises(ConfigError, match=r"cache\.max_size: .* does not hold one 1 MiB chunk; give a size such as 500M"):
+        c.parse({"cache": {"max_size": tiny}})
+    assert c.parse({"cache": {"max_size": "1M"}}).cache.max_size == 1 << 20
+
+
 def test_unknown_key_is_rejected_by_name():
     with pytest.raises(ConfigError, match=r"cache\.max_sise: unknown key"):
         c.parse({"cache": {"max_sise": "1G"}})
