@@ -227,9 +227,14 @@ def test_wrong_host_key_is_a_clear_error_never_accepted(tmp_path, sshd, remote_l
     origin = build(config_module.parse({"origins": [table]}).origins[0])
     with pytest.raises(OriginMisconfigured, match="CHANGED"):
         origin.check()
+    table["known_hosts"] = str(tmp_path / "no_known_hosts")
+    origin = build(config_module.parse({"origins": [table]}).origins[0])
+    with pytest.raises(OriginMisconfigured, match=r"is unknown: .*/no_known_hosts does not exist; check it and add it"):
+        origin.check()
+    (tmp_path / "empty_known_hosts").write_text("")
     table["known_hosts"] = str(tmp_path / "empty_known_hosts")
     origin = build(config_module.parse({"origins": [table]}).origins[0])
-    with pytest.raises(OriginMisconfigured, match="is not in"):
+    with pytest.raises(OriginMisconfigured, match=r"is unknown: it is not in .*/empty_known_hosts; check it"):
         origin.check()
 
     # on a first mount it is one line and no mount

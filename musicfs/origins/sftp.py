@@ -129,12 +129,16 @@ class SftpOrigin(Origin):
 
     def _check_host_key(self, key: paramiko.PKey) -> None:
         known = paramiko.HostKeys()
-        with contextlib.suppress(FileNotFoundError):
+        missing = False
+        try:
             known.load(str(self.known_hosts))
+        except FileNotFoundError:
+            missing = True
         entry = known.lookup(self._host_id())
         fix = f"ssh-keyscan -p {self.port} {self.host} >> {self.known_hosts}"
         if entry is None or key.get_name() not in entry:
-            raise HostKeyError(f"the host key of {self._host_id()} is not in {self.known_hosts}; "
+            where = f"{self.known_hosts} does not exist" if missing else f"it is not in {self.known_hosts}"
+            raise HostKeyError(f"the host key of {self._host_id()} is unknown: {where}; "
                                f"check it and add it (e.g. {fix})")
         if entry[key.get_name()] != key:
             raise HostKeyError(f"the host key of {self._host_id()} CHANGED (not the one in "
