@@ -93,6 +93,7 @@ class OpenFile:
     sources: tuple[Source, ...] | None = None   # resolved on the first read
     digests: list | None = None  # known chunk digests of the copy below (None = unknown)
     copy: bytes | None = None    # manifest key of the copy whose version `digests` are: the file as read so far
+    passed: dict = field(default_factory=dict)   # index -> digest of chunks served without caching (passthrough)
     next_offset: int = -1    # where a sequential reader will read next
     preloaded: int = -1      # highest cached chunk already handed to a background load
     followed: bool = False   # the files after it in its folder were considered (_prefetch_next_files)
@@ -283,8 +284,10 @@ class Reader:
             except (ChunkMissing, ChunkCorrupt):
                 pass  # dropped by the store, or its disk hangs: fetched below, and must be the same bytes
         digest, data = self._fetch_with_failover(handle, index, deadline)
-        # In passthrough (digest None) too: what was served from which copy must stay known.
-        handle.digests[index] = digest if digest is not None else digest_of(data)
+        if digest is not None:
+            handle.digests[index] = digest
+        else:   # not cached (passthrough): what was served must stay known all the same (_agrees)
+            handle.passed[index] = digest_of(data)
         return data
 
     def _cached(self, digest: bytes, length: int, deadline: float) -> bytes:
@@ -304,7 +307,7 @@ class Reader:
             raise ChunkMissing("the cache disk did not answer") from None
 
     def _fetch_with_failover(self, handle: OpenFile, index: int, deadline: float):
-        known = handle.digests[index]
+        known = handle.digests[index] or handle.passed.get(index)
         errors = []
         for source in self._ordered(handle.sources):
             try:
@@ -358,9 +361,11 @@ class Reader:
         cached, else the chunks are fetched from it (and cached under it): the price of
         changing copies in the middle of a file, paid once per open file."""
         theirs = self.store.manifest(source.key, source.size, source.mtime_ns)
+        known = dict(handle.passed)
+        known.update((other, digest) for other, digest in enumerate(handle.digests) if digest is not None)
         pending = []
-        for other, ours in enumerate(handle.digests):
-            if ours is None or other == index:
+        for other, ours in known.items():
+            if other == index:
                 continue
             if theirs[other] is not None:
                 if theirs[other] != ours:

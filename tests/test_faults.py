@@ -235,6 +235,32 @@ def test_passthrough_mode_when_cache_disk_dead(tmp_path, chunk_disk, mounted):
     assert CacheChecker(service.storage, repair=False).run(digests=True).consistent
 
 
+def test_no_mix_of_replicas_in_passthrough_either(tmp_path, chunk_disk, mounted):
+    """With the cache disk dead nothing is cached, but what a file served is still remembered:
+    a replica of another version does not complete it after a failover."""
+    disk = chunk_disk(tmp_path / "cache", "64M")
+    old = os.urandom(3 * MiB + 7)
+    new = bytearray(old)
+    new[MiB + 10:MiB + 4000] = os.urandom(3990)                # chunk 1 differs, same size
+    primary = library(tmp_path, "primary", {"f.flac": bytes(new)})
+    replica = library(tmp_path, "replica", {"f.flac": old})
+    service, mount = mounted([("primary", primary), ("replica", replica)], faulty={"primary"},
+                             health={"interval": 0.2, "timeout": 0.3}, fuse_options={"direct_io": True})
+    subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+    try:
+        with open(mount.mountpoint / "f.flac", "rb", buffering=0) as f:
+            f.seek(MiB)
+            assert f.read(4096) == new[MiB:MiB + 4096]
+            assert service.store.passthrough
+            service.origins["primary"].fail(errno.EIO, only={"read", "check"})
+            f.seek(0)
+            with pytest.raises(OSError) as raised:
+                f.read(MiB)
+            assert raised.value.errno == errno.EIO
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(disk)], check=True)
+
+
 def test_full_cache_disk_evicts_then_passes_through(tmp_path, chunk_disk, mounted):
     chunk_disk(tmp_path / "cache", "6M")   # smaller than max_size: the disk fills before the limit
     files = {f"{i}.flac": os.urandom(MiB + i) for i in range(10)}
