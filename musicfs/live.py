@@ -77,17 +77,23 @@ class CacheLock:
 
     @staticmethod
     def holder(cache_dir: Path) -> int | None:
-        """PID of the daemon holding the cache, or None if no daemon holds it."""
+        """PID of the daemon holding the cache, or None if no daemon holds it (or the cache
+        disk cannot tell any more: a dead disk answers EIO; the callers go on without it)."""
         path = Path(cache_dir) / LOCK_NAME
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
+        except OSError:
             return None
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            try:
+                text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            except OSError:
+                return -1        # held, by a PID the dead disk will not give
             return int(text) if text.isdigit() else -1
+        except OSError:
+            return None
         finally:
             os.close(fd)
         return None

@@ -48,7 +48,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
 from .cas.store import CacheWriteError, ChunkStore, chunk_count, digest_of, manifest_key
-from .catalog import Catalog, CatalogEntry, decode_entry, decode_record, version_tag
+from .catalog import Catalog, CatalogEntry, decode_entry, decode_record, record_version, version_tag
 from .errors import (ChunkCorrupt, ChunkMissing, NotFound, OriginChanged, OriginUnavailable,
                      ReadTimeout)
 from .origins import KIND_FILE, Origin, OriginEntry
@@ -81,6 +81,11 @@ class Source:
     mtime_ns: int
     key: bytes          # manifest key
     expect: OriginEntry  # the version the catalog describes: origin reads must match it
+
+    @property
+    def version(self) -> tuple:
+        """This copy in this version: fetches are shared per version, never across a change."""
+        return self.key, self.size, self.mtime_ns, self.expect.token
 
 
 @dataclass(slots=True)
@@ -395,7 +400,7 @@ class Reader:
 
     def _fetch(self, source: Source, index: int) -> Future:
         """The shared fetch of one chunk of one source (started if nobody is fetching it)."""
-        key = (source.key, index)
+        key = (source.version, index)
         with self._inflight_lock:
             future = self._inflight.get(key)
             if future is not None:
@@ -482,7 +487,8 @@ class Reader:
         make the origin look slow."""
         if self.store.passthrough:
             return None
-        put = functools.partial(self.store.put, data, manifest=(source.key, source.size, source.mtime_ns, index))
+        put = functools.partial(self.store.put, data, manifest=(source.key, source.size, source.mtime_ns, index),
+                                record_if=functools.partial(self._still_catalogued, source))
         future = self.pool.submit(CACHE_DISK, put, lane=LOAD_LANE)
         try:
             return future.result(timeout=self.cache_timeout)
@@ -491,6 +497,14 @@ class Reader:
         except FutureTimeout:
             self.store.suspend_loads(f"writing a chunk took more than {self.cache_timeout:g}s")
             return None
+
+    def _still_catalogued(self, source: Source, txn) -> bool:
+        """Whether the catalog still describes `source`'s version (asked in the transaction that
+        records a chunk of it): a fetch that was under way when a rescan saw the file change
+        must not put the old version's bytes into the chunk list of a new version of the same
+        size and mtime (an S3 object replaced within the same second differs only in its ETag)."""
+        raw = txn.get(source.key, db=self.catalog.storage.origin_files)
+        return raw is not None and record_version(raw) == (KIND_FILE, source.size, source.mtime_ns, source.expect.token)
 
     def _read_ahead(self, handle: OpenFile, index: int) -> None:
         count = chunk_count(handle.size, self.chunk_size)
@@ -568,7 +582,7 @@ class Reader:
         most `span` long (one origin request each)."""
         run: list[int] = []
         with self._inflight_lock:
-            free = [index for index in indices if (source.key, index) not in self._inflight]
+            free = [index for index in indices if (source.version, index) not in self._inflight]
         for index in free:
             if run and (index != run[-1] + 1 or len(run) == span):
                 yield run
@@ -587,7 +601,7 @@ class Reader:
 
     def _start_span(self, source: Source, run: list[int]) -> list[Future] | None:
         with self._inflight_lock:
-            if any((source.key, index) in self._inflight for index in run):
+            if any((source.version, index) in self._inflight for index in run):
                 return None
             if self.health is not None:
                 self.health.admit(source.origin)  # raises OriginUnavailable when known dead
@@ -595,9 +609,9 @@ class Reader:
             now = time.monotonic()
             for index, future in zip(run, futures):
                 future.started = now
-                self._inflight[(source.key, index)] = future
+                self._inflight[(source.version, index)] = future
         for index, future in zip(run, futures):
-            future.add_done_callback(functools.partial(self._forget, (source.key, index)))
+            future.add_done_callback(functools.partial(self._forget, (source.version, index)))
         task = self.pool.submit(source.origin, self._fetch_span, source, run[0], futures)
         task.add_done_callback(functools.partial(self._abandoned, futures))
         return futures

@@ -3,12 +3,17 @@ taken down for one missing file. Real mounts with the daemon's kernel caching op
 import errno
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
 
+from musicfs.cas.store import digest_of
 from musicfs.health import HEALTHY
+from musicfs.origins import LocalOrigin
+from musicfs.service import Service
 
+from .conftest import make_config
 from .helpers import FIXTURES, read_file as read_all, read_outcome
 
 pytestmark = pytest.mark.mount
@@ -158,3 +163,55 @@ def test_origin_whose_root_lists_empty_keeps_its_files_listed(tmp_path, mounted)
     assert not result.complete and "lists empty" in result.error
     assert sorted(os.listdir(mount.mountpoint)) == ["a.flac", "b.flac"]
     assert service.health.status["nas"].state != HEALTHY     # this one is the origin's failure
+
+
+class BytesOnTheWire(LocalOrigin):
+    """A local origin whose first read of chunk 1 has its bytes in hand but does not hand them
+    over until the test says so: an old version's bytes still on the wire (a slow GET whose
+    If-Match matched) when the file is replaced."""
+
+    def __init__(self, name, path):
+        super().__init__(name, path)
+        self.read_done, self.deliver = threading.Event(), threading.Event()
+
+    def read(self, relpath, offset, size, expect=None):
+        data = super().read(relpath, offset, size, expect)
+        if offset == MiB and not self.read_done.is_set():
+            self.read_done.set()
+            assert self.deliver.wait(10)
+        return data
+
+
+def test_a_fetch_of_the_old_version_in_flight_serves_no_read_of_the_new_one(tmp_path):
+    """Fetches are shared per version: a read of the new version does not join a fetch of the
+    old one still under way, and the old one's bytes, arriving late, are not recorded in the
+    chunk list of the new version (same size and mtime: only the version token differs)."""
+    root = tmp_path / "o"
+    root.mkdir()
+    old = os.urandom(2 * MiB + 100)
+    new = old[:MiB] + os.urandom(MiB) + old[2 * MiB:]
+    (root / "f.flac").write_bytes(old)
+    origin = BytesOnTheWire("o", root)
+    service = Service.open(make_config(tmp_path, [("o", root)]), origins={"o": origin})
+    try:
+        service.initial_scan()
+        stale = {}
+        early = threading.Thread(target=lambda: stale.update(data=service.reader.read_path(b"/f.flac", MiB, 4096)))
+        early.start()
+        assert origin.read_done.wait(10)
+        mtime = os.stat(root / "f.flac").st_mtime_ns
+        rename_over(root / "f.flac", new)
+        os.utime(root / "f.flac", ns=(mtime, mtime))               # a tagger that keeps the mtime
+        result, = service.scanner.scan()
+        assert result.complete and service.catalog.lookup(b"/f.flac").mtime_ns == mtime
+        assert service.reader.read_path(b"/f.flac", MiB, 4096) == new[MiB:MiB + 4096]
+        origin.deliver.set()
+        early.join(10)
+        assert stale["data"] == old[MiB:MiB + 4096]                # the read begun before the change
+        source, = service.reader.sources_of(service.catalog.lookup(b"/f.flac"))
+        assert service.store.manifest(source.key, source.size, source.mtime_ns)[1] == digest_of(new[MiB:2 * MiB])
+        service.store.verified.clear()
+        assert service.reader.read_path(b"/f.flac", 0, len(new)) == new
+    finally:
+        origin.deliver.set()
+        service.stop()

@@ -1,6 +1,8 @@
 """Fault injection on real mounts: hung, failing, corrupting origins; a dying cache disk."""
 import errno
+import fcntl
 import os
+import struct
 import subprocess
 import threading
 import time
@@ -9,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from musicfs.cas import CacheChecker
+from musicfs.live import CacheLock
 
 from .helpers import (DT_DIR, DT_REG, Daemon, chunk_bytes_on_disk, chunk_files, dirent_types, read_file,
                       read_outcome, run_musicfs, wait_until)
@@ -402,3 +405,33 @@ def test_listing_gives_raw_names_and_entry_types(tmp_path, mounted):
     with open(os.path.join(os.fsencode(mount.mountpoint), raw_name), "rb") as f:
         assert f.read() == b"latin1"
     assert os.listdir(mount.mountpoint / "Album") == ["1.flac"]
+
+
+EXT4_IOC_SHUTDOWN = 0x8004587D    # _IOR('X', 125, __u32): the filesystem answers EIO from now on
+EXT4_GOING_FLAGS_NOLOGFLUSH = 2
+
+
+def test_the_cache_lock_of_a_dead_cache_disk_is_no_traceback(tmp_path):
+    """`musicfs unmount` and the probe ask who holds the cache; a cache disk that died (every
+    access EIO) cannot tell, which is an answer, not a crash."""
+    image, disk = tmp_path / "disk.img", tmp_path / "disk"
+    disk.mkdir()
+    with open(image, "wb") as f:
+        f.truncate(16 << 20)
+    subprocess.run(["mkfs.ext4", "-q", str(image)], check=True)
+    mounted = subprocess.run(["mount", "-o", "loop", str(image), str(disk)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"no loop device here: {mounted.stderr.strip()}")
+    try:
+        lock = CacheLock(disk)
+        lock.acquire()
+        assert CacheLock.holder(disk) == os.getpid()
+        fd = os.open(disk, os.O_RDONLY)
+        try:
+            fcntl.ioctl(fd, EXT4_IOC_SHUTDOWN, struct.pack("I", EXT4_GOING_FLAGS_NOLOGFLUSH))
+        finally:
+            os.close(fd)
+        assert CacheLock.holder(disk) in (None, -1)
+        lock.release()
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)

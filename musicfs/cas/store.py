@@ -141,6 +141,10 @@ def manifest_digests(raw: bytes | None) -> list[bytes]:
     return [d for d in found if d != NO_DIGEST]
 
 
+class _Refused(Exception):
+    """put's record_if said no."""
+
+
 class VerifiedChunks:
     """A byte-bounded LRU of chunks that passed verification since they were read from disk."""
 
@@ -427,24 +431,27 @@ class ChunkStore:
 
     # -- writing ---------------------------------------------------------------------------
 
-    def put(self, data: bytes, *, manifest: tuple[bytes, int, int, int] | None = None) -> bytes:
+    def put(self, data: bytes, *, manifest: tuple[bytes, int, int, int] | None = None,
+            record_if=None) -> bytes | None:
         """Store a chunk (once per content) and, optionally, record it in a file's manifest
         (key, file size, mtime_ns, chunk index), all in one transaction. Returns the digest.
+        `record_if(txn)`, asked in that transaction, may refuse: then nothing is stored and None
+        is returned (the caller's file version is no longer the current one, say).
         Raises CacheWriteError if the cache disk refuses the write; nothing is recorded then."""
         if self.passthrough:
             raise CacheWriteError(errno.EIO, f"cache in passthrough: {self.passthrough_reason}")
         try:
-            return self._put(data, manifest)
+            return self._put(data, manifest, record_if)
         except CacheWriteError as e:
             if e.errno == errno.ENOSPC and self.evict(target=self.total() // 2):
                 try:  # the disk is fuller than max_size says (shared disk): make room, retry once
-                    return self._put(data, manifest)
+                    return self._put(data, manifest, record_if)
                 except CacheWriteError as again:
                     e = again
             self._enter_passthrough(e)
             raise
 
-    def _put(self, data: bytes, manifest) -> bytes:
+    def _put(self, data: bytes, manifest, record_if=None) -> bytes | None:
         digest = digest_of(data)
         with self._lock_for(digest):
             with self.storage.begin() as txn:
@@ -453,6 +460,8 @@ class ChunkStore:
                 self._write_file(digest, data)
             try:
                 with self.storage.begin(write=True) as txn:
+                    if record_if is not None and not record_if(txn):
+                        raise _Refused()   # aborts the transaction: nothing recorded
                     now = time.time_ns()
                     if known and txn.get(digest, db=self.storage.chunks) is not None:
                         self._retouch(txn, digest, now)
@@ -465,6 +474,8 @@ class ChunkStore:
                 if not known:
                     with contextlib.suppress(OSError):
                         os.unlink(self.path_of(digest))
+                if isinstance(e, _Refused):
+                    return None
                 raise CacheWriteError(getattr(e, "errno", errno.EIO) or errno.EIO,
                                       f"cannot record chunk in the index: {e}") from e
         self.verified.add(digest, data)
