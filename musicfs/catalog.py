@@ -143,6 +143,30 @@ def record_version(raw: bytes) -> tuple:
     return kind, size, mtime_ns, token
 
 
+class OpenedVersions:
+    """The version each recently opened path was opened at. The kernel keeps a file's pages
+    across opens only when told the file is the same (FOPEN_KEEP_CACHE); libfuse's auto_cache
+    would decide that from size and mtime, which a replacement may keep (a tagger keeping the
+    mtime, an S3 object rewritten within the second) while its bytes differ. The version tag
+    does not. Bounded: a path that fell out is simply opened without keeping pages."""
+
+    LIMIT = 16_384
+
+    def __init__(self):
+        self._versions: collections.OrderedDict[bytes, int] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def same_as_before(self, path: bytes, tag: int) -> bool:
+        """Whether the last open of `path` was of version `tag` (then its pages may be kept);
+        remembers `tag` as the last."""
+        with self._lock:
+            before = self._versions.pop(path, None)
+            self._versions[path] = tag
+            if len(self._versions) > self.LIMIT:
+                self._versions.popitem(last=False)
+        return before == tag
+
+
 class RecentChanges:
     """Shown paths whose entry changed lately, and when (monotonic seconds).
 
@@ -193,6 +217,7 @@ class Catalog:
     def __init__(self, storage: Storage, recent: RecentChanges | None = None):
         self.storage = storage
         self.recent = recent or RecentChanges()
+        self.opened = OpenedVersions()
         self._root_entry = CatalogEntry(KIND_DIR, 0, time.time_ns(), ())
 
     def lookup(self, path: bytes) -> CatalogEntry | None:
@@ -206,14 +231,16 @@ class Catalog:
         with self.storage.env.begin(db=self.storage.entries) as txn:
             return txn.get(path)
 
-    def open_version(self, path: bytes) -> tuple[int, bool]:
-        """(version tag, changed lately) of a file being opened; NotFound if it is not listed."""
+    def open_version(self, path: bytes) -> tuple[int, bool, bool]:
+        """(version tag, changed lately, same version as the open before) of a file being
+        opened; NotFound if it is not listed."""
         raw = self.raw(path)
         if raw is None:
             raise NotFound(path.decode(errors="replace"))
         if raw[0] == KIND_DIR:
             raise IsADirectoryError(21, "is a directory")
-        return version_tag(raw), self.recent.recent(path)
+        tag = version_tag(raw)
+        return tag, self.recent.recent(path), self.opened.same_as_before(path, tag)
 
     def attrs(self, path: bytes) -> tuple[int, int, int] | None:
         """(kind, size, mtime_ns) without decoding sources: the getattr fast path."""

@@ -33,15 +33,16 @@ READY_TIMEOUT = 600.0
 LINGER_GRACE = 2.0
 
 # Kernel caching for a read-only library that changes only when a rescan says so:
-# - auto_cache keeps file pages in the page cache across opens, and drops them when an open
-#   sees a different size or mtime (which is what a rescan changes): safe and fast.
+# - No auto_cache: it keeps file pages across opens unless size or mtime changed, and a
+#   replacement can keep both. MusicFS.open tells the kernel to keep them only when the open
+#   before was of the same version (catalog.OpenedVersions).
 # - attr_timeout/entry_timeout let the kernel reuse attributes and lookups for a while; a file
 #   changed on the origin shows its new attributes at most this long after the rescan saw it.
 # - negative_timeout caches "no such file" (players probe for cover.jpg, .cue, lyrics...).
 # - use_ino: inode numbers come from the paths (fs.inode_of), stable across remounts.
 DEFAULT_FUSE_OPTIONS = {"fsname": "musicfs", "subtype": "musicfs", "ro": True, "default_permissions": True,
                         "use_ino": True,
-                        "auto_cache": True, "attr_timeout": 30, "entry_timeout": 30, "negative_timeout": 10}
+                        "attr_timeout": 30, "entry_timeout": 30, "negative_timeout": 10}
 
 
 def check_mountpoint(mountpoint: Path) -> None:

@@ -109,11 +109,14 @@ class MusicFuse(FUSE):
 
     def open(self, path, fip):
         # The handle is the version tag of the entry opened; a file that changed lately is
-        # opened with direct I/O (see MusicFS.open). fusepy's open cannot set direct_io.
+        # opened with direct I/O, and the kernel keeps its pages only if the open before was of
+        # the same version (see MusicFS.open). fusepy's open cannot set either flag.
         info = fip.contents
-        info.fh, direct = self.operations("open", path, info.flags)
+        info.fh, direct, keep = self.operations("open", path, info.flags)
         if direct:
             info.direct_io = 1
+        elif keep:
+            info.keep_cache = 1
         return 0
 
     def read(self, path, buf, size, offset, fip):
@@ -264,11 +267,14 @@ class MusicFS(Operations):
 
     @translated
     def open(self, path: bytes, flags):
-        """(handle, direct_io) for MusicFuse.open. The handle names the version of the file
-        that was opened, so a read can tell when the file changed since (it then fails rather
-        than mix versions). A file whose entry changed within the kernel's attribute timeout
-        is opened with direct I/O: the kernel may still hold the old version's size and pages,
-        and must neither cut the new version at the old size nor fill gaps with old pages."""
+        """(handle, direct_io, keep_cache) for MusicFuse.open. The handle names the version of
+        the file that was opened, so a read can tell when the file changed since (it then fails
+        rather than mix versions). A file whose entry changed within the kernel's attribute
+        timeout is opened with direct I/O: the kernel may still hold the old version's size and
+        pages, and must neither cut the new version at the old size nor fill gaps with old
+        pages. Otherwise its pages are kept from earlier opens only if those were of the same
+        version: the kernel drops them when told nothing (the mount does not use auto_cache,
+        which would keep them whenever size and mtime are unchanged)."""
         return self.catalog.open_version(path)
 
     # release is deliberately not implemented: libfuse then completes it in C, without a round

@@ -20,8 +20,9 @@ pytestmark = pytest.mark.mount
 
 MiB = 1 << 20
 # What `musicfs MOUNTPOINT` asks the kernel for (daemon.DEFAULT_FUSE_OPTIONS): the kernel keeps
-# attributes, lookups and pages, which is what makes a mixed read possible at all.
-KERNEL_CACHING = {"attr_timeout": 30, "entry_timeout": 30, "auto_cache": True}
+# attributes and lookups, and pages where an open says so, which is what makes a mixed read
+# possible at all.
+KERNEL_CACHING = {"attr_timeout": 30, "entry_timeout": 30}
 
 
 def rename_over(path: Path, data: bytes) -> None:
@@ -215,3 +216,39 @@ def test_a_fetch_of_the_old_version_in_flight_serves_no_read_of_the_new_one(tmp_
     finally:
         origin.deliver.set()
         service.stop()
+
+
+def test_a_replacement_keeping_size_and_mtime_drops_the_kernels_pages(tmp_path, mounted):
+    """A tagger that keeps the mtime, same size: the rescan sees the change (ctime), and once
+    the kernel's attribute timeout has passed a new open reads the new version whole - the
+    pages the kernel kept from the old one are dropped, not mixed in."""
+    origin = tmp_path / "nas"
+    origin.mkdir()
+    track = origin / "b.flac"
+    old, new = os.urandom(6 * MiB), os.urandom(6 * MiB)
+    track.write_bytes(old)
+    service, mount = mounted([("nas", origin)], fuse_options=KERNEL_CACHING)
+    shown = mount.mountpoint / "b.flac"
+    with open(shown, "rb") as f:
+        assert f.read(2 * MiB) == old[:2 * MiB]        # in the kernel's page cache now
+    mtime = track.stat().st_mtime_ns
+    rename_over(track, new)
+    os.utime(track, ns=(mtime, mtime))
+    result, = service.scanner.scan()
+    assert result.complete and result.changed
+    service.catalog.recent.window = 0     # as if the attribute timeout had passed: no direct I/O
+    assert read_all(shown) == new
+
+
+def test_pages_of_an_unchanged_file_stay_in_the_kernel(tmp_path, mounted):
+    """The other half: opening the same version again keeps the kernel's pages (a warm re-read
+    does not reach the daemon)."""
+    origin = tmp_path / "nas"
+    origin.mkdir()
+    (origin / "b.flac").write_bytes(os.urandom(3 * MiB))
+    service, mount = mounted([("nas", origin)], fuse_options=KERNEL_CACHING)
+    shown = mount.mountpoint / "b.flac"
+    first = read_all(shown)
+    hits = service.store.hits
+    assert read_all(shown) == first
+    assert service.store.hits == hits      # nothing asked of the daemon's cache: the kernel had it

@@ -337,7 +337,7 @@ def test_no_descriptor_leak_over_many_reads(tmp_path, mounted):
 
 
 def test_file_changed_on_origin_is_served_new_after_rescan(tmp_path, mounted):
-    """With the daemon's kernel caching (auto_cache, attribute timeouts), a rescan that sees a
+    """With the daemon's kernel caching (pages kept per version, attribute timeouts), a rescan that sees a
     change makes the mount serve the new bytes, not stale pages or stale chunks."""
     from musicfs.daemon import DEFAULT_FUSE_OPTIONS
     root = library(tmp_path, "o", {"song.flac": b"old" * 100_000})
