@@ -63,6 +63,8 @@ FILE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EISDIR, errno.ELOOP, errno.ENAME
 VANISHED_ERRNOS = {errno.ENOENT, errno.ENOTDIR}
 # Files whose read state (known chunk digests, sequential position) is kept between reads.
 OPEN_FILES = 1024
+# Files remembered as read from a replica after a failover (see Reader._move): few at a time.
+MOVED_FILES = 4096
 # Chunks fetched ahead of a sequential reader: enough to hide one origin round trip. An origin
 # may ask for more (Origin.readahead_chunks): a remote one is limited by latency, not bandwidth.
 READAHEAD_CHUNKS = 2
@@ -97,8 +99,11 @@ class OpenFile:
     tag: int                 # version_tag(raw): what an open of this version was given
     sources: tuple[Source, ...] | None = None   # resolved on the first read
     digests: list | None = None  # known chunk digests of the copy below (None = unknown)
-    copy: bytes | None = None    # manifest key of the copy whose version `digests` are: the file as read so far
-    passed: dict = field(default_factory=dict)   # index -> digest of chunks served without caching (passthrough)
+    copy: tuple | None = None    # Source.version of the copy `digests` belong to: the file as read so far
+    # index -> digest of chunks served but not (or no longer) in `digests`: served in passthrough,
+    # or from another copy before a failover
+    passed: dict = field(default_factory=dict)
+    moved_to: Source | None = None   # the replica earlier state of this version was reading from
     next_offset: int = -1    # where a sequential reader will read next
     preloaded: int = -1      # highest cached chunk already handed to a background load
     followed: bool = False   # the files after it in its folder were considered (_prefetch_next_files)
@@ -125,6 +130,9 @@ class Reader:
         # Files whose first chunk a _prefetch_next_files fetched: reading one carries the
         # prefetch on to the files after it, as reading an uncached one does.
         self._prefetched: collections.OrderedDict[bytes, None] = collections.OrderedDict()
+        # path -> (version tag, copy, digests of the chunks served) of files read from a
+        # replica after a failover (see _move)
+        self._moved: collections.OrderedDict[bytes, tuple] = collections.OrderedDict()
 
     # -- open ------------------------------------------------------------------------------
 
@@ -150,6 +158,11 @@ class Reader:
         if handle is None:
             handle = self._new_handle(path, raw)
             with self._files_lock:
+                moved = self._moved.get(path)
+                if moved is not None and moved[0] == handle.tag:
+                    # Read from a replica before this state was dropped (the entry's list of
+                    # copies changed, or the state was evicted): opens of it go on from there.
+                    handle.moved_to, handle.passed = moved[1], moved[2]
                 self._files[path] = handle
                 if len(self._files) > OPEN_FILES:
                     self._files.popitem(last=False)
@@ -183,7 +196,8 @@ class Reader:
         if source is None:
             raise OriginUnavailable(f"origin {origin} no longer holds {relpath.decode(errors='replace')}")
         handle = OpenFile(relpath, source.size, None, b"", 0, sources=(source,),
-                          digests=self.store.manifest(source.key, source.size, source.mtime_ns), copy=source.key)
+                          digests=self.store.manifest(source.key, source.size, source.mtime_ns),
+                          copy=source.version)
         return self._cache_whole(handle, None)
 
     def _cache_whole(self, handle: OpenFile, progress) -> int:
@@ -221,10 +235,10 @@ class Reader:
             if handle.sources is not None:
                 return
             sources = self.sources_of(handle.entry)
-            primary = sources[0]
-            handle.digests = self.store.manifest(primary.key, primary.size, primary.mtime_ns)
-            handle.copy = primary.key
-            handle.size = primary.size
+            first = handle.moved_to or sources[0]   # the copy reads of this version have used
+            handle.digests = self.store.manifest(first.key, first.size, first.mtime_ns)
+            handle.copy = first.version
+            handle.size = sources[0].size
             handle.sources = tuple(sources)
 
     def sources_of(self, entry: CatalogEntry) -> list[Source]:
@@ -349,13 +363,34 @@ class Reader:
             if known is not None and digest_of(data) != known:
                 errors.append(f"{source.origin}: bytes differ from the preferred copy")
                 continue
-            if source.key != handle.copy:
+            if source.version != handle.copy:
                 if not self._agrees(handle, source, index, deadline):
                     errors.append(f"{source.origin}: holds another version of this file than the one read so far")
                     continue
-                handle.copy = source.key
+                self._move(handle, source)
             return digest, data
         raise OriginUnavailable("; ".join(errors) or "no origin can serve this file")
+
+    def _move(self, handle: OpenFile, source: Source) -> None:
+        """Reads of this file go on from `source` (proven to agree with what was read). Kept
+        beside the per-file state while it is not the preferred copy: that state may be
+        dropped and made again while files are open (its entry's list of copies changed, or
+        more files were read than it keeps), and the new one must not go back to a copy that
+        was never proven to agree."""
+        handle.copy = source.version
+        with self._files_lock:
+            if source.key == handle.sources[0].key:
+                self._moved.pop(handle.path, None)
+            else:
+                # what this version has served so far, whichever copy it came from, for the
+                # checks of every later change of copies (_agrees)
+                served = dict(handle.passed)
+                served.update((i, d) for i, d in enumerate(handle.digests) if d is not None)
+                handle.passed = served
+                self._moved[handle.path] = (handle.tag, source, served)
+                self._moved.move_to_end(handle.path)
+                if len(self._moved) > MOVED_FILES:
+                    self._moved.popitem(last=False)
 
     def _agrees(self, handle: OpenFile, source: Source, index: int, deadline: float) -> bool:
         """Whether `source` (another copy than the one read so far) has the same bytes in every
@@ -509,7 +544,7 @@ class Reader:
     def _read_ahead(self, handle: OpenFile, index: int) -> None:
         count = chunk_count(handle.size, self.chunk_size)
         # from the copy the file is being read from (a replica, after a failover)
-        source = next((s for s in handle.sources if s.key == handle.copy), handle.sources[0])
+        source = next((s for s in handle.sources if s.version == handle.copy), handle.sources[0])
         origin = self.origins.get(source.origin)
         depth = getattr(origin, "readahead_chunks", READAHEAD_CHUNKS)
         span = getattr(origin, "span_chunks", 1)
@@ -538,7 +573,7 @@ class Reader:
             for run in self._runs(source, missing, span):
                 futures = self._fetch_run(source, run)
                 for ahead, future in zip(run, futures):
-                    future.add_done_callback(lambda f, ahead=ahead: self._learn(handle, source.key, ahead, f))
+                    future.add_done_callback(lambda f, ahead=ahead: self._learn(handle, source.version, ahead, f))
         except Exception:  # readahead is an optimisation; the real read reports errors
             return
 
@@ -633,7 +668,7 @@ class Reader:
                 del self._inflight[key]
 
     @staticmethod
-    def _learn(handle: OpenFile, copy: bytes, index: int, future: Future) -> None:
+    def _learn(handle: OpenFile, copy: tuple, index: int, future: Future) -> None:
         """A chunk read ahead from `copy`: known from now on, if the file is being read from
         that copy (a read may have moved to a replica meanwhile; see _agrees)."""
         if future.cancelled() or future.exception() is not None:

@@ -119,6 +119,35 @@ def test_a_replica_of_another_version_never_completes_a_file(tmp_path, mounted, 
     assert read_outcome(mount.mountpoint / "retagged.flac") == bytes(new)
 
 
+def test_an_open_file_read_from_a_replica_goes_on_from_it(tmp_path, mounted):
+    """A file being read from a replica after a failover (the preferred copy differs) keeps
+    reading from the replica when the preferred origin returns, even after the per-file read
+    state was made again (here: a third origin got a file at that path, which changes its
+    catalog entry but not its version): the open gets one copy's bytes, never a mix."""
+    preferred, stale = os.urandom(8 * MiB), os.urandom(8 * MiB)
+    p = library(tmp_path, "p", {"v.flac": preferred})
+    r = library(tmp_path, "r", {"v.flac": stale})
+    other = library(tmp_path, "other", {"x.flac": b"x"})
+    service, mount = mounted([("p", p), ("r", r), ("other", other)], faulty={"p"},
+                             health={"interval": 0.2, "timeout": 0.3}, fuse_options={"direct_io": True})
+    service.origins["p"].fail(errno.EIO, only={"read", "check"})
+    with open(mount.mountpoint / "v.flac", "rb", buffering=0) as f:
+        assert f.read(4 * MiB) == stale[:4 * MiB]                 # from the replica
+        (other / "v.flac").write_bytes(b"not a replica")          # another size: a new source only
+        assert all(result.complete for result in service.scanner.scan())
+        service.origins["p"].healthy()
+        wait_until(lambda: service.health.status["p"].state == "healthy", message="p healthy again")
+        rest = b""
+        try:
+            while chunk := f.read(MiB):
+                rest += chunk
+        except OSError as e:
+            assert e.errno == errno.EIO
+        else:
+            assert rest == stale[4 * MiB:], "the open went on with the preferred copy's bytes"
+    assert read_outcome(mount.mountpoint / "v.flac") in (stale, errno.EIO)
+
+
 def test_offline_playback_of_cached_files_with_every_origin_hung(tmp_path, mounted):
     a_data, b_data = os.urandom(3 * MiB), os.urandom(500_000)
     a = library(tmp_path, "a", {"one.flac": a_data})
