@@ -153,15 +153,21 @@ class Reader:
             handle = self._files.get(path)
             if handle is not None and handle.raw == raw:
                 self._files.move_to_end(path)
+                before = None
             else:
-                handle = None
+                before, handle = handle, None
         if handle is None:
             handle = self._new_handle(path, raw)
             with self._files_lock:
                 moved = self._moved.get(path)
-                if moved is not None and moved[0] == handle.tag:
-                    # Read from a replica before this state was dropped (the entry's list of
-                    # copies changed, or the state was evicted): opens of it go on from there.
+                if before is not None and before.tag == handle.tag and before.sources is not None:
+                    # The entry changed but not its version (its list of copies did: the
+                    # preferred copy went away, a replica came): opens of it go on from the copy
+                    # they read, and any other copy must first agree with what was served.
+                    self._carry(before, handle)
+                elif moved is not None and moved[0] == handle.tag:
+                    # Read from a replica before this state was dropped (evicted): opens of
+                    # it go on from there.
                     handle.moved_to, handle.passed = moved[1], moved[2]
                 self._files[path] = handle
                 if len(self._files) > OPEN_FILES:
@@ -169,6 +175,14 @@ class Reader:
         if tag and tag != handle.tag:
             raise OriginChanged(f"{path.decode(errors='replace')} changed since it was opened; open it again")
         return self.read(handle, offset, size)
+
+    @staticmethod
+    def _carry(before: OpenFile, after: OpenFile) -> None:
+        """What `before` served, and from which copy, into `after` (same version, new entry)."""
+        served = dict(before.passed)
+        served.update((i, d) for i, d in enumerate(before.digests or ()) if d is not None)
+        copy = next((s for s in before.sources if s.version == before.copy), None)
+        after.moved_to, after.passed = copy, served
 
     @staticmethod
     def _new_handle(path: bytes, raw: bytes | None) -> OpenFile:
@@ -236,7 +250,10 @@ class Reader:
                 return
             sources = self.sources_of(handle.entry)
             first = handle.moved_to or sources[0]   # the copy reads of this version have used
-            handle.digests = self.store.manifest(first.key, first.size, first.mtime_ns)
+            if any(s.version == first.version for s in sources):
+                handle.digests = self.store.manifest(first.key, first.size, first.mtime_ns)
+            else:   # that copy is gone: what it served is in `passed`, every other must agree
+                handle.digests = [None] * chunk_count(sources[0].size, self.chunk_size)
             handle.copy = first.version
             handle.size = sources[0].size
             handle.sources = tuple(sources)

@@ -252,3 +252,32 @@ def test_pages_of_an_unchanged_file_stay_in_the_kernel(tmp_path, mounted):
     hits = service.store.hits
     assert read_all(shown) == first
     assert service.store.hits == hits      # nothing asked of the daemon's cache: the kernel had it
+
+
+def test_the_preferred_copy_deleted_under_an_open_file_never_mixes_in_a_different_replica(tmp_path, mounted):
+    """The preferred copy is deleted while a file is being read and a replica of the same size
+    but other bytes takes over the entry: the open does not go on with the replica's bytes
+    (they do not agree with what it read), while a replica with the same bytes serves on."""
+    a_version, b_version = os.urandom(8 * MiB), os.urandom(8 * MiB)
+    o1, o2 = tmp_path / "o1", tmp_path / "o2"
+    for root in (o1, o2):
+        root.mkdir()
+    (o1 / "keep.flac").write_bytes(b"k" * 1000)            # o1's root does not go empty
+    (o1 / "d.flac").write_bytes(a_version)
+    (o2 / "d.flac").write_bytes(b_version)
+    (o1 / "same.flac").write_bytes(a_version)
+    (o2 / "same.flac").write_bytes(a_version)
+    service, mount = mounted([("o1", o1), ("o2", o2)], fuse_options={"direct_io": True})
+    for name, replica in (("d.flac", b_version), ("same.flac", a_version)):
+        with open(mount.mountpoint / name, "rb", buffering=0) as f:
+            assert f.read(2 * MiB) == a_version[:2 * MiB]
+            (o1 / name).unlink()
+            rest = b""
+            try:
+                while chunk := f.read(MiB):
+                    rest += chunk
+            except OSError as e:
+                assert e.errno == errno.EIO and replica != a_version, e
+            else:
+                assert rest == a_version[2 * MiB:], "the open went on with another version's bytes"
+    assert read_all(mount.mountpoint / "same.flac") == a_version
