@@ -171,10 +171,26 @@ class Reader:
                     handle.moved_to, handle.passed = moved[1], moved[2]
                 self._files[path] = handle
                 if len(self._files) > OPEN_FILES:
-                    self._files.popitem(last=False)
+                    _, evicted = self._files.popitem(last=False)
+                    self._remember_served(evicted)
         if tag and tag != handle.tag:
             raise OriginChanged(f"{path.decode(errors='replace')} changed since it was opened; open it again")
         return self.read(handle, offset, size)
+
+    def _remember_served(self, handle: OpenFile) -> None:
+        """A read state dropped from memory while its file may still be open: what it served
+        that the cache index cannot tell again (chunks served in passthrough, or a copy other
+        than the preferred one) is kept beside it (bounded), for the state made next. Called
+        with _files_lock held."""
+        if handle.sources is None or (not handle.passed and handle.copy == handle.sources[0].version):
+            return
+        copy = next((s for s in handle.sources if s.version == handle.copy), None)
+        served = dict(handle.passed)
+        served.update((i, d) for i, d in enumerate(handle.digests or ()) if d is not None)
+        self._moved[handle.path] = (handle.tag, copy, served)
+        self._moved.move_to_end(handle.path)
+        if len(self._moved) > MOVED_FILES:
+            self._moved.popitem(last=False)
 
     @staticmethod
     def _carry(before: OpenFile, after: OpenFile) -> None:

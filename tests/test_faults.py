@@ -12,6 +12,7 @@ import pytest
 
 from musicfs.cas import CacheChecker
 from musicfs.live import CacheLock
+from musicfs.reader import OPEN_FILES
 
 from .helpers import (DT_DIR, DT_REG, Daemon, chunk_bytes_on_disk, chunk_files, dirent_types, read_file,
                       read_outcome, run_musicfs, wait_until)
@@ -284,6 +285,36 @@ def test_no_mix_of_replicas_in_passthrough_either(tmp_path, chunk_disk, mounted)
             f.seek(MiB)
             assert f.read(4096) == new[MiB:MiB + 4096]
             assert service.store.passthrough
+            service.origins["primary"].fail(errno.EIO, only={"read", "check"})
+            f.seek(0)
+            with pytest.raises(OSError) as raised:
+                f.read(MiB)
+            assert raised.value.errno == errno.EIO
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(disk)], check=True)
+
+
+def test_what_passthrough_served_outlives_the_read_state(tmp_path, chunk_disk, mounted):
+    """In passthrough the chunks an open file was served are known only in memory: when its
+    read state is dropped (more files read than it keeps), they are kept beside it, and a
+    replica of another version still cannot complete the file."""
+    disk = chunk_disk(tmp_path / "cache", "64M")
+    old = os.urandom(3 * MiB + 7)
+    new = bytearray(old)
+    new[MiB + 10:MiB + 4000] = os.urandom(3990)
+    others = {f"other/{i}.flac": b"o" for i in range(OPEN_FILES + 10)}
+    primary = library(tmp_path, "primary", {"f.flac": bytes(new), **others})
+    replica = library(tmp_path, "replica", {"f.flac": old})
+    service, mount = mounted([("primary", primary), ("replica", replica)], faulty={"primary"},
+                             health={"interval": 0.2, "timeout": 0.3}, fuse_options={"direct_io": True})
+    subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+    try:
+        with open(mount.mountpoint / "f.flac", "rb", buffering=0) as f:
+            f.seek(MiB)
+            assert f.read(4096) == new[MiB:MiB + 4096]
+            assert service.store.passthrough
+            for name in others:                                   # a media server's scan meanwhile
+                assert service.reader.read_path(f"/{name}".encode(), 0, 10) == b"o"
             service.origins["primary"].fail(errno.EIO, only={"read", "check"})
             f.seek(0)
             with pytest.raises(OSError) as raised:
