@@ -63,7 +63,8 @@ FILE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EISDIR, errno.ELOOP, errno.ENAME
 VANISHED_ERRNOS = {errno.ENOENT, errno.ENOTDIR}
 # Files whose read state (known chunk digests, sequential position) is kept between reads.
 OPEN_FILES = 1024
-# Files remembered as read from a replica after a failover (see Reader._move): few at a time.
+# Files whose read state was dropped while it knew what the cache index cannot tell again
+# (see Reader._remember_served): few at a time.
 MOVED_FILES = 4096
 # Chunks fetched ahead of a sequential reader: enough to hide one origin round trip. An origin
 # may ask for more (Origin.readahead_chunks): a remote one is limited by latency, not bandwidth.
@@ -99,15 +100,22 @@ class OpenFile:
     tag: int                 # version_tag(raw): what an open of this version was given
     sources: tuple[Source, ...] | None = None   # resolved on the first read
     digests: list | None = None  # known chunk digests of the copy below (None = unknown)
-    copy: tuple | None = None    # Source.version of the copy `digests` belong to: the file as read so far
+    # The copy `digests` belong to: the file as read so far. Set before the first read when an
+    # earlier state of this version was reading another copy than the preferred one.
+    copy: Source | None = None
     # index -> digest of chunks served but not (or no longer) in `digests`: served in passthrough,
     # or from another copy before a failover
     passed: dict = field(default_factory=dict)
-    moved_to: Source | None = None   # the replica earlier state of this version was reading from
     next_offset: int = -1    # where a sequential reader will read next
     preloaded: int = -1      # highest cached chunk already handed to a background load
     followed: bool = False   # the files after it in its folder were considered (_prefetch_next_files)
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def served(self) -> dict:
+        """index -> digest of every chunk known to have been served for this version."""
+        served = dict(self.passed)
+        served.update((i, d) for i, d in enumerate(self.digests or ()) if d is not None)
+        return served
 
 
 class Reader:
@@ -130,8 +138,8 @@ class Reader:
         # Files whose first chunk a _prefetch_next_files fetched: reading one carries the
         # prefetch on to the files after it, as reading an uncached one does.
         self._prefetched: collections.OrderedDict[bytes, None] = collections.OrderedDict()
-        # path -> (version tag, copy, digests of the chunks served) of files read from a
-        # replica after a failover (see _move)
+        # path -> (version tag, copy, digests of the chunks served) of dropped read states
+        # (see _remember_served)
         self._moved: collections.OrderedDict[bytes, tuple] = collections.OrderedDict()
 
     # -- open ------------------------------------------------------------------------------
@@ -166,9 +174,10 @@ class Reader:
                     # they read, and any other copy must first agree with what was served.
                     self._carry(before, handle)
                 elif moved is not None and moved[0] == handle.tag:
-                    # Read from a replica before this state was dropped (evicted): opens of
-                    # it go on from there.
-                    handle.moved_to, handle.passed = moved[1], moved[2]
+                    # This version's state was dropped for room while it was read from a
+                    # replica or in passthrough: opens of it go on from there.
+                    handle.copy, handle.passed = moved[1], moved[2]
+                    del self._moved[path]
                 self._files[path] = handle
                 if len(self._files) > OPEN_FILES:
                     _, evicted = self._files.popitem(last=False)
@@ -182,12 +191,9 @@ class Reader:
         that the cache index cannot tell again (chunks served in passthrough, or a copy other
         than the preferred one) is kept beside it (bounded), for the state made next. Called
         with _files_lock held."""
-        if handle.sources is None or (not handle.passed and handle.copy == handle.sources[0].version):
+        if handle.sources is None or (not handle.passed and handle.copy == handle.sources[0]):
             return
-        copy = next((s for s in handle.sources if s.version == handle.copy), None)
-        served = dict(handle.passed)
-        served.update((i, d) for i, d in enumerate(handle.digests or ()) if d is not None)
-        self._moved[handle.path] = (handle.tag, copy, served)
+        self._moved[handle.path] = (handle.tag, handle.copy, handle.served())
         self._moved.move_to_end(handle.path)
         if len(self._moved) > MOVED_FILES:
             self._moved.popitem(last=False)
@@ -195,10 +201,7 @@ class Reader:
     @staticmethod
     def _carry(before: OpenFile, after: OpenFile) -> None:
         """What `before` served, and from which copy, into `after` (same version, new entry)."""
-        served = dict(before.passed)
-        served.update((i, d) for i, d in enumerate(before.digests or ()) if d is not None)
-        copy = next((s for s in before.sources if s.version == before.copy), None)
-        after.moved_to, after.passed = copy, served
+        after.copy, after.passed = before.copy, before.served()
 
     @staticmethod
     def _new_handle(path: bytes, raw: bytes | None) -> OpenFile:
@@ -227,7 +230,7 @@ class Reader:
             raise OriginUnavailable(f"origin {origin} no longer holds {relpath.decode(errors='replace')}")
         handle = OpenFile(relpath, source.size, None, b"", 0, sources=(source,),
                           digests=self.store.manifest(source.key, source.size, source.mtime_ns),
-                          copy=source.version)
+                          copy=source)
         return self._cache_whole(handle, None)
 
     def _cache_whole(self, handle: OpenFile, progress) -> int:
@@ -265,12 +268,12 @@ class Reader:
             if handle.sources is not None:
                 return
             sources = self.sources_of(handle.entry)
-            first = handle.moved_to or sources[0]   # the copy reads of this version have used
-            if any(s.version == first.version for s in sources):
+            first = handle.copy or sources[0]   # the copy reads of this version have used
+            if first in sources:
                 handle.digests = self.store.manifest(first.key, first.size, first.mtime_ns)
             else:   # that copy is gone: what it served is in `passed`, every other must agree
                 handle.digests = [None] * chunk_count(sources[0].size, self.chunk_size)
-            handle.copy = first.version
+            handle.copy = first
             handle.size = sources[0].size
             handle.sources = tuple(sources)
 
@@ -396,34 +399,13 @@ class Reader:
             if known is not None and digest_of(data) != known:
                 errors.append(f"{source.origin}: bytes differ from the preferred copy")
                 continue
-            if source.version != handle.copy:
+            if source != handle.copy:
                 if not self._agrees(handle, source, index, deadline):
                     errors.append(f"{source.origin}: holds another version of this file than the one read so far")
                     continue
-                self._move(handle, source)
+                handle.copy = source   # reads of this file go on from it (see _remember_served)
             return digest, data
         raise OriginUnavailable("; ".join(errors) or "no origin can serve this file")
-
-    def _move(self, handle: OpenFile, source: Source) -> None:
-        """Reads of this file go on from `source` (proven to agree with what was read). Kept
-        beside the per-file state while it is not the preferred copy: that state may be
-        dropped and made again while files are open (its entry's list of copies changed, or
-        more files were read than it keeps), and the new one must not go back to a copy that
-        was never proven to agree."""
-        handle.copy = source.version
-        with self._files_lock:
-            if source.key == handle.sources[0].key:
-                self._moved.pop(handle.path, None)
-            else:
-                # what this version has served so far, whichever copy it came from, for the
-                # checks of every later change of copies (_agrees)
-                served = dict(handle.passed)
-                served.update((i, d) for i, d in enumerate(handle.digests) if d is not None)
-                handle.passed = served
-                self._moved[handle.path] = (handle.tag, source, served)
-                self._moved.move_to_end(handle.path)
-                if len(self._moved) > MOVED_FILES:
-                    self._moved.popitem(last=False)
 
     def _agrees(self, handle: OpenFile, source: Source, index: int, deadline: float) -> bool:
         """Whether `source` (another copy than the one read so far) has the same bytes in every
@@ -434,10 +416,8 @@ class Reader:
         cached, else the chunks are fetched from it (and cached under it): the price of
         changing copies in the middle of a file, paid once per open file."""
         theirs = self.store.manifest(source.key, source.size, source.mtime_ns)
-        known = dict(handle.passed)
-        known.update((other, digest) for other, digest in enumerate(handle.digests) if digest is not None)
         pending = []
-        for other, ours in known.items():
+        for other, ours in handle.served().items():
             if other == index:
                 continue
             if theirs[other] is not None:
@@ -576,8 +556,9 @@ class Reader:
 
     def _read_ahead(self, handle: OpenFile, index: int) -> None:
         count = chunk_count(handle.size, self.chunk_size)
-        # from the copy the file is being read from (a replica, after a failover)
-        source = next((s for s in handle.sources if s.version == handle.copy), handle.sources[0])
+        source = handle.copy   # the copy the file is being read from (a replica, after a failover)
+        if source not in handle.sources:
+            return   # gone from the catalog: the next read's failover picks (and proves) another
         origin = self.origins.get(source.origin)
         depth = getattr(origin, "readahead_chunks", READAHEAD_CHUNKS)
         span = getattr(origin, "span_chunks", 1)
@@ -606,7 +587,7 @@ class Reader:
             for run in self._runs(source, missing, span):
                 futures = self._fetch_run(source, run)
                 for ahead, future in zip(run, futures):
-                    future.add_done_callback(lambda f, ahead=ahead: self._learn(handle, source.version, ahead, f))
+                    future.add_done_callback(lambda f, ahead=ahead: self._learn(handle, source, ahead, f))
         except Exception:  # readahead is an optimisation; the real read reports errors
             return
 
@@ -639,6 +620,8 @@ class Reader:
             log.debug("prefetching the files after %r failed", handle.path, exc_info=True)
 
     def _was_prefetched(self, path: bytes) -> bool:
+        if not self._prefetched:   # (no remote origin read yet: no lock on the local read path)
+            return False
         with self._files_lock:
             if path not in self._prefetched:
                 return False
@@ -701,7 +684,7 @@ class Reader:
                 del self._inflight[key]
 
     @staticmethod
-    def _learn(handle: OpenFile, copy: tuple, index: int, future: Future) -> None:
+    def _learn(handle: OpenFile, copy: Source, index: int, future: Future) -> None:
         """A chunk read ahead from `copy`: known from now on, if the file is being read from
         that copy (a read may have moved to a replica meanwhile; see _agrees)."""
         if future.cancelled() or future.exception() is not None:
