@@ -69,6 +69,11 @@ MOVED_FILES = 4096
 # Chunks fetched ahead of a sequential reader: enough to hide one origin round trip. An origin
 # may ask for more (Origin.readahead_chunks): a remote one is limited by latency, not bandwidth.
 READAHEAD_CHUNKS = 2
+# While a sequential reader is still in a file's first chunk, it may be a tag reader going on
+# to the embedded cover art (rarely over 2 MiB), and readahead fetches at most this many chunks,
+# in one request: a library scan must not fetch every file's first readahead window. Once the
+# reader is past the first chunk, the origin's full window (Origin.readahead_chunks).
+FIRST_CHUNK_READAHEAD = 3
 # Cached chunks loaded into memory ahead of a sequential reader, whatever the origin's fetch
 # window: they land in the store's small memory of verified chunks (8 MiB), where loading much
 # further ahead would evict them before the reader gets to them.
@@ -371,10 +376,7 @@ class Reader:
                 errors.append(str(e))
                 continue
             try:
-                # A fetch gets read_timeout in total, however many reads wait on it: the kernel
-                # retries a failed readahead page by page, and each retry must not wait anew.
-                until = min(deadline, future.started + self.read_timeout)
-                digest, data = future.result(timeout=max(until - time.monotonic(), 0))
+                digest, data = self._wait(future, deadline)
             except FutureTimeout:
                 self._report(source.origin, ReadTimeout("read timed out"))
                 raise ReadTimeout(f"origin {source.origin} did not answer within {self.read_timeout:g}s") from None
@@ -406,6 +408,19 @@ class Reader:
                 handle.copy = source   # reads of this file go on from it (see _remember_served)
             return digest, data
         raise OriginUnavailable("; ".join(errors) or "no origin can serve this file")
+
+    def _wait(self, future: Future, deadline: float):
+        """The result of a fetch. A fetch gets read_timeout, however many reads wait on it: the
+        kernel retries a failed readahead page by page, and each retry must not wait anew. A
+        chunk of a span gets it from when the chunk before it arrived (see _fetch_span)."""
+        while True:
+            started = future.started
+            until = min(deadline, started + self.read_timeout)
+            try:
+                return future.result(timeout=max(until - time.monotonic(), 0))
+            except FutureTimeout:
+                if future.started == started or time.monotonic() >= deadline:
+                    raise
 
     def _agrees(self, handle: OpenFile, source: Source, index: int, deadline: float) -> bool:
         """Whether `source` (another copy than the one read so far) has the same bytes in every
@@ -488,6 +503,11 @@ class Reader:
                     self._check_length(origin, source, index, piece, length)
                     self.store.misses += 1
                     future.set_result((self._store(source, index, piece), piece))
+                    # A span that is making progress is not hung: each chunk's time to arrive
+                    # counts from the one before it (a large span on a slow link takes longer
+                    # than read_timeout in all).
+                    if index + 1 - first < len(futures):
+                        futures[index + 1 - first].started = time.monotonic()
         except BaseException as e:
             for future in futures:
                 if not future.done():
@@ -562,6 +582,11 @@ class Reader:
         origin = self.origins.get(source.origin)
         depth = getattr(origin, "readahead_chunks", READAHEAD_CHUNKS)
         span = getattr(origin, "span_chunks", 1)
+        first_chunk = index <= 1
+        if first_chunk:
+            # Still in the first chunk: this may be a tag reader going on to the embedded
+            # cover art, which stops soon. Past it, a player or a copy reads to the end.
+            depth = min(depth, FIRST_CHUNK_READAHEAD)
         missing = []
         for ahead in range(index, min(index + depth, count)):
             digest = handle.digests[ahead]
@@ -576,7 +601,7 @@ class Reader:
                                      self._chunk_length(handle.size, ahead), lane=PRELOAD_LANE)
                 continue
             missing.append(ahead)
-        if span > 1 and missing:
+        if span > 1 and missing and not first_chunk:
             # Whole spans, aligned to multiples of `span`: a reader moving one chunk at a time
             # would otherwise start a one-chunk request at the window's edge each step.
             groups = sorted({ahead // span for ahead in missing})
@@ -629,13 +654,13 @@ class Reader:
             return True
 
     def _runs(self, source: Source, indices: list[int], span: int):
-        """The chunks among `indices` nobody is fetching yet, as runs of consecutive ones, each at
-        most `span` long (one origin request each)."""
+        """The chunks among `indices` nobody is fetching yet, as runs of consecutive ones within
+        one span (aligned to multiples of `span`), one origin request each."""
         run: list[int] = []
         with self._inflight_lock:
             free = [index for index in indices if (source.version, index) not in self._inflight]
         for index in free:
-            if run and (index != run[-1] + 1 or len(run) == span):
+            if run and (index != run[-1] + 1 or index % span == 0):
                 yield run
                 run = []
             run.append(index)

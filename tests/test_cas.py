@@ -173,6 +173,40 @@ def test_other_format_version_is_rebuilt(tmp_path):
     storage.close()
 
 
+def test_a_span_slower_in_all_than_the_read_timeout_is_not_a_timeout(tmp_path):
+    """A span of chunks fetched in one request on a slow link may take longer in all than the
+    read timeout; as long as each chunk comes within it after the one before, no read fails."""
+    import time
+
+    from musicfs.origins.local import LocalOrigin
+    from musicfs.service import Service
+
+    from .conftest import make_config
+
+    class SlowLink(LocalOrigin):
+        readahead_chunks = span_chunks = 8
+        per_chunk = 0.3   # the read timeout below is 1 s: an 8-chunk span takes 2.4 s
+
+        def read_pieces(self, relpath, offset, lengths, expect=None):
+            for piece in super().read_pieces(relpath, offset, lengths, expect):
+                time.sleep(self.per_chunk)   # the link's speed, not a synchronisation
+                yield piece
+
+    chunk = 1 << 20
+    data = os.urandom(16 * chunk)
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "f.flac").write_bytes(data)
+    service = Service.open(make_config(tmp_path, [("o", tmp_path / "o")], fuse={"read_timeout": 1}),
+                           origins={"o": SlowLink("o", tmp_path / "o")})
+    try:
+        service.initial_scan()
+        piece = 128 << 10
+        assert b"".join(service.reader.read_path(b"/f.flac", off, piece)
+                        for off in range(0, len(data), piece)) == data
+    finally:
+        service.stop()
+
+
 def test_sequential_read_of_a_cached_file_loads_the_next_chunks_in_background(tmp_path, service_factory):
     from musicfs.pool import CACHE_DISK, PRELOAD_LANE
     from musicfs.reader import READAHEAD_CHUNKS

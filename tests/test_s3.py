@@ -12,6 +12,7 @@ from musicfs import config as config_module
 from musicfs.errors import OriginChanged, OriginMissing, OriginTransient
 from musicfs.origins import build
 from musicfs.origins.s3 import S3Origin
+from musicfs.reader import FIRST_CHUNK_READAHEAD
 from musicfs.service import Service
 
 from .helpers import (FIXTURES, ROOT, BadServer, Daemon, is_mounted, moto_require_credentials, origin_toml,
@@ -222,10 +223,7 @@ class CountingS3(S3Origin):
         return super().read_pieces(relpath, offset, lengths, expect)
 
 
-def test_a_sequential_read_asks_for_several_chunks_per_request(tmp_path, moto, in_process_mount):
-    """One ranged GET per span of chunks ahead of a sequential reader, split into verified
-    chunks that are cached one by one: a second read needs no server at all."""
-    data = os.urandom(20 * MiB + 12345)
+def counting_s3_service(tmp_path, moto, data: bytes):
     moto.client().create_bucket(Bucket="music")
     moto.client().put_object(Bucket="music", Key="long.flac", Body=data)
     config = config_module.parse({"cache": {"dir": str(tmp_path / "cache")}, "log": {"file": str(tmp_path / "log")},
@@ -233,15 +231,38 @@ def test_a_sequential_read_asks_for_several_chunks_per_request(tmp_path, moto, i
     origin = CountingS3(config.origins[0])
     service = Service.open(config, origins={"bucket": origin})
     service.initial_scan()
+    return service, origin
+
+
+def test_a_sequential_read_asks_for_several_chunks_per_request(tmp_path, moto, in_process_mount):
+    """One ranged GET per span of chunks ahead of a sequential reader, split into verified
+    chunks that are cached one by one: a second read needs no server at all. While the reader
+    is in the first chunk, readahead asks for a few chunks only; then for whole spans."""
+    data = os.urandom(40 * MiB + 12345)
+    service, origin = counting_s3_service(tmp_path, moto, data)
     mount = in_process_mount(service)
     assert read_outcome(mount.mountpoint / "long.flac") == data
-    chunks = -(-len(data) // service.store.chunk_size)
+    chunk, span = service.store.chunk_size, origin.span_chunks
     assert sum(origin.reads) == len(data)                       # every byte asked for once
-    assert max(origin.reads) == origin.span_chunks * service.store.chunk_size
-    assert len(origin.reads) <= 1 + -(-(chunks - 1) // origin.span_chunks) + 1
+    assert origin.reads[:2] == [chunk, FIRST_CHUNK_READAHEAD * chunk]
+    # the rest: up to the end of the first span, then whole spans (the last one cut at the end)
+    assert origin.reads[2:] == [(span - 1 - FIRST_CHUNK_READAHEAD) * chunk, len(data) - span * chunk]
     moto.stop()
     service.store.verified.clear()         # from the chunk files, not memory (and not the page cache)
     assert service.reader.read_path(b"/long.flac", 0, len(data)) == data
+
+
+def test_a_tag_reader_going_on_to_the_cover_art_fetches_a_few_chunks_only(tmp_path, moto, in_process_mount):
+    """A tag reader reads a file's start and then goes on (to the embedded art): the readahead
+    its continuation starts fetches a few chunks, not the streaming window of a player."""
+    data = os.urandom(40 * MiB)
+    service, origin = counting_s3_service(tmp_path, moto, data)
+    mount = in_process_mount(service)
+    with open(mount.mountpoint / "long.flac", "rb", buffering=0) as f:
+        assert f.read(4096) == data[:4096]
+        assert f.read(700 * 1024) == data[4096:4096 + 700 * 1024]
+    wait_until(lambda: service.pool.busy("bucket") == 0)    # the readahead it started has finished
+    assert sum(origin.reads) == (1 + FIRST_CHUNK_READAHEAD) * service.store.chunk_size
 
 
 def test_read_pieces_streams_one_version_of_the_object(moto):
