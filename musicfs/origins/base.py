@@ -38,7 +38,7 @@ class Origin(ABC):
 
     # Chunks a sequential reader fetches ahead from this origin, concurrently (within the
     # origin's worker budget): a local disk needs few; a remote origin hides its latency so.
-    # (Until the reader is past a file's first chunk, only the next chunk: see Reader._read_ahead.)
+    # (While the reader is in a file's first chunk, fewer: see reader.FIRST_CHUNK_READAHEAD.)
     readahead_chunks = 2
     # Consecutive chunks a sequential reader's readahead asks for in one request (split and
     # verified into chunks by the reader): worth it where each request costs much more than
