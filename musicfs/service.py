@@ -60,6 +60,9 @@ class Service:
         self.mountpoint: str | None = None  # set by the daemon; published for `musicfs unmount`
         self.config_file: str | None = None  # the file SIGHUP reloads (None: mounted with -O only)
         self.lock = None   # the daemon's CacheLock, renewed if the cache dir is made anew
+        # The chunk directory did not answer at start: its check waits for it (_probe_cache),
+        # and a shutdown before then leaves the cache marked unclean, so the next start checks it.
+        self.recovery_pending = False
         # statvfs of the cache disk (what `df` on the mount shows), refreshed by probe_cache
         self.cache_disk_stats = os.statvfs(config.cache.dir)
         self._rescanning = False
@@ -78,10 +81,15 @@ class Service:
     def open(cls, config: Config, origins: dict | None = None) -> "Service":
         """Build the parts; `origins` replaces the configured ones (tests inject faulty origins)."""
         storage, refused = cls._open_storage(config)
+        silent = None
         if not storage.readonly:
             with storage.begin() as txn:
                 dirty = txn.get(b"dirty", db=storage.meta) == b"1"
-            if dirty or storage.rebuilt:
+            silent = _silent_chunk_dir(storage, config.health.timeout)
+            if silent is not None:
+                log.warning("the chunk directory %s does not answer (%s): serving from origins (passthrough); "
+                            "the cache is checked and used once it answers", storage.chunks_dir, silent)
+            elif dirty or storage.rebuilt:
                 if dirty:
                     log.warning("the last musicfs on %s did not shut down cleanly; checking the cache",
                                 config.cache.dir)
@@ -96,6 +104,8 @@ class Service:
         if refused is not None:
             store.passthrough = True
             store.passthrough_reason = f"cache disk read-only at start ({refused}); caching resumes once it is writable"
+        if silent is not None:
+            store.suspend_loads(f"the chunk directory did not answer at start ({silent})")
         catalog = Catalog(storage)
         if origins is None:
             origins = {o.name: origin_factory.build(o) for o in config.origins}
@@ -110,6 +120,7 @@ class Service:
         reader = Reader(catalog, store, origins, pool, config.fuse.read_timeout, health, scanner,
                         cache_timeout=config.health.timeout)
         service = cls(config, storage, store, catalog, scanner, origins, pool, reader, health)
+        service.recovery_pending = silent is not None
         health.cache_probe = service.probe_cache
         health.on_recovered.append(service.refresh_pins_soon)
         health.on_recovered.append(service._scan_if_never_scanned)
@@ -120,7 +131,7 @@ class Service:
         """The cache index, writable if the disk allows. On a read-only cache disk the stored
         catalog and chunks are still served (read-only, no rescans) and misses pass through."""
         try:
-            return Storage(config.cache.dir), None
+            return Storage(config.cache.dir, chunk_dirs=False), None
         except (OSError, lmdb.Error) as e:
             reason = getattr(e, "strerror", None) or str(e)
             if not (config.cache.dir / ENV_NAME).is_dir() or \
@@ -246,6 +257,15 @@ class Service:
             if _write_error(self.config.cache.dir) is None:
                 self._reopen_cache()
         elif store.passthrough:
+            if self.recovery_pending:
+                # The chunk directory did not answer at start: the start-up check was skipped.
+                # It runs now that it answers, before anything is cached again (this runs in the
+                # cache disk's lane, bounded by the caller: it may hang again).
+                storage.make_chunk_dirs()
+                report = recover(storage)
+                self.recovery_pending = False
+                log.info("chunk directory %s answers: cache checked (%d problems repaired)",
+                         storage.chunks_dir, len(report.findings))
             store.probe_writable()
 
     def _reopen_cache(self) -> None:
@@ -458,8 +478,9 @@ class Service:
         try:
             self.store.flush_access_times()
             self.store.save_counters()
-            with self.storage.begin(write=True) as txn:
-                txn.delete(b"dirty", db=self.storage.meta)
+            if not self.recovery_pending:
+                with self.storage.begin(write=True) as txn:
+                    txn.delete(b"dirty", db=self.storage.meta)
         except Exception as e:  # a dead cache disk: the next start runs recovery instead
             log.warning("could not record a clean shutdown (%s); the next start will check the cache", e)
         finally:
@@ -469,6 +490,31 @@ class Service:
         with contextlib.suppress(OSError):
             status_path(self.config.cache.dir).unlink()
         log.info("musicfs stopped cleanly")
+
+
+def _silent_chunk_dir(storage: Storage, timeout: float) -> str | None:
+    """Make the chunk directories and list the temp one, waiting at most `timeout`: None if
+    that answered (its errors are raised), else why not. chunks/ may live on a disk of its own
+    that hangs (a dead NAS, a dying USB disk), and musicfs must then mount all the same. A
+    thread left waiting on the disk finishes whenever it answers, and harms nothing."""
+    outcome: list = []
+
+    def probe():
+        try:
+            storage.make_chunk_dirs()
+            with os.scandir(storage.tmp_dir) as entries:
+                next(entries, None)
+            outcome.append(None)
+        except BaseException as e:  # noqa: BLE001 - handed to the waiting thread
+            outcome.append(e)
+    thread = threading.Thread(target=probe, name="chunk-dir-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if not outcome:
+        return f"no answer within {timeout:g}s"
+    if outcome[0] is not None:
+        raise outcome[0]
+    return None
 
 
 def _write_error(path) -> OSError | None:

@@ -114,10 +114,14 @@ DATABASES = ("meta", "chunks", "lru", "manifests", "origin_files", "tags", "entr
 class Storage:
     """The LMDB environment of one cache directory, with its named sub-databases as attributes."""
 
-    def __init__(self, cache_dir: Path, *, readonly: bool = False, disk_readonly: bool = False):
+    def __init__(self, cache_dir: Path, *, readonly: bool = False, disk_readonly: bool = False,
+                 chunk_dirs: bool = True):
         """`readonly`: open for reading only (cache stats/verify beside a daemon). `disk_readonly`:
         the cache disk itself refuses writes; LMDB's lock file cannot be written either, so the
-        environment is opened without it (safe: the daemon's flock keeps other writers out)."""
+        environment is opened without it (safe: the daemon's flock keeps other writers out).
+        `chunk_dirs=False`: the caller makes the chunk directories (make_chunk_dirs), bounded:
+        chunks/ may be on a disk that does not answer."""
+        self._chunk_dirs = chunk_dirs
         self.cache_dir = Path(cache_dir)
         self.readonly = readonly or disk_readonly
         self.disk_readonly = disk_readonly
@@ -142,10 +146,15 @@ class Storage:
                          # reboot a tag scan otherwise faults it in one 4 KiB page at a time.
                          sync=False, metasync=False, readahead=True)
 
+    def make_chunk_dirs(self) -> None:
+        self.chunks_dir.mkdir(parents=True, exist_ok=True)
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+
     def _open(self) -> lmdb.Environment:
         if not self.readonly:
-            self.chunks_dir.mkdir(parents=True, exist_ok=True)
-            self.tmp_dir.mkdir(parents=True, exist_ok=True)
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            if self._chunk_dirs:
+                self.make_chunk_dirs()
         try:
             env = self._open_env()
             version = self._read_version(env)
@@ -186,8 +195,7 @@ class Storage:
         # Without the index no chunk can be attributed to a file: start the chunk store empty.
         shutil.rmtree(self.chunks_dir, ignore_errors=True)
         shutil.rmtree(self.tmp_dir, ignore_errors=True)
-        self.chunks_dir.mkdir(parents=True, exist_ok=True)
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.make_chunk_dirs()
         self.rebuilt = True
         env = self._open_env()
         with env.begin(write=True) as txn:
@@ -237,8 +245,7 @@ class Storage:
         os.replace(fresh, self.env_path)
         if aside is not None:
             shutil.rmtree(aside, ignore_errors=True)
-        self.chunks_dir.mkdir(parents=True, exist_ok=True)
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.make_chunk_dirs()
         self.readonly = self.disk_readonly = False
         env = self._open_env()
         handles = {name: env.open_db(name.encode(), create=True) for name in DATABASES}

@@ -9,7 +9,7 @@ import pytest
 
 from musicfs.cas import CacheChecker
 
-from .helpers import chunk_files, read_file, wait_until
+from .helpers import Daemon, chunk_files, read_file, wait_until
 
 pytestmark = [pytest.mark.mount, pytest.mark.slow]
 
@@ -66,6 +66,45 @@ def test_hung_cache_disk_does_not_hang_reads_and_caching_resumes(tmp_path, hung_
         assert cached_digest(service, root, "2.flac") is not None
     finally:
         disk.release()
+        subprocess.run(["umount", "-l", str(chunks)], capture_output=True)
+
+
+def test_a_chunk_disk_that_hangs_before_the_start_does_not_hold_the_mount(tmp_path, hung_origin):
+    """chunks/ on a disk whose server stopped answering before musicfs starts: the mount comes up
+    within the health timeout, serving from the origin; once the disk answers, the skipped
+    start-up check of the cache runs and caching resumes by itself."""
+    disk = hung_origin("chunkdisk").start(writable=True)
+    chunks = tmp_path / "cache" / "chunks"
+    chunks.mkdir(parents=True)
+    subprocess.run(["mount", "--bind", str(disk.path), str(chunks)], check=True)
+    root = tmp_path / "o"
+    files = library(root, 3)
+    daemon = Daemon(tmp_path, [("o", root)], health={"interval": 0.3, "timeout": 1})
+    try:
+        daemon.mount()
+        assert read_file(daemon.path("0.flac")) == files["0.flac"]
+        daemon.stop()
+        cached = chunk_files(chunks)
+        assert cached
+
+        disk.hang()
+        started = time.monotonic()
+        result = daemon.start()
+        assert result.returncode == 0, result.stderr
+        assert time.monotonic() - started < 1 + 10      # the health timeout, and Python's start-up
+        assert disk.held() > 0, "the start never reached the hung disk: this test proves nothing"
+        assert read_file(daemon.path("0.flac")) == files["0.flac"]      # cached, but from the origin now
+        assert read_file(daemon.path("1.flac")) == files["1.flac"]
+        assert "does not answer" in daemon.log()
+
+        disk.release()
+        wait_until(lambda: "cache checked" in daemon.log() and "caching resumed" in daemon.log(), timeout=15,
+                   message="the start-up check to run and caching to resume")
+        assert read_file(daemon.path("2.flac")) == files["2.flac"]
+        assert len(chunk_files(chunks)) > len(cached)     # a read's chunks are stored before it returns
+    finally:
+        disk.release()
+        daemon.stop()
         subprocess.run(["umount", "-l", str(chunks)], capture_output=True)
 
 
