@@ -63,6 +63,7 @@ class Service:
         # The chunk directory did not answer at start: its check waits for it (_probe_cache),
         # and a shutdown before then leaves the cache marked unclean, so the next start checks it.
         self.recovery_pending = False
+        self._probing = threading.Lock()   # held while a probe of the cache disk runs (probe_cache)
         # statvfs of the cache disk (what `df` on the mount shows), refreshed by probe_cache
         self.cache_disk_stats = os.statvfs(config.cache.dir)
         self._rescanning = False
@@ -236,7 +237,13 @@ class Service:
         the cache dir is still there. Bounded: the cache disk may be what hangs."""
         if self.stopping:
             return
+        # One probe at a time: one that has not come back is waiting on a disk that still does
+        # not answer, and the next must neither pile up beside it nor, when the disk answers,
+        # run the cache's deferred check at the same time as it.
+        if not self._probing.acquire(blocking=False):
+            return
         future = self.pool.submit(CACHE_DISK, self._probe_cache, lane=LOAD_LANE)
+        future.add_done_callback(lambda _: self._probing.release())
         try:
             future.result(timeout=self.config.health.timeout)
         except FutureTimeout:

@@ -59,6 +59,10 @@ def test_hung_cache_disk_does_not_hang_reads_and_caching_resumes(tmp_path, hung_
         assert read_file(mount.mountpoint / "3.flac") == files["3.flac"]     # misses pass through
         assert os.statvfs(mount.mountpoint).f_namemax == 255                 # df does not hang either
         assert service.health.status["o"].state == "healthy"
+        held = disk.held()
+        for _ in range(3):
+            service.probe_cache()     # waits at most [health].timeout
+        assert disk.held() <= held + 1, "each probe of the hung disk left one more worker waiting on it"
 
         disk.release()
         wait_until(lambda: not service.store.passthrough, timeout=10, message="caching to resume")
