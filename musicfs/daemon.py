@@ -9,6 +9,8 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import resource
+import select
 import signal
 import subprocess
 import sys
@@ -88,15 +90,13 @@ def mount(config: Config, mountpoint: Path, *, foreground: bool, fuse_options: d
     command-line overrides."""
     mountpoint = Path(os.path.abspath(mountpoint))
     check_mountpoint(mountpoint)
-    try:
-        config.cache.dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise StartupError(f"cannot create cache dir {config.cache.dir}: {e.strerror}; set [cache].dir or --cache-dir") from None
+    # The first touch of the cache disk: one that hangs must not hang `musicfs MOUNTPOINT`. A
+    # disk spinning up answers well within a read's timeout.
+    if not _answers_within(config.cache.dir, config.fuse.read_timeout):
+        raise StartupError(f"the cache dir {config.cache.dir} does not answer within {config.fuse.read_timeout:g}s "
+                           "(its disk hangs?); musicfs cannot show the library without the index kept there")
     lock = CacheLock(config.cache.dir)
-    try:
-        lock.acquire()
-    except OSError as e:
-        raise StartupError(f"cannot lock {lock.path}: {e.strerror}") from None
+    _lock_cache_dir(config, lock)
     if foreground:
         logs.setup(config.log.file, config.log.level, verbose=verbose, stderr=True)
         progress = _Progress()
@@ -105,6 +105,45 @@ def mount(config: Config, mountpoint: Path, *, foreground: bool, fuse_options: d
              else progress.end(), load_config=load_config)
         return
     _daemonize(config, mountpoint, lock, fuse_options, verbose, load_config)
+
+
+def _answers_within(directory: Path, timeout: float) -> bool:
+    """Whether `directory` can be looked up (or made) within `timeout`. Asked by a child
+    process: a process whose thread waits on a disk that hangs cannot exit until the disk
+    answers, and this one must be able to exit with an error. A child left waiting ends
+    whenever the disk answers; init reaps it."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            # A child left waiting must not hold the caller's output open (a pipe's reader
+            # would wait for it), nor anything else.
+            devnull = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(devnull, fd)
+            os.closerange(3, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+            directory.mkdir(parents=True, exist_ok=True)
+            os.listdir(directory)
+        finally:
+            os._exit(0)   # its errors are for the caller to meet again, and explain
+    pidfd = os.pidfd_open(pid)
+    try:
+        answered, _, _ = select.select([pidfd], [], [], timeout)
+    finally:
+        os.close(pidfd)
+    if answered:
+        os.waitpid(pid, 0)
+    return bool(answered)
+
+
+def _lock_cache_dir(config: Config, lock: CacheLock) -> None:
+    try:
+        config.cache.dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StartupError(f"cannot create cache dir {config.cache.dir}: {e.strerror}; set [cache].dir or --cache-dir") from None
+    try:
+        lock.acquire()
+    except OSError as e:
+        raise StartupError(f"cannot lock {lock.path}: {e.strerror}") from None
 
 
 def _daemonize(config, mountpoint, lock: CacheLock, fuse_options, verbose, load_config) -> None:

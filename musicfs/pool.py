@@ -132,3 +132,26 @@ class OriginPool:
                 except InvalidStateError:
                     pass  # it finished meanwhile
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def finished_within(timeout: float, fn, *args) -> bool:
+    """Run fn(*args) in a thread of its own, waiting at most `timeout`: True if it returned
+    (what it raised is raised here), False if it is still running - waiting on a disk that
+    does not answer. For start-up, before the pool exists; the thread is a daemon thread and
+    ends whenever the disk answers, or with the process."""
+    outcome: list = []
+
+    def run():
+        try:
+            fn(*args)
+            outcome.append(None)
+        except BaseException as e:  # noqa: BLE001 - handed to the waiting thread
+            outcome.append(e)
+    thread = threading.Thread(target=run, name=f"bounded-{getattr(fn, '__name__', 'call')}", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if not outcome:
+        return False
+    if outcome[0] is not None:
+        raise outcome[0]
+    return True

@@ -26,7 +26,7 @@ from .layout import Template
 from .live import config_summary, process_started_at, status_path, write_status
 from .origins import LocalOrigin
 from .pinning import Pinner
-from .pool import CACHE_DISK, CHECK_LANE, LOAD_LANE, LOAD_WORKERS, PRELOAD_WORKERS, OriginPool
+from .pool import CACHE_DISK, CHECK_LANE, LOAD_LANE, LOAD_WORKERS, PRELOAD_WORKERS, OriginPool, finished_within
 from .reader import Reader
 from .storage import ENV_NAME, Storage
 from .view import TagView
@@ -119,7 +119,7 @@ class Service:
                           per_origin=config.health.workers_per_origin)
         health = HealthMonitor(list(origins.values()), pool, config.health)
         reader = Reader(catalog, store, origins, pool, config.fuse.read_timeout, health, scanner,
-                        cache_timeout=config.health.timeout)
+                        cache_timeout=config.health.timeout, kernel_readahead=config.fuse.read_ahead)
         service = cls(config, storage, store, catalog, scanner, origins, pool, reader, health)
         service.recovery_pending = silent is not None
         health.cache_probe = service.probe_cache
@@ -502,26 +502,12 @@ class Service:
 def _silent_chunk_dir(storage: Storage, timeout: float) -> str | None:
     """Make the chunk directories and list the temp one, waiting at most `timeout`: None if
     that answered (its errors are raised), else why not. chunks/ may live on a disk of its own
-    that hangs (a dead NAS, a dying USB disk), and musicfs must then mount all the same. A
-    thread left waiting on the disk finishes whenever it answers, and harms nothing."""
-    outcome: list = []
-
+    that hangs (a dead NAS, a dying USB disk), and musicfs must then mount all the same."""
     def probe():
-        try:
-            storage.make_chunk_dirs()
-            with os.scandir(storage.tmp_dir) as entries:
-                next(entries, None)
-            outcome.append(None)
-        except BaseException as e:  # noqa: BLE001 - handed to the waiting thread
-            outcome.append(e)
-    thread = threading.Thread(target=probe, name="chunk-dir-probe", daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if not outcome:
-        return f"no answer within {timeout:g}s"
-    if outcome[0] is not None:
-        raise outcome[0]
-    return None
+        storage.make_chunk_dirs()
+        with os.scandir(storage.tmp_dir) as entries:
+            next(entries, None)
+    return None if finished_within(timeout, probe) else f"no answer within {timeout:g}s"
 
 
 def _write_error(path) -> OSError | None:

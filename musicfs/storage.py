@@ -193,9 +193,12 @@ class Storage:
             os.replace(self.env_path, aside)
             log.warning("moved the unreadable index to %s", aside)
         # Without the index no chunk can be attributed to a file: start the chunk store empty.
-        shutil.rmtree(self.chunks_dir, ignore_errors=True)
-        shutil.rmtree(self.tmp_dir, ignore_errors=True)
-        self.make_chunk_dirs()
+        # A caller that makes the chunk directories itself (they may be on a disk that hangs)
+        # leaves that to its recovery, to which every chunk file is then an orphan.
+        if self._chunk_dirs:
+            shutil.rmtree(self.chunks_dir, ignore_errors=True)
+            shutil.rmtree(self.tmp_dir, ignore_errors=True)
+            self.make_chunk_dirs()
         self.rebuilt = True
         env = self._open_env()
         with env.begin(write=True) as txn:

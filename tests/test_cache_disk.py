@@ -112,6 +112,31 @@ def test_a_chunk_disk_that_hangs_before_the_start_does_not_hold_the_mount(tmp_pa
         subprocess.run(["umount", "-l", str(chunks)], capture_output=True)
 
 
+def test_a_cache_dir_that_hangs_before_the_start_is_a_clear_error_not_a_hang(tmp_path, hung_origin):
+    """The whole cache dir (the index with the stored catalog) on a disk that stopped answering:
+    without the index there is no library to show, so `musicfs MOUNTPOINT` says so, in one
+    line, within the read timeout - it does not wait for the disk."""
+    disk = hung_origin("cachedisk").start(writable=True)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    subprocess.run(["mount", "--bind", str(disk.path), str(cache)], check=True)
+    daemon = Daemon(tmp_path, [("o", tmp_path / "o")], fuse={"read_timeout": 2})
+    library(tmp_path / "o", 1)
+    try:
+        disk.hang()
+        started = time.monotonic()
+        result = daemon.start()
+        assert result.returncode != 0
+        assert time.monotonic() - started < 2 + 10       # the read timeout, and Python's start-up
+        assert disk.held() > 0, "the start never reached the hung disk: this test proves nothing"
+        assert f"the cache dir {cache} does not answer" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    finally:
+        disk.release()
+        daemon.stop()
+        subprocess.run(["umount", "-l", str(cache)], capture_output=True)
+
+
 def test_cache_dir_deleted_under_the_daemon_is_made_again(tmp_path, mounted):
     root = tmp_path / "o"
     files = library(root, 4)
