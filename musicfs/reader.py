@@ -69,11 +69,14 @@ MOVED_FILES = 4096
 # Chunks fetched ahead of a sequential reader: enough to hide one origin round trip. An origin
 # may ask for more (Origin.readahead_chunks): a remote one is limited by latency, not bandwidth.
 READAHEAD_CHUNKS = 2
-# While a sequential reader is still in a file's first chunk, it may be a tag reader going on
-# to the embedded cover art (rarely over 2 MiB), and readahead fetches at most this many chunks,
-# in one request: a library scan must not fetch every file's first readahead window. Once the
-# reader is past the first chunk, the origin's full window (Origin.readahead_chunks).
-FIRST_CHUNK_READAHEAD = 3
+# A sequential reader may be a tag reader going on to the embedded cover art (mostly well under
+# 1 MiB), which stops soon, until its reads are past the first chunk plus the kernel's
+# read-ahead (the kernel reads that far ahead of a program that is about to stop). Until then
+# readahead goes no further than this many chunks past that point, in one request: a library
+# scan must not fetch every file's readahead window. After it, the origin's full window.
+TAG_READER_EXTRA_CHUNKS = 1
+# The kernel's read-ahead of a FUSE mount unless [fuse] read_ahead raises it.
+KERNEL_READAHEAD = 128 << 10
 # Cached chunks loaded into memory ahead of a sequential reader, whatever the origin's fetch
 # window: they land in the store's small memory of verified chunks (8 MiB), where loading much
 # further ahead would evict them before the reader gets to them.
@@ -111,6 +114,9 @@ class OpenFile:
     # index -> digest of chunks served but not (or no longer) in `digests`: served in passthrough,
     # or from another copy before a failover
     passed: dict = field(default_factory=dict)
+    # index -> digest of chunks read ahead of the reader while the cache was in passthrough,
+    # held in the store's memory of verified chunks only (from the copy being read)
+    ahead: dict = field(default_factory=dict)
     next_offset: int = -1    # where a sequential reader will read next
     preloaded: int = -1      # highest cached chunk already handed to a background load
     followed: bool = False   # the files after it in its folder were considered (_prefetch_next_files)
@@ -126,7 +132,7 @@ class OpenFile:
 class Reader:
     def __init__(self, catalog: Catalog, store: ChunkStore, origins: dict[str, Origin],
                  pool: OriginPool, read_timeout: float, health=None, scanner=None,
-                 cache_timeout: float = 5.0):
+                 cache_timeout: float = 5.0, kernel_readahead: int = 0):
         self.catalog = catalog
         self.scanner = scanner   # refreshes catalog entries a read found changed or gone
         self.store = store
@@ -136,6 +142,8 @@ class Reader:
         self.cache_timeout = cache_timeout   # how long a load from the cache disk may take
         self.health = health
         self.chunk_size = store.chunk_size
+        # Reads up to this chunk may still be a tag reader's (see TAG_READER_EXTRA_CHUNKS).
+        self.tag_reader_chunks = 1 + -(-(kernel_readahead or KERNEL_READAHEAD) // self.chunk_size)
         self._inflight: dict[tuple[bytes, int], Future] = {}
         self._inflight_lock = threading.Lock()
         self._files: collections.OrderedDict[bytes, OpenFile] = collections.OrderedDict()
@@ -343,11 +351,20 @@ class Reader:
                 return self._cached(digest, self._chunk_length(handle.size, index), deadline)
             except (ChunkMissing, ChunkCorrupt):
                 pass  # dropped by the store, or its disk hangs: fetched below, and must be the same bytes
+        else:
+            # Passthrough: the chunk may be in memory, served to the read before (the kernel
+            # asks for a chunk in 128 KiB pieces) or read ahead.
+            held = handle.passed.get(index) or handle.ahead.get(index)
+            data = self.store.get_verified(held) if held is not None else None
+            if data is not None:
+                handle.passed[index] = held
+                return data
         digest, data = self._fetch_with_failover(handle, index, deadline)
         if digest is not None:
             handle.digests[index] = digest
         else:   # not cached (passthrough): what was served must stay known all the same (_agrees)
-            handle.passed[index] = digest_of(data)
+            handle.passed[index] = digest = digest_of(data)
+            self.store.verified.add(digest, data)
         return data
 
     def _cached(self, digest: bytes, length: int, deadline: float) -> bytes:
@@ -376,8 +393,13 @@ class Reader:
                 errors.append(str(e))
                 continue
             try:
-                digest, data = self._wait(future, deadline)
+                digest, data = self._wait_or_refetch(future, source, index, deadline)
             except FutureTimeout:
+                if time.monotonic() - future.started < self.read_timeout:
+                    # A span still arriving, too slowly for this read (one that skipped ahead
+                    # into it): slow, not failing.
+                    raise ReadTimeout(f"origin {source.origin} is sending this part of the file too slowly; "
+                                      f"it did not come within {self.read_timeout:g}s") from None
                 self._report(source.origin, ReadTimeout("read timed out"))
                 raise ReadTimeout(f"origin {source.origin} did not answer within {self.read_timeout:g}s") from None
             except CancelledError:
@@ -406,8 +428,24 @@ class Reader:
                     errors.append(f"{source.origin}: holds another version of this file than the one read so far")
                     continue
                 handle.copy = source   # reads of this file go on from it (see _remember_served)
+                handle.ahead.clear()   # read ahead from the copy before
             return digest, data
         raise OriginUnavailable("; ".join(errors) or "no origin can serve this file")
+
+    def _wait_or_refetch(self, future: Future, source: Source, index: int, deadline: float):
+        """The result of a fetch; if it was a span whose request broke off before this chunk
+        (a dropped connection), this chunk alone, asked for again with the usual retries: the
+        span's failure says little about the origin, and its other chunks may have arrived."""
+        try:
+            return self._wait(future, deadline)
+        except (OriginUnavailable, OSError):
+            if not getattr(future, "span", False):
+                raise
+        key = (source.version, index)
+        with self._inflight_lock:
+            if self._inflight.get(key) is future:   # its waiters may wake before it is forgotten
+                del self._inflight[key]
+        return self._wait(self._fetch(source, index), deadline)
 
     def _wait(self, future: Future, deadline: float):
         """The result of a fetch. A fetch gets read_timeout, however many reads wait on it: the
@@ -503,11 +541,12 @@ class Reader:
                     self._check_length(origin, source, index, piece, length)
                     self.store.misses += 1
                     future.set_result((self._store(source, index, piece), piece))
-                    # A span that is making progress is not hung: each chunk's time to arrive
-                    # counts from the one before it (a large span on a slow link takes longer
-                    # than read_timeout in all).
-                    if index + 1 - first < len(futures):
-                        futures[index + 1 - first].started = time.monotonic()
+                    # A span that is making progress is not hung: the time its chunks take to
+                    # arrive counts from the last one that did (a large span on a slow link
+                    # takes longer than read_timeout in all).
+                    now = time.monotonic()
+                    for waiting in futures[index + 1 - first:]:
+                        waiting.started = now
         except BaseException as e:
             for future in futures:
                 if not future.done():
@@ -582,17 +621,20 @@ class Reader:
         origin = self.origins.get(source.origin)
         depth = getattr(origin, "readahead_chunks", READAHEAD_CHUNKS)
         span = getattr(origin, "span_chunks", 1)
-        first_chunk = index <= 1
-        if first_chunk:
-            # Still in the first chunk: this may be a tag reader going on to the embedded
-            # cover art, which stops soon. Past it, a player or a copy reads to the end.
-            depth = min(depth, FIRST_CHUNK_READAHEAD)
+        tag_reader = index <= self.tag_reader_chunks
+        if tag_reader:
+            # Maybe a tag reader going on to the cover art, which stops soon; past this point,
+            # a player or a copy, which reads to the end.
+            depth = min(depth, self.tag_reader_chunks + TAG_READER_EXTRA_CHUNKS + 1 - index)
+        if self.store.passthrough:
+            # What is read ahead now waits in memory for its read (the store's memory of
+            # verified chunks): no further ahead than it holds, with room for the reader.
+            held = max(self.store.verified.capacity // self.chunk_size // 2, 1)
+            depth, span = min(depth, held), min(span, held)
         missing = []
         for ahead in range(index, min(index + depth, count)):
             digest = handle.digests[ahead]
-            if digest is not None:
-                if self.store.loads_suspended:
-                    continue
+            if digest is not None and not self.store.loads_suspended:
                 # Cached: load and verify it in the background, so the reader does not wait
                 # for one chunk file after another (the kernel reads ahead only within a file).
                 if handle.preloaded < ahead < index + PRELOAD_AHEAD:
@@ -600,21 +642,28 @@ class Reader:
                     self.pool.submit(CACHE_DISK, self.store.preload, digest,
                                      self._chunk_length(handle.size, ahead), lane=PRELOAD_LANE)
                 continue
-            missing.append(ahead)
-        if span > 1 and missing and not first_chunk:
+            if not self._in_memory(handle, ahead):
+                missing.append(ahead)
+        if span > 1 and missing and not tag_reader:
             # Whole spans, aligned to multiples of `span`: a reader moving one chunk at a time
             # would otherwise start a one-chunk request at the window's edge each step.
             groups = sorted({ahead // span for ahead in missing})
             missing = [ahead for group in groups
                        for ahead in range(max(group * span, index), min((group + 1) * span, count))
-                       if handle.digests[ahead] is None]
+                       if handle.digests[ahead] is None and not self._in_memory(handle, ahead)]
         try:
             for run in self._runs(source, missing, span):
                 futures = self._fetch_run(source, run)
                 for ahead, future in zip(run, futures):
-                    future.add_done_callback(lambda f, ahead=ahead: self._learn(handle, source, ahead, f))
+                    future.add_done_callback(functools.partial(self._learn, handle, source, ahead))
         except Exception:  # readahead is an optimisation; the real read reports errors
             return
+
+    def _in_memory(self, handle: OpenFile, index: int) -> bool:
+        """Whether a chunk that is not to be had from the cache disk (passthrough) is in memory,
+        served or read ahead before."""
+        held = handle.ahead.get(index) or handle.passed.get(index) or handle.digests[index]
+        return held is not None and self.store.verified.get(held) is not None
 
     def _prefetch_next_files(self, handle: OpenFile) -> None:
         """Start fetching the first chunk of the next files in this file's folder (at most the
@@ -685,6 +734,7 @@ class Reader:
             now = time.monotonic()
             for index, future in zip(run, futures):
                 future.started = now
+                future.span = True
                 self._inflight[(source.version, index)] = future
         for index, future in zip(run, futures):
             future.add_done_callback(functools.partial(self._forget, (source.version, index)))
@@ -708,12 +758,19 @@ class Reader:
             if self._inflight.get(key) is done:
                 del self._inflight[key]
 
-    @staticmethod
-    def _learn(handle: OpenFile, copy: Source, index: int, future: Future) -> None:
+    def _learn(self, handle: OpenFile, copy: Source, index: int, future: Future) -> None:
         """A chunk read ahead from `copy`: known from now on, if the file is being read from
-        that copy (a read may have moved to a replica meanwhile; see _agrees)."""
-        if future.cancelled() or future.exception() is not None:
+        that copy (a read may have moved to a replica meanwhile; see _agrees). Read ahead in
+        passthrough, it is not cached: it is kept in memory for the read to come."""
+        if future.cancelled() or future.exception() is not None or handle.copy != copy:
             return
-        digest = future.result()[0]
-        if digest is not None and handle.digests[index] is None and handle.copy == copy:
+        digest, data = future.result()
+        if digest is None:
+            # Keyed by its bytes' digest: a read finds it only if that is the digest it expects
+            # (a chunk cached before, or served before) or expects nothing yet.
+            digest = digest_of(data)
+            self.store.verified.add(digest, data)
+            if handle.digests[index] is None:
+                handle.ahead[index] = digest
+        elif handle.digests[index] is None:
             handle.digests[index] = digest

@@ -185,6 +185,8 @@ class InProcessMount:
         if not ready.wait(30) or self.error:
             raise RuntimeError(f"in-process mount failed: {self.error}")
         os.stat(mountpoint)  # returns once the kernel has finished INIT
+        from musicfs.daemon import set_read_ahead
+        set_read_ahead(mountpoint, service.config.fuse.read_ahead)   # as the daemon does
 
     def stop(self) -> None:
         with contextlib.suppress(Exception):
@@ -457,6 +459,105 @@ class BadServer:
         self.listener.close()
         self._thread.join(timeout=5)
         for conn in self._held:
+            conn.close()
+
+
+class FaultyProxy:
+    """A TCP proxy on 127.0.0.1 in front of a real server, for faults in the middle of its
+    answers: `trickle(after)` lets `after` more bytes of the server's answers pass on each
+    connection, then one byte every `interval` seconds (each in time for any socket timeout:
+    a server that never quite stops); `cut_once(after)` closes the next connection to carry
+    an answer after `after` bytes of it (a dropped connection); `normal()` passes everything."""
+
+    def __init__(self, port: int, interval: float = 0.2):
+        import socket
+        self.target = port
+        self.interval = interval
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.port = self.listener.getsockname()[1]
+        self._mode = ("normal", 0)
+        self._generation = 0
+        self._cut_armed = False
+        self._lock = threading.Lock()
+        self._conns = []
+        threading.Thread(target=self._accept, name="proxy", daemon=True).start()
+
+    def normal(self):
+        self._set("normal", 0)
+
+    def trickle(self, after: int):
+        self._set("trickle", after)
+
+    def cut_once(self, after: int):
+        with self._lock:
+            self._cut_armed = True
+            self._mode = ("cut", after)
+            self._generation += 1
+
+    def _set(self, mode, after):
+        with self._lock:
+            self._mode = (mode, after)
+            self._generation += 1
+
+    def _accept(self):
+        import socket
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.target))
+            self._conns += [client, server]
+            threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
+
+    def _pump(self, source, sink, answers):
+        generation, passed, cutting = -1, 0, False
+        try:
+            while data := source.recv(65536):
+                if not answers:
+                    sink.sendall(data)
+                    continue
+                with self._lock:
+                    (mode, after), now = self._mode, self._generation
+                    if now != generation:
+                        generation, passed, cutting = now, 0, False
+                    if mode == "cut" and self._cut_armed:
+                        self._cut_armed, cutting = False, True
+                if cutting:
+                    sink.sendall(data[:max(after - passed, 0)])
+                    passed += len(data)
+                    if passed >= after:
+                        raise OSError("cut")
+                    continue
+                if mode != "trickle" or passed + len(data) <= after:
+                    passed += len(data)
+                    sink.sendall(data)
+                    continue
+                head = max(after - passed, 0)
+                sink.sendall(data[:head])
+                passed += len(data)
+                for at in range(head, len(data)):
+                    if self._generation != generation:   # back to normal: the rest at once
+                        sink.sendall(data[at:])
+                        break
+                    time.sleep(self.interval)    # the link's speed, not a synchronisation
+                    sink.sendall(data[at:at + 1])
+        except OSError:
+            pass
+        finally:
+            for conn in (source, sink):
+                with contextlib.suppress(OSError):
+                    conn.shutdown(2)
+                conn.close()
+
+    def stop(self):
+        self.listener.close()
+        for conn in self._conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(2)
             conn.close()
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from musicfs.cas import CacheChecker, ChunkStore, digest_of, recover
-from musicfs.errors import ChunkCorrupt, ChunkMissing
+from musicfs.errors import ChunkCorrupt, ChunkMissing, ReadTimeout
 from musicfs.storage import FORMAT_VERSION, Storage
 
 from .helpers import chunk_bytes_on_disk, chunk_files, wait_until
@@ -196,6 +196,7 @@ def test_a_span_slower_in_all_than_the_read_timeout_is_not_a_timeout(tmp_path):
     data = os.urandom(16 * chunk)
     (tmp_path / "o").mkdir()
     (tmp_path / "o" / "f.flac").write_bytes(data)
+    (tmp_path / "o" / "g.flac").write_bytes(data)
     service = Service.open(make_config(tmp_path, [("o", tmp_path / "o")], fuse={"read_timeout": 1}),
                            origins={"o": SlowLink("o", tmp_path / "o")})
     try:
@@ -203,6 +204,13 @@ def test_a_span_slower_in_all_than_the_read_timeout_is_not_a_timeout(tmp_path):
         piece = 128 << 10
         assert b"".join(service.reader.read_path(b"/f.flac", off, piece)
                         for off in range(0, len(data), piece)) == data
+        # A reader skipping far ahead into a span still arriving waits for its chunk no longer
+        # than a read may; that is the link's slowness, not the origin failing.
+        for off in range(0, 4 * chunk, piece):     # starts the span of chunks 8-15
+            service.reader.read_path(b"/g.flac", off, piece)
+        with pytest.raises(ReadTimeout, match="too slowly"):
+            service.reader.read_path(b"/g.flac", 15 * chunk, piece)
+        assert service.health.status["o"].state == "healthy"
     finally:
         service.stop()
 

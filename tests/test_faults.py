@@ -268,6 +268,26 @@ def test_passthrough_mode_when_cache_disk_dead(tmp_path, chunk_disk, mounted):
     assert CacheChecker(service.storage, repair=False).run(digests=True).consistent
 
 
+def test_passthrough_asks_the_origin_for_each_chunk_once(tmp_path, chunk_disk, mounted):
+    """With the cache disk dead, a chunk served to one read (the kernel asks for a chunk in
+    128 KiB pieces) or read ahead stays in memory for the reads to come: the origin is asked
+    for each chunk once, not once a piece."""
+    disk = chunk_disk(tmp_path / "cache", "64M")
+    files = {"first.flac": os.urandom(MiB), "long.flac": os.urandom(6 * MiB + 5)}
+    root = library(tmp_path, "o", files)
+    service, mount = mounted([("o", root)], faulty={"o"}, fuse_options={"direct_io": True})
+    subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+    try:
+        assert read_file(mount.mountpoint / "first.flac") == files["first.flac"]
+        assert service.store.passthrough
+        origin = service.origins["o"]
+        before = origin.calls["read"]
+        assert read_file(mount.mountpoint / "long.flac") == files["long.flac"]
+        assert origin.calls["read"] - before == 7
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(disk)], check=True)
+
+
 @pytest.mark.parametrize("scan_meanwhile", [False, True], ids=["open", "read-state-dropped-by-a-scan"])
 def test_no_mix_of_replicas_in_passthrough_either(tmp_path, chunk_disk, mounted, scan_meanwhile):
     """With the cache disk dead nothing is cached, but what a file served is still remembered -

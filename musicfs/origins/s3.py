@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 import boto3
 import botocore.config
 import botocore.exceptions
+import urllib3.exceptions
 
 from ..errors import (ConfigError, OriginChanged, OriginMisconfigured, OriginMissing, OriginTransient,
                       OriginUnavailable)
@@ -125,12 +126,15 @@ class S3Origin(Origin):
         return retrying(attempt, deadline=time.monotonic() + self.timeout, attempt_timeout=self.attempt_timeout,
                         what=f"origin {self.name}")
 
+    def _where(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
+
     def _translate(self, error: BaseException, key: str) -> BaseException:
         """botocore's errors as musicfs's: a missing key is ENOENT (a catalog change), a missing
         bucket or refused credentials a misconfiguration, a replaced object OriginChanged, a
         lost connection or a server saying "not now" OriginTransient (retried), the rest
         OriginUnavailable."""
-        what = f"s3://{self.bucket}/{key}"
+        what = self._where(key)
         if isinstance(error, (OriginUnavailable, OriginChanged)):
             return error
         if isinstance(error, botocore.exceptions.ClientError):
@@ -165,7 +169,7 @@ class S3Origin(Origin):
                                            f"check endpoint_url")
             return OriginTransient(f"cannot connect to {where} ({getattr(cause, 'strerror', None) or cause})")
         if isinstance(error, (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError,
-                              botocore.exceptions.IncompleteReadError, OSError)):
+                              botocore.exceptions.IncompleteReadError, urllib3.exceptions.HTTPError, OSError)):
             # timed out, reset, closed before the body ended
             return OriginTransient(f"{what}: {error}")
         if isinstance(error, botocore.exceptions.BotoCoreError):
@@ -228,7 +232,8 @@ class S3Origin(Origin):
             return b""
         key = self._key(relpath)
         # the body is read inside the attempt: a connection lost mid-body is retried
-        response, data = self._get(key, offset, size, expect, lambda body: body.read())
+        response, data = self._get(key, offset, size, expect,
+                                   lambda response: _Answer(response, self.timeout, self._where(key)).take(size))
         return data
 
     def read_pieces(self, relpath: bytes, offset: int, lengths: list[int],
@@ -237,17 +242,11 @@ class S3Origin(Origin):
         its chunk, not for the whole span). A failure mid-body ends the pieces, not retried:
         the pieces already handed out are good, and the reader fetches the rest on its own."""
         key = self._key(relpath)
-        response, body = self._get(key, offset, sum(lengths), expect, lambda body: body)
+        response, body = self._get(key, offset, sum(lengths), expect, lambda response: response["Body"])
+        answer = _Answer(response, self.timeout, self._where(key))
         try:
             for length in lengths:
-                parts, got = [], 0
-                while got < length:
-                    part = body.read(length - got)
-                    if not part:
-                        break    # the end of the object: the caller sees a short piece
-                    parts.append(part)
-                    got += len(part)
-                yield b"".join(parts)
+                yield answer.take(length)
         except Exception as e:  # noqa: BLE001 - translated here
             raise self._translate(e, key) from None
         finally:
@@ -263,7 +262,7 @@ class S3Origin(Origin):
 
         def get():
             response = self.client.get_object(**request)
-            return response, take(response["Body"])
+            return response, take(response)
         try:
             response, taken = self._request(key, get)
         except OriginChanged as error:
@@ -290,3 +289,41 @@ class S3Origin(Origin):
 
     def close(self) -> None:
         self.client.close()
+
+
+class _Answer:
+    """A GET's body, taken piece by piece, each within the origin's timeout: a server that
+    trickles its answer out, every packet in time for the socket's timeout, would otherwise
+    hold the worker (and a span's chunks) as long as it likes. urllib3's read1 returns what one
+    receive brought, so the time is looked at between receives; botocore keeps urllib3's
+    response in a private attribute, and without it the body's own read (which waits for all
+    the bytes asked for) is what is left. A body that ends before its Content-Length is a lost
+    connection, not the object's end."""
+
+    def __init__(self, response: dict, timeout: float, what: str):
+        body = response["Body"]
+        self._read = getattr(getattr(body, "_raw_stream", None), "read1", None) or body.read
+        self.left = response.get("ContentLength")
+        self.timeout = timeout
+        self.what = what
+
+    def take(self, length: int) -> bytes:
+        """The next `length` bytes (fewer only where the body ends)."""
+        if self.left is not None:
+            length = min(length, self.left)
+        deadline = time.monotonic() + self.timeout
+        parts, got = [], 0
+        while got < length:
+            if time.monotonic() > deadline:
+                raise OriginTransient(f"{self.what}: less than {length} bytes came in {self.timeout:g}s")
+            part = self._read(length - got)
+            if not part:
+                if self.left is not None:
+                    raise OriginTransient(f"{self.what}: the connection closed {self.left - got} bytes "
+                                          f"before the end of the answer")
+                break
+            parts.append(part)
+            got += len(part)
+        if self.left is not None:
+            self.left -= got
+        return b"".join(parts)
