@@ -77,6 +77,9 @@ READAHEAD_CHUNKS = 2
 TAG_READER_EXTRA_CHUNKS = 1
 # The kernel's read-ahead of a FUSE mount unless [fuse] read_ahead raises it.
 KERNEL_READAHEAD = 128 << 10
+# Chunks fetched while the cache is in passthrough whose digests are kept, for their reads to
+# find them in the store's memory of verified chunks (8 MiB, 8 chunks: a few more than fit).
+PASSED_THROUGH_KEPT = 64
 # Cached chunks loaded into memory ahead of a sequential reader, whatever the origin's fetch
 # window: they land in the store's small memory of verified chunks (8 MiB), where loading much
 # further ahead would evict them before the reader gets to them.
@@ -114,9 +117,6 @@ class OpenFile:
     # index -> digest of chunks served but not (or no longer) in `digests`: served in passthrough,
     # or from another copy before a failover
     passed: dict = field(default_factory=dict)
-    # index -> digest of chunks read ahead of the reader while the cache was in passthrough,
-    # held in the store's memory of verified chunks only (from the copy being read)
-    ahead: dict = field(default_factory=dict)
     next_offset: int = -1    # where a sequential reader will read next
     preloaded: int = -1      # highest cached chunk already handed to a background load
     followed: bool = False   # the files after it in its folder were considered (_prefetch_next_files)
@@ -145,6 +145,8 @@ class Reader:
         # Reads up to this chunk may still be a tag reader's (see TAG_READER_EXTRA_CHUNKS).
         self.tag_reader_chunks = 1 + -(-(kernel_readahead or KERNEL_READAHEAD) // self.chunk_size)
         self._inflight: dict[tuple[bytes, int], Future] = {}
+        # (version, index) -> digest of the chunks last fetched in passthrough (see _store)
+        self._passed_through: collections.OrderedDict[tuple, bytes] = collections.OrderedDict()
         self._inflight_lock = threading.Lock()
         self._files: collections.OrderedDict[bytes, OpenFile] = collections.OrderedDict()
         self._files_lock = threading.Lock()
@@ -354,7 +356,7 @@ class Reader:
         else:
             # Passthrough: the chunk may be in memory, served to the read before (the kernel
             # asks for a chunk in 128 KiB pieces) or read ahead.
-            held = handle.passed.get(index) or handle.ahead.get(index)
+            held = handle.passed.get(index) or self._passed_through_digest(handle.copy, index)
             data = self.store.get_verified(held) if held is not None else None
             if data is not None:
                 handle.passed[index] = held
@@ -428,7 +430,6 @@ class Reader:
                     errors.append(f"{source.origin}: holds another version of this file than the one read so far")
                     continue
                 handle.copy = source   # reads of this file go on from it (see _remember_served)
-                handle.ahead.clear()   # read ahead from the copy before
             return digest, data
         raise OriginUnavailable("; ".join(errors) or "no origin can serve this file")
 
@@ -589,9 +590,26 @@ class Reader:
 
     def _store(self, source: Source, index: int, data: bytes) -> bytes | None:
         """Cache a fetched chunk; its digest, or None if the cache did not take it (the bytes
-        are served anyway: passthrough). The write runs in the cache disk's lane and is waited
-        for at most `cache_timeout`: a hung cache disk must not hold the origin's workers, nor
-        make the origin look slow."""
+        are served anyway: passthrough, and kept in memory for the reads to come - noted
+        before the fetch completes, so a read that finds the fetch gone finds the chunk). The
+        write runs in the cache disk's lane and is waited for at most `cache_timeout`: a hung
+        cache disk must not hold the origin's workers, nor make the origin look slow."""
+        digest = self._cache(source, index, data)
+        if digest is None:
+            passed = digest_of(data)
+            self.store.verified.add(passed, data)
+            with self._inflight_lock:
+                self._passed_through[(source.version, index)] = passed
+                self._passed_through.move_to_end((source.version, index))
+                if len(self._passed_through) > PASSED_THROUGH_KEPT:
+                    self._passed_through.popitem(last=False)
+        return digest
+
+    def _passed_through_digest(self, source: Source, index: int) -> bytes | None:
+        with self._inflight_lock:
+            return self._passed_through.get((source.version, index))
+
+    def _cache(self, source: Source, index: int, data: bytes) -> bytes | None:
         if self.store.passthrough:
             return None
         put = functools.partial(self.store.put, data, manifest=(source.key, source.size, source.mtime_ns, index),
@@ -662,7 +680,7 @@ class Reader:
     def _in_memory(self, handle: OpenFile, index: int) -> bool:
         """Whether a chunk that is not to be had from the cache disk (passthrough) is in memory,
         served or read ahead before."""
-        held = handle.ahead.get(index) or handle.passed.get(index) or handle.digests[index]
+        held = handle.passed.get(index) or handle.digests[index] or self._passed_through_digest(handle.copy, index)
         return held is not None and self.store.verified.get(held) is not None
 
     def _prefetch_next_files(self, handle: OpenFile) -> None:
@@ -758,19 +776,13 @@ class Reader:
             if self._inflight.get(key) is done:
                 del self._inflight[key]
 
-    def _learn(self, handle: OpenFile, copy: Source, index: int, future: Future) -> None:
+    @staticmethod
+    def _learn(handle: OpenFile, copy: Source, index: int, future: Future) -> None:
         """A chunk read ahead from `copy`: known from now on, if the file is being read from
-        that copy (a read may have moved to a replica meanwhile; see _agrees). Read ahead in
-        passthrough, it is not cached: it is kept in memory for the read to come."""
+        that copy (a read may have moved to a replica meanwhile; see _agrees). One read ahead
+        in passthrough is not cached: _store kept it in memory for the read to come."""
         if future.cancelled() or future.exception() is not None or handle.copy != copy:
             return
-        digest, data = future.result()
-        if digest is None:
-            # Keyed by its bytes' digest: a read finds it only if that is the digest it expects
-            # (a chunk cached before, or served before) or expects nothing yet.
-            digest = digest_of(data)
-            self.store.verified.add(digest, data)
-            if handle.digests[index] is None:
-                handle.ahead[index] = digest
-        elif handle.digests[index] is None:
+        digest = future.result()[0]
+        if digest is not None and handle.digests[index] is None:
             handle.digests[index] = digest
