@@ -306,6 +306,11 @@ def _run(config: Config, mountpoint: Path, fuse_options: dict, lock: CacheLock, 
                 raise StartupError(f"cannot mount {mountpoint}: {complaint}") from None
             raise StartupError(f"cannot mount {mountpoint}: FUSE failed ({e}); is /dev/fuse available "
                                f"and the 'fuse' package installed?") from None
+        finally:
+            # libfuse ignores SIGPIPE while it serves and, on its way out, puts back the
+            # default, which kills the process: closing a connection to a server that went
+            # away (origin.close below) must be an EPIPE instead, as Python has it.
+            signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     finally:
         to_systemd.stopping()   # no-op when a stop already said so
         control.stop()

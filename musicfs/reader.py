@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 
 from .cas.store import CacheWriteError, ChunkStore, chunk_count, digest_of, manifest_key
 from .catalog import Catalog, CatalogEntry, decode_entry, decode_record, record_version, version_tag
-from .errors import (ChunkCorrupt, ChunkMissing, NotFound, OriginChanged, OriginUnavailable,
+from .errors import (ChunkCorrupt, ChunkMissing, NotFound, OriginChanged, OriginTransient, OriginUnavailable,
                      ReadTimeout)
 from .origins import KIND_FILE, Origin, OriginEntry
 from .pool import CACHE_DISK, LOAD_LANE, PRELOAD_LANE, OriginPool
@@ -77,6 +77,9 @@ READAHEAD_CHUNKS = 2
 TAG_READER_EXTRA_CHUNKS = 1
 # The kernel's read-ahead of a FUSE mount unless [fuse] read_ahead raises it.
 KERNEL_READAHEAD = 128 << 10
+# A span read ahead stops when its file has not been read for this long (seconds): its reader
+# went away, or paused (it asks for the rest when it comes back).
+READAHEAD_IDLE = 10.0
 # Chunks fetched while the cache is in passthrough whose digests are kept, for their reads to
 # find them in the store's memory of verified chunks (8 MiB, 8 chunks: a few more than fit).
 PASSED_THROUGH_KEPT = 64
@@ -118,6 +121,7 @@ class OpenFile:
     # or from another copy before a failover
     passed: dict = field(default_factory=dict)
     next_offset: int = -1    # where a sequential reader will read next
+    last_read: float = 0.0   # time.monotonic() of the last read
     preloaded: int = -1      # highest cached chunk already handed to a background load
     followed: bool = False   # the files after it in its folder were considered (_prefetch_next_files)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -144,6 +148,7 @@ class Reader:
         self.chunk_size = store.chunk_size
         # Reads up to this chunk may still be a tag reader's (see TAG_READER_EXTRA_CHUNKS).
         self.tag_reader_chunks = 1 + -(-(kernel_readahead or KERNEL_READAHEAD) // self.chunk_size)
+        self.readahead_idle = READAHEAD_IDLE
         self._inflight: dict[tuple[bytes, int], Future] = {}
         # (version, index) -> digest of the chunks last fetched in passthrough (see _store)
         self._passed_through: collections.OrderedDict[tuple, bytes] = collections.OrderedDict()
@@ -338,6 +343,7 @@ class Reader:
             # fetch chunks nobody reads - 6 MiB a file over SFTP, 16 over S3.
             self._read_ahead(handle, last + 1)
         handle.next_offset = end
+        handle.last_read = time.monotonic()
         if follow:
             handle.followed = True
             self._prefetch_next_files(handle)
@@ -352,7 +358,10 @@ class Reader:
             try:
                 return self._cached(digest, self._chunk_length(handle.size, index), deadline)
             except (ChunkMissing, ChunkCorrupt):
-                pass  # dropped by the store, or its disk hangs: fetched below, and must be the same bytes
+                # Dropped by the store, or its disk hangs: fetched below, and must be the same
+                # bytes. Until it is cached again, reads do not try the cache disk for it.
+                handle.passed.setdefault(index, digest)
+                handle.digests[index] = None
         else:
             # Passthrough: the chunk may be in memory, served to the read before (the kernel
             # asks for a chunk in 128 KiB pieces) or read ahead.
@@ -397,6 +406,9 @@ class Reader:
             try:
                 digest, data = self._wait_or_refetch(future, source, index, deadline)
             except FutureTimeout:
+                # The kernel retries a failed read page by page: those retries must not each
+                # wait again for this fetch (one read() of the program's would take that long).
+                future.gave_up = True
                 if time.monotonic() - future.started < self.read_timeout:
                     # A span still arriving, too slowly for this read (one that skipped ahead
                     # into it): slow, not failing.
@@ -439,6 +451,8 @@ class Reader:
         span's failure says little about the origin, and its other chunks may have arrived."""
         try:
             return self._wait(future, deadline)
+        except FutureTimeout:
+            raise   # (an OSError since Python 3.11)
         except (OriginUnavailable, OSError):
             if not getattr(future, "span", False):
                 raise
@@ -453,6 +467,8 @@ class Reader:
         kernel retries a failed readahead page by page, and each retry must not wait anew. A
         chunk of a span gets it from when the chunk before it arrived (see _fetch_span)."""
         while True:
+            if getattr(future, "gave_up", False) and not future.done():
+                raise FutureTimeout
             started = future.started
             until = min(deadline, started + self.read_timeout)
             try:
@@ -528,10 +544,12 @@ class Reader:
         self.store.misses += 1
         return self._store(source, index, data), data
 
-    def _fetch_span(self, source: Source, first: int, futures: list[Future]) -> None:
+    def _fetch_span(self, source: Source, first: int, futures: list[Future], handle: OpenFile) -> None:
         """Runs in the pool: chunks first.. (one future each) with one origin request, each
         stored and handed to its readers as soon as its bytes are there; a failure fails every
-        chunk not handed out yet."""
+        chunk not handed out yet. Stops once nobody has read the file for readahead_idle: a
+        long span from a slow server must not hold the origin's worker for a reader that
+        went away (a reader that comes back asks for the rest on its own)."""
         origin = self.origins[source.origin]
         try:
             lengths = [self._chunk_length(source.size, index) for index in range(first, first + len(futures))]
@@ -548,6 +566,9 @@ class Reader:
                     now = time.monotonic()
                     for waiting in futures[index + 1 - first:]:
                         waiting.started = now
+                    if now - handle.last_read > self.readahead_idle and index + 1 - first < len(futures):
+                        raise OriginTransient(f"readahead of {source.relpath.decode(errors='replace')} stopped: "
+                                              f"not read for {self.readahead_idle:g}s")
         except BaseException as e:
             for future in futures:
                 if not future.done():
@@ -671,7 +692,7 @@ class Reader:
                        if handle.digests[ahead] is None and not self._in_memory(handle, ahead)]
         try:
             for run in self._runs(source, missing, span):
-                futures = self._fetch_run(source, run)
+                futures = self._fetch_run(source, run, handle)
                 for ahead, future in zip(run, futures):
                     future.add_done_callback(functools.partial(self._learn, handle, source, ahead))
         except Exception:  # readahead is an optimisation; the real read reports errors
@@ -734,15 +755,15 @@ class Reader:
         if run:
             yield run
 
-    def _fetch_run(self, source: Source, run: list[int]) -> list[Future]:
+    def _fetch_run(self, source: Source, run: list[int], handle: OpenFile) -> list[Future]:
         """The shared fetches of consecutive chunks of one source: one request for all of them,
         unless it is one chunk or another reader started fetching some of them meanwhile."""
-        futures = self._start_span(source, run) if len(run) > 1 else None
+        futures = self._start_span(source, run, handle) if len(run) > 1 else None
         if futures is None:
             return [self._fetch(source, index) for index in run]
         return futures
 
-    def _start_span(self, source: Source, run: list[int]) -> list[Future] | None:
+    def _start_span(self, source: Source, run: list[int], handle: OpenFile) -> list[Future] | None:
         with self._inflight_lock:
             if any((source.version, index) in self._inflight for index in run):
                 return None
@@ -756,7 +777,7 @@ class Reader:
                 self._inflight[(source.version, index)] = future
         for index, future in zip(run, futures):
             future.add_done_callback(functools.partial(self._forget, (source.version, index)))
-        task = self.pool.submit(source.origin, self._fetch_span, source, run[0], futures)
+        task = self.pool.submit(source.origin, self._fetch_span, source, run[0], futures, handle)
         task.add_done_callback(functools.partial(self._abandoned, futures))
         return futures
 

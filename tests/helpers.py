@@ -4,6 +4,9 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import re
+import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -192,6 +195,8 @@ class InProcessMount:
         with contextlib.suppress(Exception):
             force_unmount(self.mountpoint)
         self.thread.join(timeout=30)
+        # libfuse put SIGPIPE back to its default (death) on the way out, as in the daemon
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         self.service.stop()
 
 
@@ -466,7 +471,8 @@ class FaultyProxy:
     """A TCP proxy on 127.0.0.1 in front of a real server, for faults in the middle of its
     answers: `trickle(after)` lets `after` more bytes of the server's answers pass on each
     connection, then one byte every `interval` seconds (each in time for any socket timeout:
-    a server that never quite stops); `cut_once(after)` closes the next connection to carry
+    a server that never quite stops); `strip_range()` drops the Range header of requests (a
+    proxy that does not pass it on); `cut_once(after)` closes the next connection to carry
     an answer after `after` bytes of it (a dropped connection); `normal()` passes everything."""
 
     def __init__(self, port: int, interval: float = 0.2):
@@ -489,6 +495,10 @@ class FaultyProxy:
 
     def trickle(self, after: int):
         self._set("trickle", after)
+
+    def strip_range(self):
+        """Requests reach the server without their Range header (a proxy that drops it)."""
+        self._set("strip_range", 0)
 
     def cut_once(self, after: int):
         with self._lock:
@@ -518,7 +528,9 @@ class FaultyProxy:
         try:
             while data := source.recv(65536):
                 if not answers:
-                    sink.sendall(data)
+                    if self._mode[0] == "strip_range":
+                        data = re.sub(rb"(?im)^range:[^\r\n]*\r\n", b"", data)
+                    sink.sendall(data, socket.MSG_NOSIGNAL)
                     continue
                 with self._lock:
                     (mode, after), now = self._mode, self._generation
@@ -527,24 +539,24 @@ class FaultyProxy:
                     if mode == "cut" and self._cut_armed:
                         self._cut_armed, cutting = False, True
                 if cutting:
-                    sink.sendall(data[:max(after - passed, 0)])
+                    sink.sendall(data[:max(after - passed, 0)], socket.MSG_NOSIGNAL)
                     passed += len(data)
                     if passed >= after:
                         raise OSError("cut")
                     continue
                 if mode != "trickle" or passed + len(data) <= after:
                     passed += len(data)
-                    sink.sendall(data)
+                    sink.sendall(data, socket.MSG_NOSIGNAL)
                     continue
                 head = max(after - passed, 0)
-                sink.sendall(data[:head])
+                sink.sendall(data[:head], socket.MSG_NOSIGNAL)
                 passed += len(data)
                 for at in range(head, len(data)):
                     if self._generation != generation:   # back to normal: the rest at once
-                        sink.sendall(data[at:])
+                        sink.sendall(data[at:], socket.MSG_NOSIGNAL)
                         break
                     time.sleep(self.interval)    # the link's speed, not a synchronisation
-                    sink.sendall(data[at:at + 1])
+                    sink.sendall(data[at:at + 1], socket.MSG_NOSIGNAL)
         except OSError:
             pass
         finally:

@@ -1,5 +1,6 @@
 """The chunk store without FUSE: put/get/verify, dedup, exact accounting, LRU, recovery."""
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -186,10 +187,12 @@ def test_a_span_slower_in_all_than_the_read_timeout_is_not_a_timeout(tmp_path):
     class SlowLink(LocalOrigin):
         readahead_chunks = span_chunks = 8
         per_chunk = 0.3   # the read timeout below is 1 s: an 8-chunk span takes 2.4 s
+        delivered = 0
 
         def read_pieces(self, relpath, offset, lengths, expect=None):
             for piece in super().read_pieces(relpath, offset, lengths, expect):
                 time.sleep(self.per_chunk)   # the link's speed, not a synchronisation
+                self.delivered += 1
                 yield piece
 
     chunk = 1 << 20
@@ -211,6 +214,48 @@ def test_a_span_slower_in_all_than_the_read_timeout_is_not_a_timeout(tmp_path):
         with pytest.raises(ReadTimeout, match="too slowly"):
             service.reader.read_path(b"/g.flac", 15 * chunk, piece)
         assert service.health.status["o"].state == "healthy"
+        # The kernel then asks again page by page: those reads do not each wait anew.
+        started = time.monotonic()
+        with pytest.raises(ReadTimeout):
+            service.reader.read_path(b"/g.flac", 15 * chunk, 4096)
+        assert time.monotonic() - started < 0.2
+    finally:
+        service.stop()
+
+
+def test_a_span_nobody_reads_any_more_stops(tmp_path):
+    """A reader that went away (or paused) leaves no long span holding the origin's worker: the
+    span stops once the file has not been read for a while, and a read coming back asks for
+    the rest on its own."""
+    from musicfs.origins.local import LocalOrigin
+    from musicfs.service import Service
+
+    from .conftest import make_config
+
+    class SlowLink(LocalOrigin):
+        readahead_chunks = span_chunks = 16
+        delivered = 0
+
+        def read_pieces(self, relpath, offset, lengths, expect=None):
+            for piece in super().read_pieces(relpath, offset, lengths, expect):
+                time.sleep(0.2)   # the link's speed, not a synchronisation
+                self.delivered += 1
+                yield piece
+
+    chunk, piece = 1 << 20, 128 << 10
+    data = os.urandom(24 * chunk)
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "f.flac").write_bytes(data)
+    origin = SlowLink("o", tmp_path / "o")
+    service = Service.open(make_config(tmp_path, [("o", tmp_path / "o")]), origins={"o": origin})
+    try:
+        service.initial_scan()
+        service.reader.readahead_idle = 0.5
+        for offset in range(0, 3 * chunk, piece):      # starts a span of chunks 4-15, then stops
+            assert service.reader.read_path(b"/f.flac", offset, piece) == data[offset:offset + piece]
+        wait_until(lambda: service.pool.busy("o") == 0, timeout=5, message="the span to stop")
+        assert origin.delivered < 4 + 12       # its chunks 4-15 did not all come
+        assert service.reader.read_path(b"/f.flac", 3 * chunk, len(data)) == data[3 * chunk:]
     finally:
         service.stop()
 

@@ -326,6 +326,32 @@ def test_a_connection_dropped_in_the_middle_of_a_span_is_retried_not_an_error(tm
         proxy.stop()
 
 
+def test_a_range_the_server_ignores_is_an_error_not_the_wrong_bytes(tmp_path, moto):
+    """A server, or a proxy in front of it, that drops the Range header answers with the object
+    from its start: those bytes are never taken for the range's, neither by a read nor by a
+    span, and nothing wrong is cached."""
+    data = os.urandom(12 * MiB)
+    proxy = FaultyProxy(moto.port)
+    service = proxied_s3_service(tmp_path, moto, proxy, data)
+    try:
+        reader = service.reader
+        proxy.strip_range()
+        with pytest.raises(OriginUnavailable, match="does not do ranges"):
+            reader.read_path(b"/long.flac", 5 * MiB, 4096)
+        piece = 128 << 10
+        for offset in range(0, 4 * MiB, piece):      # reads ahead in spans
+            try:
+                assert reader.read_path(b"/long.flac", offset, piece) == data[offset:offset + piece]
+            except OriginUnavailable:
+                pass
+        proxy.normal()
+        service.health.check_all()                   # the origin answers again
+        assert reader.read_path(b"/long.flac", 0, len(data)) == data
+    finally:
+        service.stop()
+        proxy.stop()
+
+
 def test_read_pieces_streams_one_version_of_the_object(moto):
     data = os.urandom(3 * MiB + 100)
     client = moto.client()

@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -73,6 +74,9 @@ def _root_cause(error: BaseException) -> BaseException:
 # pool, urllib3 opens a connection for each request that finds it empty anyway and throws it
 # away afterwards, with a "Connection pool is full" warning in the log.
 BESIDE_READERS = 6
+
+
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 
 class S3Origin(Origin):
@@ -262,22 +266,40 @@ class S3Origin(Origin):
 
         def get():
             response = self.client.get_object(**request)
+            try:
+                self._check_range(response, key, offset, size, expect)
+            except BaseException:
+                response["Body"].close()
+                raise
             return response, take(response)
         try:
-            response, taken = self._request(key, get)
+            return self._request(key, get)
         except OriginChanged as error:
-            try:
-                error.current = self._head(key)
-            except FileNotFoundError:
-                error.current = None
+            if error.current is None:
+                try:
+                    error.current = self._head(key)
+                except FileNotFoundError:
+                    pass
             raise
-        if expect is not None and response.get("ContentRange"):
-            total = int(response["ContentRange"].rpartition("/")[2] or -1)
-            if total != expect.size:
-                response["Body"].close()
-                raise OriginChanged(f"s3://{self.bucket}/{key} on origin {self.name} changed size since it was "
-                                    f"catalogued", self._head(key))
-        return response, taken
+
+    def _check_range(self, response: dict, key: str, offset: int, size: int, expect: OriginEntry | None) -> None:
+        """The answer to a ranged GET must be those bytes: a 206 whose Content-Range starts at
+        `offset` (and ends there or at the object's end), or a 200 with the whole object when
+        that is what was asked. A server, or a proxy in front of it, that ignores Range answers
+        200 with the object from its start, whose bytes must never be taken for the range's."""
+        content_range = _CONTENT_RANGE.fullmatch(response.get("ContentRange") or "")
+        if content_range is None:
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if offset == 0 and response.get("ContentLength") == size and (expect is None or expect.size == size):
+                return
+            raise OriginUnavailable(f"{self._where(key)}: a ranged GET was answered with status {status} and no "
+                                    f"Content-Range: the server, or a proxy in front of it, does not do ranges")
+        start, end, total = content_range.groups()
+        if expect is not None and total != "*" and int(total) != expect.size:
+            raise OriginChanged(f"{self._where(key)} on origin {self.name} changed size since it was catalogued")
+        if int(start) != offset or int(end) != (min(offset + size, int(total)) if total != "*" else offset + size) - 1:
+            raise OriginUnavailable(f"{self._where(key)}: asked for bytes {offset}-{offset + size - 1}, the server "
+                                    f"answered {response['ContentRange']}")
 
     def check(self) -> None:
         # One listing, not HEAD bucket: a HEAD's error has no body, so refused credentials would
