@@ -446,15 +446,17 @@ class Reader:
         raise OriginUnavailable("; ".join(errors) or "no origin can serve this file")
 
     def _wait_or_refetch(self, future: Future, source: Source, index: int, deadline: float):
-        """The result of a fetch; if it was a span whose request broke off before this chunk
-        (a dropped connection), this chunk alone, asked for again with the usual retries: the
-        span's failure says little about the origin, and its other chunks may have arrived."""
+        """The result of a fetch; if it was a span whose request broke off after some of its
+        chunks came but before this one (a dropped connection), this chunk alone, asked for
+        again with the usual retries: the server answers, and its other chunks arrived."""
         try:
             return self._wait(future, deadline)
         except FutureTimeout:
             raise   # (an OSError since Python 3.11)
         except (OriginUnavailable, OSError):
-            if not getattr(future, "span", False):
+            # Only when the span's request was answered: one that got no answer at all (a hung
+            # or dead server) would be asked again for as long once more.
+            if not getattr(future, "span_answered", False):
                 raise
         key = (source.version, index)
         with self._inflight_lock:
@@ -566,6 +568,7 @@ class Reader:
                     now = time.monotonic()
                     for waiting in futures[index + 1 - first:]:
                         waiting.started = now
+                        waiting.span_answered = True
                     if now - handle.last_read > self.readahead_idle and index + 1 - first < len(futures):
                         raise OriginTransient(f"readahead of {source.relpath.decode(errors='replace')} stopped: "
                                               f"not read for {self.readahead_idle:g}s")
@@ -773,7 +776,6 @@ class Reader:
             now = time.monotonic()
             for index, future in zip(run, futures):
                 future.started = now
-                future.span = True
                 self._inflight[(source.version, index)] = future
         for index, future in zip(run, futures):
             future.add_done_callback(functools.partial(self._forget, (source.version, index)))

@@ -472,7 +472,7 @@ class FaultyProxy:
     answers: `trickle(after)` lets `after` more bytes of the server's answers pass on each
     connection, then one byte every `interval` seconds (each in time for any socket timeout:
     a server that never quite stops); `strip_range()` drops the Range header of requests (a
-    proxy that does not pass it on); `cut_once(after)` closes the next connection to carry
+    proxy that does not pass it on); `stall()` passes nothing more; `cut_once(after)` closes the next connection to carry
     an answer after `after` bytes of it (a dropped connection); `normal()` passes everything."""
 
     def __init__(self, port: int, interval: float = 0.2):
@@ -495,6 +495,10 @@ class FaultyProxy:
 
     def trickle(self, after: int):
         self._set("trickle", after)
+
+    def stall(self):
+        """Nothing more of the server's answers gets through (a server that stopped answering)."""
+        self._set("stall", 0)
 
     def strip_range(self):
         """Requests reach the server without their Range header (a proxy that drops it)."""
@@ -538,6 +542,8 @@ class FaultyProxy:
                         generation, passed, cutting = now, 0, False
                     if mode == "cut" and self._cut_armed:
                         self._cut_armed, cutting = False, True
+                if mode == "stall":
+                    continue
                 if cutting:
                     sink.sendall(data[:max(after - passed, 0)], socket.MSG_NOSIGNAL)
                     passed += len(data)
@@ -560,7 +566,9 @@ class FaultyProxy:
         except OSError:
             pass
         finally:
-            for conn in (source, sink):
+            # stalled, the client's side stays open and silent even when the server closes
+            ends = (source,) if answers and self._mode[0] == "stall" else (source, sink)
+            for conn in ends:
                 with contextlib.suppress(OSError):
                     conn.shutdown(2)
                 conn.close()

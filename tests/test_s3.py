@@ -326,6 +326,31 @@ def test_a_connection_dropped_in_the_middle_of_a_span_is_retried_not_an_error(tm
         proxy.stop()
 
 
+def test_a_span_a_hung_server_never_answers_fails_within_the_timeout(tmp_path, moto):
+    """A span whose GET gets no answer at all (the server hangs): a reader waiting for one of its
+    chunks fails within the origin's timeout - the chunk is not asked for again alone, which
+    would wait as long once more."""
+    data = os.urandom(40 * MiB)
+    proxy = FaultyProxy(moto.port)
+    service = proxied_s3_service(tmp_path, moto, proxy, data, read_timeout=30)
+    try:
+        reader, piece = service.reader, 128 << 10
+        for offset in range(0, 2 * MiB, piece):
+            assert reader.read_path(b"/long.flac", offset, piece) == data[offset:offset + piece]
+        entry = service.origins["bucket"].stat(b"long.flac")
+        wait_until(lambda: service.store.manifest(b"bucket\0long.flac", len(data), entry.mtime_ns)[3] is not None,
+                   message="the first chunks' readahead (1-3) to be in")
+        proxy.stall()
+        started = time.monotonic()
+        with pytest.raises(OriginUnavailable):
+            for offset in range(2 * MiB, 6 * MiB, piece):   # starts a span, then waits in it
+                reader.read_path(b"/long.flac", offset, piece)
+        assert time.monotonic() - started < 2 + 1.5       # the origin's timeout (2 s), not twice it
+    finally:
+        service.stop()
+        proxy.stop()
+
+
 def test_a_range_the_server_ignores_is_an_error_not_the_wrong_bytes(tmp_path, moto):
     """A server, or a proxy in front of it, that drops the Range header answers with the object
     from its start: those bytes are never taken for the range's, neither by a read nor by a
