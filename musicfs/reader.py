@@ -373,9 +373,9 @@ class Reader:
         digest, data = self._fetch_with_failover(handle, index, deadline)
         if digest is not None:
             handle.digests[index] = digest
-        else:   # not cached (passthrough): what was served must stay known all the same (_agrees)
-            handle.passed[index] = digest = digest_of(data)
-            self.store.verified.add(digest, data)
+        else:   # not cached (passthrough): what was served must stay known all the same (_agrees);
+            # the fetch noted its digest and kept it in memory (_store), unless noted too long ago
+            handle.passed[index] = self._passed_through_digest(handle.copy, index) or digest_of(data)
         return data
 
     def _cached(self, digest: bytes, length: int, deadline: float) -> bytes:
@@ -458,10 +458,6 @@ class Reader:
             # or dead server) would be asked again for as long once more.
             if not getattr(future, "span_answered", False):
                 raise
-        key = (source.version, index)
-        with self._inflight_lock:
-            if self._inflight.get(key) is future:   # its waiters may wake before it is forgotten
-                del self._inflight[key]
         return self._wait(self._fetch(source, index), deadline)
 
     def _wait(self, future: Future, deadline: float):
@@ -523,7 +519,9 @@ class Reader:
         key = (source.version, index)
         with self._inflight_lock:
             future = self._inflight.get(key)
-            if future is not None:
+            # A failed fetch is forgotten by a callback that may run after its waiters woke:
+            # one asking again gets a new fetch, not the old failure.
+            if future is not None and not (future.done() and (future.cancelled() or future.exception())):
                 return future
             if self.health is not None:
                 self.health.admit(source.origin)  # raises OriginUnavailable when known dead
@@ -673,6 +671,8 @@ class Reader:
             # verified chunks): no further ahead than it holds, with room for the reader.
             held = max(self.store.verified.capacity // self.chunk_size // 2, 1)
             depth, span = min(depth, held), min(span, held)
+        # Chunks kept in memory only matter while the cache disk does not serve them.
+        in_memory = self._in_memory if self.store.passthrough or self.store.loads_suspended else _never
         missing = []
         for ahead in range(index, min(index + depth, count)):
             digest = handle.digests[ahead]
@@ -684,7 +684,7 @@ class Reader:
                     self.pool.submit(CACHE_DISK, self.store.preload, digest,
                                      self._chunk_length(handle.size, ahead), lane=PRELOAD_LANE)
                 continue
-            if not self._in_memory(handle, ahead):
+            if not in_memory(handle, ahead):
                 missing.append(ahead)
         if span > 1 and missing and not tag_reader:
             # Whole spans, aligned to multiples of `span`: a reader moving one chunk at a time
@@ -692,7 +692,7 @@ class Reader:
             groups = sorted({ahead // span for ahead in missing})
             missing = [ahead for group in groups
                        for ahead in range(max(group * span, index), min((group + 1) * span, count))
-                       if handle.digests[ahead] is None and not self._in_memory(handle, ahead)]
+                       if handle.digests[ahead] is None and not in_memory(handle, ahead)]
         try:
             for run in self._runs(source, missing, span):
                 futures = self._fetch_run(source, run, handle)
@@ -809,3 +809,7 @@ class Reader:
         digest = future.result()[0]
         if digest is not None and handle.digests[index] is None:
             handle.digests[index] = digest
+
+
+def _never(*_) -> bool:
+    return False

@@ -174,37 +174,43 @@ def test_other_format_version_is_rebuilt(tmp_path):
     storage.close()
 
 
-def test_a_span_slower_in_all_than_the_read_timeout_is_not_a_timeout(tmp_path):
-    """A span of chunks fetched in one request on a slow link may take longer in all than the
-    read timeout; as long as each chunk comes within it after the one before, no read fails."""
-    import time
-
+def slow_link_service(tmp_path, files: dict, *, span: int, per_chunk: float, **overrides):
+    """A Service over a local origin that reads ahead in spans of `span` chunks, each chunk
+    arriving `per_chunk` seconds after the one before (a slow link); (service, origin), where
+    origin.delivered counts the chunks that came."""
     from musicfs.origins.local import LocalOrigin
     from musicfs.service import Service
 
     from .conftest import make_config
 
     class SlowLink(LocalOrigin):
-        readahead_chunks = span_chunks = 8
-        per_chunk = 0.3   # the read timeout below is 1 s: an 8-chunk span takes 2.4 s
+        readahead_chunks = span_chunks = span
         delivered = 0
 
         def read_pieces(self, relpath, offset, lengths, expect=None):
             for piece in super().read_pieces(relpath, offset, lengths, expect):
-                time.sleep(self.per_chunk)   # the link's speed, not a synchronisation
+                time.sleep(per_chunk)   # the link's speed, not a synchronisation
                 self.delivered += 1
                 yield piece
 
-    chunk = 1 << 20
-    data = os.urandom(16 * chunk)
     (tmp_path / "o").mkdir()
-    (tmp_path / "o" / "f.flac").write_bytes(data)
-    (tmp_path / "o" / "g.flac").write_bytes(data)
-    service = Service.open(make_config(tmp_path, [("o", tmp_path / "o")], fuse={"read_timeout": 1}),
-                           origins={"o": SlowLink("o", tmp_path / "o")})
+    for name, data in files.items():
+        (tmp_path / "o" / name).write_bytes(data)
+    origin = SlowLink("o", tmp_path / "o")
+    service = Service.open(make_config(tmp_path, [("o", tmp_path / "o")], **overrides), origins={"o": origin})
+    service.initial_scan()
+    return service, origin
+
+
+def test_a_span_slower_in_all_than_the_read_timeout_is_not_a_timeout(tmp_path):
+    """A span of chunks fetched in one request on a slow link may take longer in all than the
+    read timeout; as long as each chunk comes within it after the one before, no read fails."""
+    chunk, piece = 1 << 20, 128 << 10
+    data = os.urandom(16 * chunk)
+    # the read timeout is 1 s: an 8-chunk span takes 2.4 s
+    service, _ = slow_link_service(tmp_path, {"f.flac": data, "g.flac": data}, span=8, per_chunk=0.3,
+                                   fuse={"read_timeout": 1})
     try:
-        service.initial_scan()
-        piece = 128 << 10
         assert b"".join(service.reader.read_path(b"/f.flac", off, piece)
                         for off in range(0, len(data), piece)) == data
         # A reader skipping far ahead into a span still arriving waits for its chunk no longer
@@ -227,29 +233,10 @@ def test_a_span_nobody_reads_any_more_stops(tmp_path):
     """A reader that went away (or paused) leaves no long span holding the origin's worker: the
     span stops once the file has not been read for a while, and a read coming back asks for
     the rest on its own."""
-    from musicfs.origins.local import LocalOrigin
-    from musicfs.service import Service
-
-    from .conftest import make_config
-
-    class SlowLink(LocalOrigin):
-        readahead_chunks = span_chunks = 16
-        delivered = 0
-
-        def read_pieces(self, relpath, offset, lengths, expect=None):
-            for piece in super().read_pieces(relpath, offset, lengths, expect):
-                time.sleep(0.2)   # the link's speed, not a synchronisation
-                self.delivered += 1
-                yield piece
-
     chunk, piece = 1 << 20, 128 << 10
     data = os.urandom(24 * chunk)
-    (tmp_path / "o").mkdir()
-    (tmp_path / "o" / "f.flac").write_bytes(data)
-    origin = SlowLink("o", tmp_path / "o")
-    service = Service.open(make_config(tmp_path, [("o", tmp_path / "o")]), origins={"o": origin})
+    service, origin = slow_link_service(tmp_path, {"f.flac": data}, span=16, per_chunk=0.2)
     try:
-        service.initial_scan()
         service.reader.readahead_idle = 0.5
         for offset in range(0, 3 * chunk, piece):      # starts a span of chunks 4-15, then stops
             assert service.reader.read_path(b"/f.flac", offset, piece) == data[offset:offset + piece]

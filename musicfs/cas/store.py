@@ -123,22 +123,23 @@ def cached_slots(storage: Storage, txn, key: bytes, file_size: int, mtime_ns: in
     raw = txn.get(key, db=storage.manifests)
     if raw is None or MANIFEST_HEAD.unpack_from(raw) != (file_size, mtime_ns):
         return []
-    body = memoryview(raw)[MANIFEST_HEAD.size:]
     slots = []
-    for i in range(0, len(body) - DIGEST_SIZE + 1, DIGEST_SIZE):
-        digest = bytes(body[i:i + DIGEST_SIZE])
-        record = txn.get(digest, db=storage.chunks) if digest != NO_DIGEST else None
+    for digest in manifest_slots(raw):
+        record = txn.get(digest, db=storage.chunks) if digest is not None else None
         slots.append(CHUNK_RECORD.unpack(record)[0] if record is not None else 0)
     return slots
 
 
-def manifest_digests(raw: bytes | None) -> list[bytes]:
-    """The digests a stored manifest holds (empty slots left out)."""
-    if raw is None:
-        return []
+def manifest_slots(raw: bytes) -> list[bytes | None]:
+    """The slots of a stored manifest, in chunk order: a digest, or None where empty."""
     body = memoryview(raw)[MANIFEST_HEAD.size:]
     found = (bytes(body[i:i + DIGEST_SIZE]) for i in range(0, len(body) - DIGEST_SIZE + 1, DIGEST_SIZE))
-    return [d for d in found if d != NO_DIGEST]
+    return [d if d != NO_DIGEST else None for d in found]
+
+
+def manifest_digests(raw: bytes | None) -> list[bytes]:
+    """The digests a stored manifest holds (empty slots left out)."""
+    return [d for d in manifest_slots(raw) if d is not None] if raw is not None else []
 
 
 class _Refused(Exception):
@@ -347,12 +348,8 @@ class ChunkStore:
             raw = txn.get(key, db=self.storage.manifests)
         if raw is None or MANIFEST_HEAD.unpack_from(raw) != (file_size, mtime_ns):
             return [None] * count
-        body = memoryview(raw)[MANIFEST_HEAD.size:]
-        slots = []
-        for i in range(count):
-            d = bytes(body[i * DIGEST_SIZE:(i + 1) * DIGEST_SIZE])
-            slots.append(d if d and d != NO_DIGEST else None)
-        return slots
+        slots = manifest_slots(raw)[:count]
+        return slots + [None] * (count - len(slots))
 
     def drop_manifest(self, key: bytes, txn) -> None:
         """Forget a file version's chunk list (its file changed or went); a pinned one releases
