@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError
-from .layout import DEFAULT_TEMPLATE, Template
+from .catalog.layout import DEFAULT_TEMPLATE, Template
 
 # Why 30 s: long enough for a NAS waking its disks from spin-down (10-20 s is common), short
 # enough that a player stuck on a dead origin gets EIO and moves on instead of hanging forever.

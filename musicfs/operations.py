@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import control
 from .cas.store import cached_slots, manifest_key
-from .catalog import decode_entry, decode_record
+from .catalog import Catalog
 from .config import format_size
 from .errors import CommandError
 from .live import mountpoint_status, read_status
@@ -211,28 +211,29 @@ def file_reports(paths: list[Path]) -> list[dict]:
         health = {name: origin.get("status", "healthy") for name, origin in (mount.status.get("origins") or {}).items()}
         storage = open_existing(mount.cache_dir, readonly=True)
         try:
+            catalog = Catalog(storage)
             with storage.begin() as txn:
                 for given, inside in items:
-                    reports.append(_file_report(storage, txn, health, given, inside))
+                    reports.append(_file_report(catalog, txn, health, given, inside))
         finally:
             storage.env.close()
     return reports
 
 
-def _file_report(storage, txn, health: dict, given: str, inside: bytes) -> dict:
-    raw = txn.get(inside, db=storage.entries)
+def _file_report(catalog: Catalog, txn, health: dict, given: str, inside: bytes) -> dict:
+    storage = catalog.storage
+    entry = catalog.lookup(inside, txn)
     report = {"path": given, "shown": os.fsdecode(inside)}
-    if raw is None:
+    if entry is None or inside == b"/":
         return dict(report, error="not in the library")
-    entry = decode_entry(raw)
     if entry.is_dir:
         return dict(report, error="a folder (give files, or `musicfs status MOUNTPOINT`)")
     copies = []
     for origin, relpath in entry.sources:
-        record = txn.get(origin.encode() + b"\0" + relpath, db=storage.origin_files)
+        record = catalog.origin_record(origin, relpath, txn)
         if record is None or origin not in health:
             continue
-        _, size, mtime_ns, _, _ = decode_record(record)
+        _, size, mtime_ns, _ = record
         key = manifest_key(origin, relpath)
         slots = cached_slots(storage, txn, key, size, mtime_ns)
         copies.append({"origin": origin, "source": os.fsdecode(relpath), "size": size,

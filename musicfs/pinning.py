@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 
 from .cas.store import LOW_WATERMARK, CacheWriteError, manifest_key
-from .catalog import KIND_DIR
+from .origins import KIND_DIR
 from .errors import MusicfsError, NotFound, OriginUnavailable, ReadTimeout, CommandError
 
 log = logging.getLogger(__name__)

@@ -48,7 +48,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
 from .cas.store import CacheWriteError, ChunkStore, chunk_count, digest_of, manifest_key
-from .catalog import Catalog, CatalogEntry, decode_entry, decode_record, record_version, version_tag
+from .catalog import Catalog, CatalogEntry, decode_entry, version_tag
 from .errors import (ChunkCorrupt, ChunkMissing, NotFound, OriginChanged, OriginTransient, OriginUnavailable,
                      ReadTimeout)
 from .origins import KIND_FILE, Origin, OriginEntry
@@ -272,12 +272,10 @@ class Reader:
     def _source(self, origin: str, relpath: bytes) -> Source | None:
         if origin not in self.origins:
             return None
-        storage = self.catalog.storage
-        with storage.env.begin(db=storage.origin_files) as txn:
-            raw = txn.get(origin.encode() + b"\0" + relpath)
-        if raw is None:
+        record = self.catalog.origin_record(origin, relpath)
+        if record is None:
             return None
-        kind, size, mtime_ns, _, token = decode_record(raw)
+        kind, size, mtime_ns, token = record
         if kind != KIND_FILE:
             return None
         expect = OriginEntry(b"", KIND_FILE, size, mtime_ns, token=token)
@@ -650,8 +648,8 @@ class Reader:
         records a chunk of it): a fetch that was under way when a rescan saw the file change
         must not put the old version's bytes into the chunk list of a new version of the same
         size and mtime (an S3 object replaced within the same second differs only in its ETag)."""
-        raw = txn.get(source.key, db=self.catalog.storage.origin_files)
-        return raw is not None and record_version(raw) == (KIND_FILE, source.size, source.mtime_ns, source.expect.token)
+        return self.catalog.origin_record(source.origin, source.relpath, txn) == \
+            (KIND_FILE, source.size, source.mtime_ns, source.expect.token)
 
     def _read_ahead(self, handle: OpenFile, index: int) -> None:
         count = chunk_count(handle.size, self.chunk_size)

@@ -18,18 +18,18 @@ import lmdb
 
 from . import __version__, logs, origins as origin_factory
 from .cas import CacheChecker, ChunkStore, recover
-from .catalog import Catalog, Scanner
+from .catalog import Catalog
+from .catalog.scanner import Scanner
 from .config import Config
 from .errors import CommandError, ConfigError, OriginMisconfigured, ShuttingDown, StartupError
 from .health import HealthMonitor
-from .layout import Template
 from .live import config_summary, process_started_at, status_path, write_status
 from .origins import LocalOrigin
 from .pinning import Pinner
 from .pool import CACHE_DISK, CHECK_LANE, LOAD_LANE, LOAD_WORKERS, PRELOAD_WORKERS, OriginPool, finished_within
 from .reader import Reader
 from .storage import ENV_NAME, Storage
-from .view import TagView
+from .catalog.views import view_for
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class Service:
         catalog = Catalog(storage)
         if origins is None:
             origins = {o.name: origin_factory.build(o) for o in config.origins}
-        view = TagView(Template(config.layout.template)) if config.layout.mode == "tags" else None
+        view = view_for(config.layout)
         scanner = Scanner(storage, store, list(origins.values()), stall_timeout=config.fuse.read_timeout,
                           recent=catalog.recent, view=view)
         if not storage.readonly:
@@ -180,7 +180,7 @@ class Service:
         the paths layout until now): their tags are read before mounting, as on a first mount,
         rather than showing every file under "Unknown Artist" until the next rescan."""
         view = self.scanner.view
-        if view is None or self.storage.readonly:
+        if not view.tag_version or self.storage.readonly:
             return []
         return [o for o in self.origins.values()
                 if self.catalog.last_scan(o.name) and self.catalog.tagged(o.name) != view.tag_version]
@@ -336,7 +336,7 @@ class Service:
         if reshaped and self.storage.readonly:
             raise CommandError("the cache index is read-only (its disk refuses writes): origins and layout "
                                "cannot change until it takes writes again")
-        view = TagView(Template(new.layout.template)) if new.layout.mode == "tags" else None
+        view = view_for(new.layout)
         built = {o.name: origin_factory.build(o) for o in added + changed}
         try:
             # Never-seen origins are checked like on a first mount: a typo refuses the reload.

@@ -50,7 +50,7 @@ entries         shown path (absolute, b"/" = root)         u8 kind, u64 size, u6
 tags            origin name, 0x00, path on the origin      u8 tag format, u64 size, u64 mtime_ns,
                                                            u16 len, token (the file version they
                                                            were read from), JSON of the fields
-                                                           (musicfs.tags; null: unparseable)
+                                                           (musicfs.catalog.tags; null: unparseable)
 children        parent shown path, 0x00, name              u8 kind (gives readdir the entry type)
 pins            manifest key (origin, 0x00, path)          the shown path pinned, as given to
                                                            ``musicfs pin`` (for --unpin and status)

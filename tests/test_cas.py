@@ -80,7 +80,7 @@ def test_corrupt_chunk_is_dropped_not_served(store, tmp_path):
     digest = store.put(data)
     store.verified.clear()
     path = Path(os.fsdecode(store.path_of(digest)))
-    path.write_bytes(b"X" + data[1:])
+    path.write_bytes(bytes([data[0] ^ 0xFF]) + data[1:])   # (b"X" was the same byte 1 time in 256)
     with pytest.raises(ChunkCorrupt):
         store.get(digest, len(data))
     assert store.contains(digest) is None and not path.exists()

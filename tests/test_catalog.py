@@ -2,7 +2,8 @@
 import os
 import time
 
-from musicfs.catalog import Catalog, Scanner
+from musicfs.catalog import Catalog
+from musicfs.catalog.scanner import Scanner
 from musicfs.cas import ChunkStore
 from musicfs.origins import KIND_DIR, KIND_FILE, LocalOrigin
 from musicfs.storage import Storage

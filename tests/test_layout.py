@@ -3,7 +3,7 @@ import pytest
 
 from musicfs import config as config_module
 from musicfs.errors import ConfigError
-from musicfs.layout import (DEFAULT_TEMPLATE, Template, directory_name, field_values, file_name,
+from musicfs.catalog.layout import (DEFAULT_TEMPLATE, Template, directory_name, field_values, file_name,
                             safe_segment)
 
 
@@ -103,7 +103,7 @@ def test_config_rejects_a_bad_layout_naming_the_key():
 
 
 def test_a_whole_path_fits_the_catalog_and_an_album_stays_in_one_directory():
-    from musicfs.layout import DIRS_MAX, PATH_MAX, fit_directories, shown_path
+    from musicfs.catalog.layout import DIRS_MAX, PATH_MAX, fit_directories, shown_path
     dirs = fit_directories((directory_name("A" * 115), directory_name("B" * 197), directory_name("C" * 250)))
     assert sum(len(d.encode()) + 1 for d in dirs) <= DIRS_MAX
     long_title = shown_path(dirs, "T" * 225, "flac")

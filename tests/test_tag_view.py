@@ -127,7 +127,7 @@ def test_collisions_and_replicas(tmp_path, library, mounted):
     library("second", "z/three.flac", same)       # same place, other origin
     replica = library("first", "r/rep.flac", {"artist": "R", "title": "Rep"})
     library("second", "r/rep.flac", {"artist": "R", "title": "Rep"})   # same relative path: a replica
-    from musicfs.view import collision_suffix
+    from musicfs.catalog.views import collision_suffix
     service, mount = mounted([("first", tmp_path / "first"), ("second", tmp_path / "second")], **TAGS)
     assert tree(mount.mountpoint) == {
         "A/B/01 T.flac",

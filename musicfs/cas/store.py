@@ -31,6 +31,7 @@ from concurrent.futures import Future
 
 import xxhash
 
+from ..catalog.records import origin_key
 from ..errors import ChunkCorrupt, ChunkMissing
 from ..storage import U64, Storage
 
@@ -62,8 +63,8 @@ def chunk_count(file_size: int, chunk_size: int) -> int:
     return (file_size + chunk_size - 1) // chunk_size
 
 
-def manifest_key(origin: str, relpath: bytes) -> bytes:
-    return origin.encode() + b"\0" + relpath
+# A manifest is keyed like the origin file it describes.
+manifest_key = origin_key
 
 
 def lru_key(last_access: int, digest: bytes) -> bytes:

@@ -11,7 +11,7 @@ Template syntax (the contract of ``[layout] template``)::
 * ``/`` separates directory levels; the file's ``.<ext>`` is appended to the last segment.
 * Each segment is made safe after substitution (:func:`safe_segment`).
 
-Everything here is pure: no I/O, no LMDB. :mod:`musicfs.view` applies it to the catalog.
+Everything here is pure: no I/O, no LMDB. :mod:`musicfs.catalog.views` applies it to the catalog.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 FIELDS = ("artist", "albumartist", "album", "title", "track", "disc", "year", "genre", "format", "ext",
           "origin")

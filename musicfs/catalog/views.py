@@ -10,8 +10,8 @@ Placement (the contract of ``[layout] mode = "tags"``):
 
 * Files are merged by their origin-relative path first, as in the paths view: the same path in
   two origins is one file whose first origin is read and the others are replicas.
-* Audio files (:data:`musicfs.tags.AUDIO_EXTENSIONS`) go where the template puts them
-  (:mod:`musicfs.layout`). When several land on one path, the first in origin order, then by
+* Audio files (:data:`musicfs.catalog.tags.AUDIO_EXTENSIONS`) go where the template puts them
+  (:mod:`musicfs.catalog.layout`). When several land on one path, the first in origin order, then by
   origin-relative path, keeps the name; each other gets `` [hhhhhh]`` (XXH3-64 of its
   origin-relative path) before its extension.
 * Sidecars (:data:`SIDECAR_EXTENSIONS`) follow their folder's audio into its album directory
@@ -25,12 +25,13 @@ import logging
 
 import xxhash
 
-from .catalog import carried_version, content_version, decode_record, encode_entry, split
+from ..origins.base import KIND_DIR, KIND_FILE
 from .layout import (Template, album_key, directory_name, disc_number, display_name, field_values,
                      fit_directories, shown_path, split_ext)
-from .origins import KIND_DIR, KIND_FILE
+from .records import (carried_version, child_key, content_version, decode_record, decode_tags, encode_entry,
+                      origin_key, split, split_origin_key)
+from .records import shown_path as paths_view_path
 from .tags import AUDIO_EXTENSIONS, TAG_VERSION
-from .tags import decode_record as decode_tags
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,7 @@ def build(txn, storage, order: list[str], template: Template) -> dict[bytes, tup
     rank = {name: index for index, name in enumerate(order)}
     holders: dict[bytes, list] = collections.defaultdict(list)
     for key, raw in txn.cursor(db=storage.origin_files):
-        origin, _, relpath = bytes(key).partition(b"\0")
-        name = origin.decode()
+        name, relpath = split_origin_key(key)
         if name in rank:
             holders[relpath].append((rank[name], name, decode_record(raw)))
 
@@ -61,7 +61,7 @@ def build(txn, storage, order: list[str], template: Template) -> dict[bytes, tup
         base = relpath.rpartition(b"/")[2]
         ext = split_ext(base)[1]
         if ext in AUDIO_EXTENSIONS:
-            raw_tags = txn.get(copies[0][0].encode() + b"\0" + relpath, db=storage.tags)
+            raw_tags = txn.get(origin_key(copies[0][0], relpath), db=storage.tags)
             tags = decode_tags(raw_tags) if raw_tags is not None else None
             audio.append((found[0][0], relpath, copies, tags))
         elif ext in SIDECAR_EXTENSIONS:
@@ -130,9 +130,8 @@ def write(txn, storage, entries: dict[bytes, tuple], recent) -> int:
         if path not in entries:
             stale.append(bytes(path))
     for path in stale:
-        parent, name = split(path)
         txn.delete(path, db=storage.entries)
-        txn.delete(parent + b"\0" + name, db=storage.children)
+        txn.delete(child_key(path), db=storage.children)
         recent.note(path)
         changed += 1
     for path, (kind, size, mtime_ns, sources, version) in entries.items():
@@ -141,9 +140,8 @@ def write(txn, storage, entries: dict[bytes, tuple], recent) -> int:
         raw = encode_entry(kind, size, mtime_ns, sources, version)
         if old is not None and bytes(old) == raw:
             continue
-        parent, name = split(path)
         txn.put(path, raw, db=storage.entries)
-        txn.put(parent + b"\0" + name, bytes((kind,)), db=storage.children)
+        txn.put(child_key(path), bytes((kind,)), db=storage.children)
         if old is not None and kind == KIND_FILE:
             recent.note(path)
         changed += 1
@@ -151,14 +149,118 @@ def write(txn, storage, entries: dict[bytes, tuple], recent) -> int:
 
 
 
-class TagView:
-    """The tag view as the scanner's derived view: `spec` names what it was built for (a
-    change of template or of the tag reader rebuilds it), `rebuild` recomputes it."""
+class View:
+    """What makes the shown tree (``entries``/``children``) out of the origins' records.
+
+    The scanner tells a view which relative paths' records changed (`placed`, in the writing
+    transaction) and asks it to `settle` the tree; a `deferred` view is settled once a scan or
+    refresh is over instead of at every transaction. `rebuild` makes the tree anew (a change of
+    origins or layout). `spec` names what the tree was made for: a different one rebuilds it."""
+
+    name = "?"
+    spec = b""
+    deferred = False
+    tag_version = 0          # the tag reader the view needs (0: it reads no tags)
+
+    def attach(self, storage, order: list[str], recent) -> None:
+        self.storage, self.order, self.recent = storage, list(order), recent
+
+    @property
+    def pending(self) -> bool:
+        return False
+
+    def placed(self, txn, relpath: bytes) -> None:
+        raise NotImplementedError
+
+    def settle(self, txn) -> int:
+        return 0
+
+    def rebuild(self, txn) -> int:
+        raise NotImplementedError
+
+
+class PathsView(View):
+    """The origins' folders merged: each relative path is shown as it is, its copies in origin
+    order. Kept up to date path by path as records change."""
+
+    name = "paths"
+    spec = b"paths"
+
+    def placed(self, txn, relpath: bytes) -> None:
+        """Recompute the merged entry of one relative path from every origin's record."""
+        storage = self.storage
+        sources, winner = [], None
+        for name in self.order:
+            raw = txn.get(origin_key(name, relpath), db=storage.origin_files)
+            if raw is None:
+                continue
+            record = decode_record(raw)
+            if winner is None:
+                winner = record
+            elif record[0] != winner[0]:
+                continue  # a file in one origin and a directory in another: the first one wins
+            sources.append((name, relpath))
+        path = paths_view_path(relpath)
+        old = txn.get(path, db=storage.entries)
+        if winner is None:
+            if old is not None:
+                txn.delete(path, db=storage.entries)
+                txn.delete(child_key(path), db=storage.children)
+                self.recent.note(path)
+            return
+        kind, size, mtime_ns, _, token = winner
+        version = carried_version(old, kind, size, sources, content_version(sources[0][0], mtime_ns, token))
+        new = encode_entry(kind, size, mtime_ns, sources, version)
+        if old == new:
+            return
+        txn.put(path, new, db=storage.entries)
+        txn.put(child_key(path), bytes((kind,)), db=storage.children)
+        if old is not None and kind == KIND_FILE:
+            self.recent.note(path)
+
+    def rebuild(self, txn) -> int:
+        txn.drop(self.storage.entries, delete=False)
+        txn.drop(self.storage.children, delete=False)
+        order = set(self.order)
+        merged = 0
+        for key in txn.cursor(db=self.storage.origin_files).iternext(keys=True, values=False):
+            origin, relpath = split_origin_key(key)
+            if relpath and origin in order:   # (a path in several origins is merged again: harmless)
+                self.placed(txn, relpath)
+                merged += 1
+        return merged
+
+
+class TagView(View):
+    """The tag view: a derived view rebuilt as a whole once a scan or refresh is done. `spec`
+    names what it was built for (a change of template or of the tag reader rebuilds it)."""
+
+    name = "tag"
+    deferred = True
 
     def __init__(self, template: Template):
         self.template = template
         self.tag_version = TAG_VERSION
         self.spec = f"tags:{TAG_VERSION}:{template.text}".encode()
+        self._dirty = False
 
-    def rebuild(self, txn, storage, order: list[str], recent) -> int:
-        return write(txn, storage, build(txn, storage, order, self.template), recent)
+    @property
+    def pending(self) -> bool:
+        return self._dirty
+
+    def placed(self, txn, relpath: bytes) -> None:
+        self._dirty = True
+
+    def settle(self, txn) -> int:
+        if not self._dirty:
+            return 0
+        return self.rebuild(txn)
+
+    def rebuild(self, txn) -> int:
+        self._dirty = False
+        return write(txn, self.storage, build(txn, self.storage, self.order, self.template), self.recent)
+
+
+def view_for(layout) -> View:
+    """The view a ``[layout]`` configuration asks for."""
+    return TagView(Template(layout.template)) if layout.mode == "tags" else PathsView()

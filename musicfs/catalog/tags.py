@@ -12,12 +12,10 @@ here: it gets ``None`` and is placed by the layout with its fallbacks.
 from __future__ import annotations
 
 import io
-import json
 import logging
-import struct
 import unicodedata
 
-from .origins import OriginEntry
+from ..origins.base import OriginEntry
 
 log = logging.getLogger(__name__)
 
@@ -197,25 +195,3 @@ def read_tags(origin, relpath: bytes, size: int, expect: OriginEntry | None = No
 
 # Bump when read_tags learns something new: every stored record is then read again.
 TAG_VERSION = 1
-# A record of the `tags` database: u8 TAG_VERSION, u64 size, u64 mtime_ns, u16 token length,
-# the origin file's version token, then the tags as JSON (null: the file could not be parsed).
-TAG_RECORD = struct.Struct(">BQQH")
-
-
-def encode_record(entry: OriginEntry, tags: dict | None) -> bytes:
-    return (TAG_RECORD.pack(TAG_VERSION, entry.size, entry.mtime_ns, len(entry.token)) + entry.token
-            + json.dumps(tags, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode())
-
-
-def record_is_current(raw: bytes | None, entry: OriginEntry) -> bool:
-    """True if a stored record was read from this version of the file by this TAG_VERSION."""
-    if raw is None:
-        return False
-    version, size, mtime_ns, length = TAG_RECORD.unpack_from(raw)
-    token = bytes(raw[TAG_RECORD.size:TAG_RECORD.size + length])
-    return version == TAG_VERSION and entry.same_version(size, mtime_ns, token)
-
-
-def decode_record(raw: bytes) -> dict | None:
-    length = TAG_RECORD.unpack_from(raw)[3]
-    return json.loads(bytes(raw[TAG_RECORD.size + length:]))

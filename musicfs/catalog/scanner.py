@@ -23,30 +23,24 @@ combining its cached view of the old version with bytes of the new one.
 """
 from __future__ import annotations
 
-import collections
 import concurrent.futures
 import logging
-import struct
 import threading
 import time
 from dataclasses import dataclass, field
 
-import xxhash
-
-from .cas.store import ChunkStore
-from .errors import NotFound, OriginChanged, OriginUnavailable
+from ..cas.store import ChunkStore
+from ..errors import OriginChanged, OriginUnavailable
+from ..origins.base import KIND_DIR, KIND_FILE, Origin, OriginEntry, join
+from ..storage import Storage
+from .index import RecentChanges
 from .layout import PATH_MAX, split_ext
-from .origins import KIND_DIR, KIND_FILE, Origin, OriginEntry, join
-from .storage import U64, Storage
-from .tags import AUDIO_EXTENSIONS, read_tags, record_is_current
-from .tags import encode_record as encode_tag_record
+from .records import (encode_record, encode_tags, entry_version, origin_prefix, record_generation,
+                      record_version, split_origin_key, tags_are_current, with_generation)
+from .tags import AUDIO_EXTENSIONS, TAG_VERSION, read_tags
+from .views import PathsView
 
 log = logging.getLogger(__name__)
-
-ENTRY_HEAD = struct.Struct(">BQQB")        # kind, size, mtime_ns, number of sources
-ORIGIN_RECORD = struct.Struct(">BQQQ")     # kind, size, mtime_ns, scan generation; then the token
-LEN16 = struct.Struct(">H")
-ROOT = b"/"
 # Records written per transaction during a scan: big enough to be efficient, small enough that
 # the chunk store's writers never wait long for the LMDB write lock.
 SCAN_BATCH = 2000
@@ -56,262 +50,6 @@ SCAN_BATCH = 2000
 TAG_READERS = 4
 # Refreshes remembered for ordering against scans before old ones are pruned.
 REFRESHED_KEPT = 10_000
-
-
-@dataclass(frozen=True, slots=True)
-class CatalogEntry:
-    kind: int
-    size: int
-    mtime_ns: int
-    sources: tuple[tuple[str, bytes], ...]   # (origin name, path on the origin), preferred first
-    token: bytes = b""                       # the content's version (see content_version)
-
-    @property
-    def is_dir(self) -> bool:
-        return self.kind == KIND_DIR
-
-
-def encode_entry(kind: int, size: int, mtime_ns: int, sources, token: bytes = b"") -> bytes:
-    parts = [ENTRY_HEAD.pack(kind, size, mtime_ns, len(sources))]
-    for origin, relpath in sources:
-        name = origin.encode()
-        parts += [LEN16.pack(len(name)), name, LEN16.pack(len(relpath)), relpath]
-    parts += [LEN16.pack(len(token)), token]
-    return b"".join(parts)
-
-
-def decode_entry(raw: bytes) -> CatalogEntry:
-    kind, size, mtime_ns, count = ENTRY_HEAD.unpack_from(raw)
-    pos = ENTRY_HEAD.size
-    sources = []
-    for _ in range(count):
-        (n,) = LEN16.unpack_from(raw, pos)
-        origin = raw[pos + 2:pos + 2 + n].decode()
-        pos += 2 + n
-        (n,) = LEN16.unpack_from(raw, pos)
-        relpath = bytes(raw[pos + 2:pos + 2 + n])
-        pos += 2 + n
-        sources.append((origin, relpath))
-    (n,) = LEN16.unpack_from(raw, pos)
-    token = bytes(raw[pos + 2:pos + 2 + n])
-    return CatalogEntry(kind, size, mtime_ns, tuple(sources), token)
-
-
-def content_version(origin: str, mtime_ns: int, token: bytes) -> bytes:
-    """What an entry records as the version of its content: which origin's copy, its mtime and
-    its token. Stays the same when a replica takes over from a copy that went away."""
-    return origin.encode() + b"\0" + U64.pack(mtime_ns) + token
-
-
-def carried_version(old: bytes | None, kind: int, size: int, sources, version: bytes) -> bytes:
-    """The content version a changed entry gets: `version`, except when the preferred copy went
-    away and a replica of the same size takes over - the same file for open handles (its chunks
-    are verified against the digests known), not a new version."""
-    if old is None or kind != KIND_FILE:
-        return version
-    before = decode_entry(old)
-    gone_from = before.token.partition(b"\0")[0].decode()
-    if (before.kind, before.size) == (kind, size) and gone_from in [o for o, _ in before.sources] \
-            and gone_from not in [o for o, _ in sources]:
-        return before.token
-    return version
-
-
-def version_tag(raw: bytes) -> int:
-    """A non-zero 64-bit number naming one version of an entry's content: an open is given it
-    as its file handle, and reads that carry another one fail instead of mixing versions."""
-    # Called on every open: skip over the sources rather than decode them.
-    pos = ENTRY_HEAD.size
-    for _ in range(raw[ENTRY_HEAD.size - 1]):            # each source: two u16-prefixed strings
-        pos += 2 + LEN16.unpack_from(raw, pos)[0]
-        pos += 2 + LEN16.unpack_from(raw, pos)[0]
-    return xxhash.xxh3_64_intdigest(bytes(raw[:9]) + bytes(raw[pos:])) or 1   # kind, size, content version
-
-
-def encode_record(kind: int, size: int, mtime_ns: int, generation: int, token: bytes) -> bytes:
-    return ORIGIN_RECORD.pack(kind, size, mtime_ns, generation) + token
-
-
-def decode_record(raw: bytes) -> tuple[int, int, int, int, bytes]:
-    """(kind, size, mtime_ns, generation, token) of an origin_files record."""
-    return (*ORIGIN_RECORD.unpack_from(raw), bytes(raw[ORIGIN_RECORD.size:]))
-
-
-def record_version(raw: bytes) -> tuple:
-    """What identifies the version of an origin file in its record: all but the generation."""
-    kind, size, mtime_ns, _, token = decode_record(raw)
-    return kind, size, mtime_ns, token
-
-
-class OpenedVersions:
-    """The version each recently opened path was opened at. The kernel keeps a file's pages
-    across opens only when told the file is the same (FOPEN_KEEP_CACHE); libfuse's auto_cache
-    would decide that from size and mtime, which a replacement may keep (a tagger keeping the
-    mtime, an S3 object rewritten within the second) while its bytes differ. The version tag
-    does not. Bounded: a path that fell out is simply opened without keeping pages."""
-
-    LIMIT = 16_384
-
-    def __init__(self):
-        self._versions: collections.OrderedDict[bytes, int] = collections.OrderedDict()
-        self._lock = threading.Lock()
-
-    def same_as_before(self, path: bytes, tag: int) -> bool:
-        """Whether the last open of `path` was of version `tag` (then its pages may be kept);
-        remembers `tag` as the last."""
-        with self._lock:
-            before = self._versions.pop(path, None)
-            self._versions[path] = tag
-            if len(self._versions) > self.LIMIT:
-                self._versions.popitem(last=False)
-        return before == tag
-
-
-class RecentChanges:
-    """Shown paths whose entry changed lately, and when (monotonic seconds).
-
-    The kernel keeps a file's attributes and pages for up to its attribute timeout; during that
-    window a new open must not combine the kernel's old size or old pages with new bytes. The
-    FUSE layer asks `recent` on open. Bounded: the oldest entries go first."""
-
-    LIMIT = 100_000
-
-    def __init__(self, window: float = 31.0):
-        self.window = window
-        self._changed: collections.OrderedDict[bytes, float] = collections.OrderedDict()
-        self._lock = threading.Lock()
-
-    def note(self, path: bytes) -> None:
-        with self._lock:
-            self._changed.pop(path, None)
-            self._changed[path] = time.monotonic()
-            while len(self._changed) > self.LIMIT:
-                self._changed.popitem(last=False)
-
-    def recent(self, path: bytes) -> bool:
-        if not self._changed:
-            return False
-        with self._lock:
-            when = self._changed.get(path)
-            if when is None:
-                return False
-            if time.monotonic() - when < self.window:
-                return True
-            del self._changed[path]
-            return False
-
-
-def shown_path(relpath: bytes) -> bytes:
-    """Where a path on an origin appears in the mounted tree (identity layout)."""
-    return ROOT + relpath
-
-
-def split(path: bytes) -> tuple[bytes, bytes]:
-    parent, _, name = path.rpartition(b"/")
-    return (parent or ROOT), name
-
-
-class Catalog:
-    """Read side: lookups and listings straight from LMDB (one read transaction each)."""
-
-    def __init__(self, storage: Storage, recent: RecentChanges | None = None):
-        self.storage = storage
-        self.recent = recent or RecentChanges()
-        self.opened = OpenedVersions()
-        self._root_entry = CatalogEntry(KIND_DIR, 0, time.time_ns(), ())
-
-    def lookup(self, path: bytes) -> CatalogEntry | None:
-        raw = self.raw(path)
-        if raw is None:
-            return self._root_entry if path == ROOT else None
-        return decode_entry(raw)
-
-    def raw(self, path: bytes) -> bytes | None:
-        """The stored entry of `path`, undecoded: equal bytes mean an unchanged entry."""
-        with self.storage.env.begin(db=self.storage.entries) as txn:
-            return txn.get(path)
-
-    def open_version(self, path: bytes) -> tuple[int, bool, bool]:
-        """(version tag, changed lately, same version as the open before) of a file being
-        opened; NotFound if it is not listed."""
-        raw = self.raw(path)
-        if raw is None:
-            raise NotFound(path.decode(errors="replace"))
-        if raw[0] == KIND_DIR:
-            raise IsADirectoryError(21, "is a directory")
-        tag = version_tag(raw)
-        return tag, self.recent.recent(path), self.opened.same_as_before(path, tag)
-
-    def attrs(self, path: bytes) -> tuple[int, int, int] | None:
-        """(kind, size, mtime_ns) without decoding sources: the getattr fast path."""
-        with self.storage.env.begin(db=self.storage.entries) as txn:
-            raw = txn.get(path)
-            if raw is None:
-                return (KIND_DIR, 0, self._root_entry.mtime_ns) if path == ROOT else None
-            return ENTRY_HEAD.unpack_from(raw)[:3]
-
-    def list(self, path: bytes) -> list[bytes] | None:
-        """Names in a directory, sorted; None if `path` is not a directory."""
-        children = self.children(path)
-        return None if children is None else [name for name, _ in children]
-
-    def children(self, path: bytes) -> list[tuple[bytes, int]] | None:
-        """(name, kind) of each entry of a directory, sorted; None if `path` is not a directory."""
-        prefix = path + b"\0"
-        cut = len(prefix)
-        with self.storage.env.begin() as txn:   # one transaction: this is the readdir hot path
-            raw = txn.get(path, db=self.storage.entries)
-            if raw is None:
-                if path != ROOT:   # the root exists before the first scan has stored it
-                    return None
-            elif raw[0] != KIND_DIR:
-                return None
-            cursor = txn.cursor(db=self.storage.children)
-            if not cursor.set_range(prefix):
-                return []
-            found = []
-            for key, value in cursor:
-                if not key.startswith(prefix):
-                    break
-                found.append((key[cut:], value[0]))
-        return found
-
-    def next_files(self, path: bytes, count: int) -> list[bytes]:
-        """Up to `count` files listed after `path` in its directory, in listing order."""
-        parent, _, name = path.rpartition(b"/")
-        prefix = (parent or ROOT) + b"\0"
-        found = []
-        with self.storage.env.begin(db=self.storage.children) as txn:
-            cursor = txn.cursor()
-            if not cursor.set_range(prefix + name + b"\0"):   # the first key after `name`'s
-                return found
-            for key, value in cursor:
-                if not key.startswith(prefix) or len(found) == count:
-                    break
-                if value[0] != KIND_DIR:
-                    found.append(parent + b"/" + key[len(prefix):])
-        return found
-
-    def counts(self) -> tuple[int, int]:
-        """(files, directories) in the merged tree."""
-        files = dirs = 0
-        with self.storage.env.begin(db=self.storage.entries) as txn:
-            for raw in txn.cursor().iternext(keys=False, values=True):
-                if raw[0] == KIND_DIR:
-                    dirs += 1
-                else:
-                    files += 1
-        return files, dirs
-
-    def last_scan(self, origin: str) -> int:
-        with self.storage.begin() as txn:
-            return self.storage.get_u64(txn, b"scanned:" + origin.encode())
-
-    def tagged(self, origin: str) -> int:
-        """The tag reader version of the last complete scan of `origin` in the tag view (0:
-        none yet, e.g. the library was only ever mounted in the paths layout)."""
-        with self.storage.begin() as txn:
-            return self.storage.get_u64(txn, b"tagged:" + origin.encode())
 
 
 @dataclass
@@ -355,10 +93,9 @@ class Scanner:
         self.stall_timeout = stall_timeout
         self.recent = recent or RecentChanges()
         self.last_results: dict[str, ScanResult] = {}
-        # None: the paths view, kept up to date entry by entry (_merge). Otherwise a derived
-        # view (musicfs.view.TagView) rebuilt as a whole once a scan or refresh is done.
-        self.view = view
-        self._view_dirty = False
+        # What makes the shown tree out of the records (musicfs.catalog.views).
+        self.view = view or PathsView()
+        self.view.attach(storage, self.order, self.recent)
         self._write_lock = threading.Lock()  # one catalog writer at a time (merges read all origins)
         self._workers: dict[str, _ScanWorker] = {}
         self._workers_lock = threading.Lock()
@@ -373,68 +110,38 @@ class Scanner:
             self.origins = list(origins)
             self.by_name = {o.name: o for o in self.origins}
             self.order = [o.name for o in self.origins]
-            self.view = view
-            self._view_dirty = view is not None
+            self.view = view or PathsView()
+            self.view.attach(self.storage, self.order, self.recent)
 
-    # -- merged view -------------------------------------------------------------------------
-
-    def _merge(self, txn, relpath: bytes) -> None:
-        """Recompute the merged entry of one relative path from every origin's record."""
-        sources, winner = [], None
-        for name in self.order:
-            raw = txn.get(name.encode() + b"\0" + relpath, db=self.storage.origin_files)
-            if raw is None:
-                continue
-            record = decode_record(raw)
-            if winner is None:
-                winner = record
-            elif record[0] != winner[0]:
-                continue  # a file in one origin and a directory in another: the first one wins
-            sources.append((name, relpath))
-        path = shown_path(relpath)
-        parent, name = split(path)
-        old = txn.get(path, db=self.storage.entries)
-        if winner is None:
-            if old is not None:
-                txn.delete(path, db=self.storage.entries)
-                txn.delete(parent + b"\0" + name, db=self.storage.children)
-                self.recent.note(path)
-            return
-        kind, size, mtime_ns, _, token = winner
-        version = carried_version(old, kind, size, sources, content_version(sources[0][0], mtime_ns, token))
-        new = encode_entry(kind, size, mtime_ns, sources, version)
-        if old == new:
-            return
-        txn.put(path, new, db=self.storage.entries)
-        txn.put(parent + b"\0" + name, bytes((kind,)), db=self.storage.children)
-        if old is not None and kind == KIND_FILE:
-            self.recent.note(path)
+    # -- the shown tree ----------------------------------------------------------------------
 
     def _placed(self, txn, relpath: bytes) -> None:
-        """An origin record of `relpath` changed: place it in the shown tree."""
-        if self.view is None:
-            self._merge(txn, relpath)
-        else:
-            self._view_dirty = True
+        """An origin record of `relpath` changed (in `txn`): the view places it."""
+        self.view.placed(txn, relpath)
+
+    def _settle(self, txn) -> None:
+        """End of a writing transaction: a view that follows records as they change brings the
+        shown tree up to date in it; a deferring one waits for finish_view."""
+        if not self.view.deferred:
+            self.view.settle(txn)
 
     def finish_view(self) -> None:
-        """Rebuild a derived view after records changed, in one write transaction: readers see
-        the old tree or the new one. Nothing to do for the paths view."""
-        if self.view is None or not self._view_dirty:
+        """After a scan or refresh: bring a deferring view up to date, in one write
+        transaction (readers see the old tree or the new one)."""
+        if not self.view.pending:
             return
         started = time.monotonic()
         with self._write_lock, self.storage.begin(write=True) as txn:
-            self._view_dirty = False
-            changed = self.view.rebuild(txn, self.storage, self.order, self.recent)
-        log.log(logging.INFO if changed else logging.DEBUG, "tag view: %d entries changed in %.2fs",
-                changed, time.monotonic() - started)
+            changed = self.view.settle(txn)
+        log.log(logging.INFO if changed else logging.DEBUG, "%s view: %d entries changed in %.2fs",
+                self.view.name, changed, time.monotonic() - started)
 
     def reconcile_origins(self) -> bool:
         """Make the shown tree match the configured origins, their order and the layout.
         Records of origins no longer configured, or whose identity changed (same name, another
         path), are dropped. Returns True if anything had to be rebuilt."""
         identities = [o.describe().encode() for o in self.origins]
-        view_spec = b"paths" if self.view is None else self.view.spec
+        view_spec = self.view.spec
         fingerprint = b"\0".join(identities) + b"\0view:" + view_spec
         with self.storage.begin() as txn:
             previous = txn.get(b"origins", db=self.storage.meta)
@@ -445,27 +152,14 @@ class Scanner:
         with self._write_lock, self.storage.begin(write=True) as txn:
             known = {o.name for o, identity in zip(self.origins, identities) if identity in before}
             cursor = txn.cursor(db=self.storage.origin_files)
-            relpaths = set()
-            stale = []
-            for key in cursor.iternext(keys=True, values=False):
-                origin, _, relpath = key.partition(b"\0")
-                if origin.decode() in known:
-                    relpaths.add(relpath)
-                else:
-                    stale.append(key)
+            stale = [key for key in cursor.iternext(keys=True, values=False)
+                     if split_origin_key(key)[0] not in known]
             for key in stale:
                 txn.delete(key, db=self.storage.origin_files)
                 txn.delete(key, db=self.storage.tags)
                 self.store.drop_manifest(key, txn)
                 self.store.forget_pin(key, txn)
-            if self.view is None:
-                txn.drop(self.storage.entries, delete=False)
-                txn.drop(self.storage.children, delete=False)
-                for relpath in relpaths:
-                    if relpath:
-                        self._merge(txn, relpath)
-            else:
-                self.view.rebuild(txn, self.storage, self.order, self.recent)
+            self.view.rebuild(txn)
             for key, _ in list(txn.cursor(db=self.storage.meta)):
                 prefix, _, name = key.partition(b":")
                 if prefix in (b"scanned", b"tagged") and name.decode() not in known:
@@ -525,8 +219,8 @@ class Scanner:
 
     def _apply_batch(self, origin: str, generation: int, batch, result: ScanResult, worker=None,
                      listed_at: float | None = None) -> None:
-        prefix = origin.encode() + b"\0"
-        tags = self._read_tags(origin, batch, result, worker) if self.view is not None else {}
+        prefix = origin_prefix(origin)
+        tags = self._read_tags(origin, batch, result, worker) if self.view.tag_version else {}
         with self._write_lock, self.storage.begin(write=True) as txn:
             for relpath, entry in batch:
                 if listed_at is not None and self._refreshed_since(prefix + relpath, listed_at):
@@ -544,7 +238,8 @@ class Scanner:
                 if listed_at is not None and self._refreshed_since(prefix + relpath, listed_at):
                     continue   # read from the version the refresh replaced
                 txn.put(prefix + relpath, record, db=self.storage.tags)
-                self._view_dirty = True
+                self._placed(txn, relpath)
+            self._settle(txn)
 
     def _refreshed_since(self, key: bytes, since: float) -> bool:
         return self._refreshed.get(key, float("-inf")) >= since
@@ -552,8 +247,7 @@ class Scanner:
     def _restamp(self, txn, key: bytes, generation: int) -> None:
         raw = txn.get(key, db=self.storage.origin_files)
         if raw is not None:
-            kind, size, mtime_ns, _, token = decode_record(raw)
-            txn.put(key, encode_record(kind, size, mtime_ns, generation, token), db=self.storage.origin_files)
+            txn.put(key, with_generation(raw, generation), db=self.storage.origin_files)
 
     def _note_refreshed(self, key: bytes) -> None:
         """Called under the write lock by the refreshes a read triggers."""
@@ -568,11 +262,11 @@ class Scanner:
         """Tag records for the audio files of a batch whose stored tags are missing or were
         read from another version of the file. Read in parallel (the origin's latency, not its
         bandwidth, is the limit) and outside the write transaction."""
-        prefix = origin_name.encode() + b"\0"
+        prefix = origin_prefix(origin_name)
         with self.storage.begin() as txn:
             todo = [(relpath, entry) for relpath, entry in batch
                     if entry.kind == KIND_FILE and split_ext(relpath.rpartition(b"/")[2])[1] in AUDIO_EXTENSIONS
-                    and not record_is_current(txn.get(prefix + relpath, db=self.storage.tags), entry)]
+                    and not tags_are_current(txn.get(prefix + relpath, db=self.storage.tags), TAG_VERSION, entry)]
         if not todo:
             return {}
         origin = self.by_name[origin_name]
@@ -586,7 +280,7 @@ class Scanner:
                     log.info("origin %s: cannot read the tags of %s (%s)", origin_name,
                              relpath.decode(errors="replace"), getattr(e, "strerror", None) or e)
                     continue
-                done[relpath] = encode_tag_record(entry, tags)
+                done[relpath] = encode_tags(TAG_VERSION, entry, tags)
                 if worker is not None:
                     worker.progress()
             return done
@@ -604,9 +298,9 @@ class Scanner:
     def _put_record(self, txn, key: bytes, relpath: bytes, entry: OriginEntry, generation: int) -> bool:
         """Store one origin record; True if that file or directory changed (or is new)."""
         old = txn.get(key, db=self.storage.origin_files)
-        txn.put(key, encode_record(entry.kind, entry.size, entry.mtime_ns, generation, entry.token),
+        txn.put(key, encode_record(*entry_version(entry)[:3], generation, entry.token),
                 db=self.storage.origin_files)
-        if old is not None and record_version(old) == (entry.kind, entry.size, entry.mtime_ns, entry.token):
+        if old is not None and record_version(old) == entry_version(entry):
             return False
         if old is not None:
             # The file changed on the origin: its cached chunks describe old bytes.
@@ -624,7 +318,7 @@ class Scanner:
                keep: tuple[bytes, ...] = (), since: float | None = None) -> None:
         """After a walk: remove what the origin no longer has below `under` (b"": everything),
         except below the directories in `keep` (those that could not be listed)."""
-        prefix = origin.encode() + b"\0"
+        prefix = origin_prefix(origin)
         start = prefix + (under + b"/" if under else b"")
         kept = tuple(prefix + k + b"/" for k in keep)
         with self._write_lock, self.storage.begin(write=True) as txn:
@@ -634,19 +328,20 @@ class Scanner:
                 for key, raw in cursor:
                     if not key.startswith(start):
                         break
-                    if ORIGIN_RECORD.unpack_from(raw)[3] != generation and not (kept and key.startswith(kept)) \
+                    if record_generation(raw) != generation and not (kept and key.startswith(kept)) \
                             and not (since is not None and self._refreshed_since(key, since)):
                         gone.append(key)   # (one a read recorded after the walk began is newer)
             for key in gone:
                 self._forget(txn, key, prefix)
             result.removed += len(gone)
+            self._settle(txn)
             if not under:
                 self.storage.put_u64(txn, b"scanned:" + origin.encode(), time.time_ns())
-                if self.view is not None:
+                if self.view.tag_version:
                     self.storage.put_u64(txn, b"tagged:" + origin.encode(), self.view.tag_version)
 
     def _stored_count(self, origin: str, limit: int = 1) -> int:
-        prefix = origin.encode() + b"\0"
+        prefix = origin_prefix(origin)
         count = 0
         with self.storage.begin() as txn:
             cursor = txn.cursor(db=self.storage.origin_files)
@@ -725,17 +420,18 @@ class Scanner:
         """A read found this origin file changed (`current` is what the origin has now) or gone
         (None, after the caller made sure its directory is there): update its record at once,
         so the next open sees the new version, and drop the old version's chunk list."""
-        prefix = origin_name.encode() + b"\0"
+        prefix = origin_prefix(origin_name)
         key = prefix + relpath
         with self._write_lock, self.storage.begin(write=True) as txn:
             old = txn.get(key, db=self.storage.origin_files)
-            generation = decode_record(old)[3] if old is not None else 0
+            generation = record_generation(old) if old is not None else 0
             if current is None:
                 if old is not None:
                     self._forget(txn, key, prefix)
             else:
                 self._put_record(txn, key, relpath, current, generation)
             self._note_refreshed(key)
+            self._settle(txn)
         self.finish_view()
         log.warning("origin %s: %s %s since the last scan; catalog entry refreshed",
                     origin_name, relpath.decode(errors="replace"), "changed" if current else "vanished")
@@ -760,7 +456,7 @@ class Scanner:
         self._refresh_listing(origin_name, directory, entries)
 
     def _refresh_listing(self, origin_name: str, directory: bytes, entries: list[OriginEntry]) -> None:
-        prefix = origin_name.encode() + b"\0"
+        prefix = origin_prefix(origin_name)
         start = prefix + (directory + b"/" if directory else b"")
         present = {join(directory, e.name): e for e in entries if e.kind in (KIND_FILE, KIND_DIR)}
         changed = removed = 0
@@ -782,12 +478,13 @@ class Scanner:
                 removed += 1
             for relpath, entry in present.items():
                 old = txn.get(prefix + relpath, db=self.storage.origin_files)
-                if old is None or record_version(old) != (entry.kind, entry.size, entry.mtime_ns, entry.token):
+                if old is None or record_version(old) != entry_version(entry):
                     # New folders are listed at the next scan; files are recorded now.
                     if entry.kind == KIND_FILE or old is None:
                         self._put_record(txn, prefix + relpath, relpath, entry, generation)
                         self._note_refreshed(prefix + relpath)
                         changed += 1
+            self._settle(txn)
         self.finish_view()
         log.warning("origin %s: refreshed %s after a file vanished: %d entries removed, %d changed",
                     origin_name, directory.decode(errors="replace") or "/", removed, changed)

@@ -1,0 +1,188 @@
+"""The catalog's read side: the lookups the FUSE layer, the reader and the commands make.
+
+Each lookup is one LMDB read transaction; nothing here writes. The shown tree (``entries`` and
+``children``) is whatever the view in use made of the origins' records (:mod:`.views`).
+"""
+from __future__ import annotations
+
+import collections
+import threading
+import time
+
+from ..errors import NotFound
+from ..origins.base import KIND_DIR
+from ..storage import Storage
+from .records import (ROOT, CatalogEntry, children_prefix, decode_entry, entry_attrs, entry_kind,
+                      origin_key, record_version, split, version_tag)
+
+
+class OpenedVersions:
+    """The version each recently opened path was opened at. The kernel keeps a file's pages
+    across opens only when told the file is the same (FOPEN_KEEP_CACHE); libfuse's auto_cache
+    would decide that from size and mtime, which a replacement may keep (a tagger keeping the
+    mtime, an S3 object rewritten within the second) while its bytes differ. The version tag
+    does not. Bounded: a path that fell out is simply opened without keeping pages."""
+
+    LIMIT = 16_384
+
+    def __init__(self):
+        self._versions: collections.OrderedDict[bytes, int] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def same_as_before(self, path: bytes, tag: int) -> bool:
+        """Whether the last open of `path` was of version `tag` (then its pages may be kept);
+        remembers `tag` as the last."""
+        with self._lock:
+            before = self._versions.pop(path, None)
+            self._versions[path] = tag
+            if len(self._versions) > self.LIMIT:
+                self._versions.popitem(last=False)
+        return before == tag
+
+
+class RecentChanges:
+    """Shown paths whose entry changed lately, and when (monotonic seconds).
+
+    The kernel keeps a file's attributes and pages for up to its attribute timeout; during that
+    window a new open must not combine the kernel's old size or old pages with new bytes. The
+    FUSE layer asks `recent` on open. Bounded: the oldest entries go first."""
+
+    LIMIT = 100_000
+
+    def __init__(self, window: float = 31.0):
+        self.window = window
+        self._changed: collections.OrderedDict[bytes, float] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def note(self, path: bytes) -> None:
+        with self._lock:
+            self._changed.pop(path, None)
+            self._changed[path] = time.monotonic()
+            while len(self._changed) > self.LIMIT:
+                self._changed.popitem(last=False)
+
+    def recent(self, path: bytes) -> bool:
+        if not self._changed:
+            return False
+        with self._lock:
+            when = self._changed.get(path)
+            if when is None:
+                return False
+            if time.monotonic() - when < self.window:
+                return True
+            del self._changed[path]
+            return False
+
+
+class Catalog:
+    """Read side: lookups and listings straight from LMDB (one read transaction each)."""
+
+    def __init__(self, storage: Storage, recent: RecentChanges | None = None):
+        self.storage = storage
+        self.recent = recent or RecentChanges()
+        self.opened = OpenedVersions()
+        self._root_entry = CatalogEntry(KIND_DIR, 0, time.time_ns(), ())
+
+    def lookup(self, path: bytes, txn=None) -> CatalogEntry | None:
+        raw = self.raw(path) if txn is None else txn.get(path, db=self.storage.entries)
+        if raw is None:
+            return self._root_entry if path == ROOT else None
+        return decode_entry(raw)
+
+    def raw(self, path: bytes) -> bytes | None:
+        """The stored entry of `path`, undecoded: equal bytes mean an unchanged entry."""
+        with self.storage.env.begin(db=self.storage.entries) as txn:
+            return txn.get(path)
+
+    def open_version(self, path: bytes) -> tuple[int, bool, bool]:
+        """(version tag, changed lately, same version as the open before) of a file being
+        opened; NotFound if it is not listed."""
+        raw = self.raw(path)
+        if raw is None:
+            raise NotFound(path.decode(errors="replace"))
+        if entry_kind(raw) == KIND_DIR:
+            raise IsADirectoryError(21, "is a directory")
+        tag = version_tag(raw)
+        return tag, self.recent.recent(path), self.opened.same_as_before(path, tag)
+
+    def attrs(self, path: bytes) -> tuple[int, int, int] | None:
+        """(kind, size, mtime_ns) without decoding sources: the getattr fast path."""
+        with self.storage.env.begin(db=self.storage.entries) as txn:
+            raw = txn.get(path)
+            if raw is None:
+                return (KIND_DIR, 0, self._root_entry.mtime_ns) if path == ROOT else None
+            return entry_attrs(raw)
+
+    def list(self, path: bytes) -> list[bytes] | None:
+        """Names in a directory, sorted; None if `path` is not a directory."""
+        children = self.children(path)
+        return None if children is None else [name for name, _ in children]
+
+    def children(self, path: bytes) -> list[tuple[bytes, int]] | None:
+        """(name, kind) of each entry of a directory, sorted; None if `path` is not a directory."""
+        prefix = children_prefix(path)
+        cut = len(prefix)
+        with self.storage.env.begin() as txn:   # one transaction: this is the readdir hot path
+            raw = txn.get(path, db=self.storage.entries)
+            if raw is None:
+                if path != ROOT:   # the root exists before the first scan has stored it
+                    return None
+            elif entry_kind(raw) != KIND_DIR:
+                return None
+            cursor = txn.cursor(db=self.storage.children)
+            if not cursor.set_range(prefix):
+                return []
+            found = []
+            for key, value in cursor:
+                if not key.startswith(prefix):
+                    break
+                found.append((key[cut:], value[0]))
+        return found
+
+    def next_files(self, path: bytes, count: int) -> list[bytes]:
+        """Up to `count` files listed after `path` in its directory, in listing order."""
+        parent, name = split(path)
+        prefix = children_prefix(parent)
+        found = []
+        with self.storage.env.begin(db=self.storage.children) as txn:
+            cursor = txn.cursor()
+            if not cursor.set_range(prefix + name + b"\0"):   # the first key after `name`'s
+                return found
+            for key, value in cursor:
+                if not key.startswith(prefix) or len(found) == count:
+                    break
+                if value[0] != KIND_DIR:
+                    found.append(parent.rstrip(b"/") + b"/" + key[len(prefix):])
+        return found
+
+    def counts(self) -> tuple[int, int]:
+        """(files, directories) in the merged tree."""
+        files = dirs = 0
+        with self.storage.env.begin(db=self.storage.entries) as txn:
+            for raw in txn.cursor().iternext(keys=False, values=True):
+                if entry_kind(raw) == KIND_DIR:
+                    dirs += 1
+                else:
+                    files += 1
+        return files, dirs
+
+    def last_scan(self, origin: str) -> int:
+        with self.storage.begin() as txn:
+            return self.storage.get_u64(txn, b"scanned:" + origin.encode())
+
+    def tagged(self, origin: str) -> int:
+        """The tag reader version of the last complete scan of `origin` in the tag view (0:
+        none yet, e.g. the library was only ever mounted in the paths layout)."""
+        with self.storage.begin() as txn:
+            return self.storage.get_u64(txn, b"tagged:" + origin.encode())
+
+
+    def origin_record(self, origin: str, relpath: bytes, txn=None) -> tuple[int, int, int, bytes] | None:
+        """(kind, size, mtime_ns, token) of an origin's file as its last scan or refresh saw it.
+        With `txn`, asked in that transaction (one that records a chunk, say)."""
+        if txn is None:
+            with self.storage.env.begin(db=self.storage.origin_files) as own:
+                raw = own.get(origin_key(origin, relpath))
+        else:
+            raw = txn.get(origin_key(origin, relpath), db=self.storage.origin_files)
+        return None if raw is None else record_version(raw)

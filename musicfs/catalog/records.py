@@ -1,0 +1,216 @@
+"""The catalog's records: the only code that knows their byte layout and key formats.
+
+The layout of every database is specified in :mod:`musicfs.storage`; this module encodes and
+decodes the catalog's part of it (``origin_files``, ``tags``, ``entries``, ``children`` and the
+derived tag-view databases). Everything else asks through these functions or through
+:class:`musicfs.catalog.index.Catalog`, never slicing a value itself.
+"""
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+
+import xxhash
+
+from ..origins.base import KIND_DIR, KIND_FILE, OriginEntry
+from ..storage import U64
+
+ENTRY_HEAD = struct.Struct(">BQQB")        # kind, size, mtime_ns, number of sources
+ORIGIN_RECORD = struct.Struct(">BQQQ")     # kind, size, mtime_ns, scan generation; then the token
+SLICE = struct.Struct(">QQ")               # offset in the source, the source's size
+LEN16 = struct.Struct(">H")
+ROOT = b"/"
+
+
+# -- keys --------------------------------------------------------------------------------------
+
+def origin_key(origin: str, relpath: bytes) -> bytes:
+    """The key of one origin's file in ``origin_files``, ``tags``, ``manifests`` and ``pins``."""
+    return origin.encode() + b"\0" + relpath
+
+
+def origin_prefix(origin: str) -> bytes:
+    """The prefix every key of `origin` starts with (see origin_key)."""
+    return origin.encode() + b"\0"
+
+
+def split_origin_key(key: bytes) -> tuple[str, bytes]:
+    """(origin name, path on the origin) of an origin_key."""
+    origin, _, relpath = bytes(key).partition(b"\0")
+    return origin.decode(), relpath
+
+
+def child_key(path: bytes) -> bytes:
+    """The ``children`` key listing `path` in its parent directory."""
+    parent, name = split(path)
+    return parent + b"\0" + name
+
+
+def children_prefix(directory: bytes) -> bytes:
+    return directory + b"\0"
+
+
+def split(path: bytes) -> tuple[bytes, bytes]:
+    """(parent, name) of a shown path."""
+    parent, _, name = path.rpartition(b"/")
+    return (parent or ROOT), name
+
+
+def shown_path(relpath: bytes) -> bytes:
+    """Where a path on an origin appears in the paths view (identity layout)."""
+    return ROOT + relpath
+
+
+# -- entries: the shown tree --------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class CatalogEntry:
+    kind: int
+    size: int
+    mtime_ns: int
+    sources: tuple[tuple[str, bytes], ...]   # (origin name, path on the origin), preferred first
+    token: bytes = b""                       # the content's version (see content_version)
+    # A file shown as a piece of its sources (a cover picture embedded in a track): its bytes
+    # are the source's from `offset`, `size` of them; the sources are `source_size` long.
+    offset: int = 0
+    source_size: int | None = None
+
+    @property
+    def is_dir(self) -> bool:
+        return self.kind == KIND_DIR
+
+    @property
+    def is_slice(self) -> bool:
+        return self.source_size is not None
+
+
+def encode_entry(kind: int, size: int, mtime_ns: int, sources, token: bytes = b"",
+                 piece: tuple[int, int] | None = None) -> bytes:
+    """`piece`: (offset, source size) for an entry that shows a piece of its sources."""
+    parts = [ENTRY_HEAD.pack(kind, size, mtime_ns, len(sources))]
+    for origin, relpath in sources:
+        name = origin.encode()
+        parts += [LEN16.pack(len(name)), name, LEN16.pack(len(relpath)), relpath]
+    parts += [LEN16.pack(len(token)), token]
+    if piece is not None:
+        parts.append(SLICE.pack(*piece))
+    return b"".join(parts)
+
+
+def decode_entry(raw: bytes) -> CatalogEntry:
+    kind, size, mtime_ns, count = ENTRY_HEAD.unpack_from(raw)
+    pos = ENTRY_HEAD.size
+    sources = []
+    for _ in range(count):
+        (n,) = LEN16.unpack_from(raw, pos)
+        origin = bytes(raw[pos + 2:pos + 2 + n]).decode()
+        pos += 2 + n
+        (n,) = LEN16.unpack_from(raw, pos)
+        relpath = bytes(raw[pos + 2:pos + 2 + n])
+        pos += 2 + n
+        sources.append((origin, relpath))
+    (n,) = LEN16.unpack_from(raw, pos)
+    token = bytes(raw[pos + 2:pos + 2 + n])
+    pos += 2 + n
+    if len(raw) >= pos + SLICE.size:
+        offset, source_size = SLICE.unpack_from(raw, pos)
+        return CatalogEntry(kind, size, mtime_ns, tuple(sources), token, offset, source_size)
+    return CatalogEntry(kind, size, mtime_ns, tuple(sources), token)
+
+
+def entry_attrs(raw: bytes) -> tuple[int, int, int]:
+    """(kind, size, mtime_ns) of a stored entry, without decoding its sources."""
+    return ENTRY_HEAD.unpack_from(raw)[:3]
+
+
+def entry_kind(raw: bytes) -> int:
+    return raw[0]
+
+
+def content_version(origin: str, mtime_ns: int, token: bytes) -> bytes:
+    """What an entry records as the version of its content: which origin's copy, its mtime and
+    its token. Stays the same when a replica takes over from a copy that went away."""
+    return origin.encode() + b"\0" + U64.pack(mtime_ns) + token
+
+
+def carried_version(old: bytes | None, kind: int, size: int, sources, version: bytes) -> bytes:
+    """The content version a changed entry gets: `version`, except when the preferred copy went
+    away and a replica of the same size takes over - the same file for open handles (its chunks
+    are verified against the digests known), not a new version."""
+    if old is None or kind != KIND_FILE:
+        return version
+    before = decode_entry(old)
+    gone_from = before.token.partition(b"\0")[0].decode()
+    if (before.kind, before.size) == (kind, size) and gone_from in [o for o, _ in before.sources] \
+            and gone_from not in [o for o, _ in sources]:
+        return before.token
+    return version
+
+
+def version_tag(raw: bytes) -> int:
+    """A non-zero 64-bit number naming one version of an entry's content: an open is given it
+    as its file handle, and reads that carry another one fail instead of mixing versions."""
+    # Called on every open: skip over the sources rather than decode them.
+    pos = ENTRY_HEAD.size
+    for _ in range(raw[ENTRY_HEAD.size - 1]):            # each source: two u16-prefixed strings
+        pos += 2 + LEN16.unpack_from(raw, pos)[0]
+        pos += 2 + LEN16.unpack_from(raw, pos)[0]
+    return xxhash.xxh3_64_intdigest(bytes(raw[:9]) + bytes(raw[pos:])) or 1   # kind, size, content version
+
+
+# -- origin_files: what each origin has ---------------------------------------------------------
+
+def encode_record(kind: int, size: int, mtime_ns: int, generation: int, token: bytes) -> bytes:
+    return ORIGIN_RECORD.pack(kind, size, mtime_ns, generation) + token
+
+
+def decode_record(raw: bytes) -> tuple[int, int, int, int, bytes]:
+    """(kind, size, mtime_ns, generation, token) of an origin_files record."""
+    return (*ORIGIN_RECORD.unpack_from(raw), bytes(raw[ORIGIN_RECORD.size:]))
+
+
+def record_version(raw: bytes) -> tuple:
+    """What identifies the version of an origin file in its record: all but the generation."""
+    kind, size, mtime_ns, _, token = decode_record(raw)
+    return kind, size, mtime_ns, token
+
+
+def record_generation(raw: bytes) -> int:
+    return ORIGIN_RECORD.unpack_from(raw)[3]
+
+
+def with_generation(raw: bytes, generation: int) -> bytes:
+    kind, size, mtime_ns, _, token = decode_record(raw)
+    return encode_record(kind, size, mtime_ns, generation, token)
+
+
+def entry_version(entry: OriginEntry) -> tuple:
+    """An origin listing's entry in the terms of record_version."""
+    return entry.kind, entry.size, entry.mtime_ns, entry.token
+
+
+# -- tags: what each audio file says -------------------------------------------------------------
+
+# A record of the `tags` database: u8 tag reader version, u64 size, u64 mtime_ns, u16 token
+# length, the origin file's version token, then the tags as JSON (null: not audio mutagen reads).
+TAG_RECORD = struct.Struct(">BQQH")
+
+
+def encode_tags(tag_version: int, entry: OriginEntry, tags: dict | None) -> bytes:
+    return (TAG_RECORD.pack(tag_version, entry.size, entry.mtime_ns, len(entry.token)) + entry.token
+            + json.dumps(tags, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode())
+
+
+def tags_are_current(raw: bytes | None, tag_version: int, entry: OriginEntry) -> bool:
+    """True if a stored tag record was read from this version of the file by this tag reader."""
+    if raw is None:
+        return False
+    version, size, mtime_ns, length = TAG_RECORD.unpack_from(raw)
+    token = bytes(raw[TAG_RECORD.size:TAG_RECORD.size + length])
+    return version == tag_version and entry.same_version(size, mtime_ns, token)
+
+
+def decode_tags(raw: bytes) -> dict | None:
+    length = TAG_RECORD.unpack_from(raw)[3]
+    return json.loads(bytes(raw[TAG_RECORD.size + length:]))
