@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError
-from .catalog.layout import DEFAULT_TEMPLATE, Template
+from .catalog.layout import (DEFAULT_COMP_TEMPLATE, DEFAULT_IGNORE, DEFAULT_SINGLETON_TEMPLATE, DEFAULT_TEMPLATE,
+                             IgnoreRules, Layout, Template)
 
 # Why 30 s: long enough for a NAS waking its disks from spin-down (10-20 s is common), short
 # enough that a player stuck on a dead origin gets EIO and moves on instead of hanging forever.
@@ -145,6 +146,12 @@ class CatalogConfig:
 class LayoutConfig:
     mode: str = "tags"
     template: str = DEFAULT_TEMPLATE
+    comp_template: str = DEFAULT_COMP_TEMPLATE
+    singleton_template: str = DEFAULT_SINGLETON_TEMPLATE
+    ignore: tuple[str, ...] = DEFAULT_IGNORE
+
+    def parsed(self) -> Layout:
+        return Layout.parse(self.template, self.comp_template, self.singleton_template, self.ignore)
 
 
 @dataclass(frozen=True)
@@ -195,11 +202,15 @@ def _mode(value, key):
 
 
 def _template(value, key):
-    try:
-        Template(value)
-    except ConfigError as e:   # name the key the user wrote (the file's or --template)
-        raise ConfigError(str(e).replace("layout.template", key, 1)) from None
+    Template(value, key)   # names the key the user wrote (the file's or --template)
     return value
+
+
+def _patterns(value, key):
+    if not all(isinstance(item, str) for item in value):
+        raise ConfigError(f"{key}: must be a list of strings (file name globs), got {value!r}")
+    IgnoreRules(value, key)
+    return tuple(value)
 
 
 def _level(value, key):
@@ -214,7 +225,8 @@ _SCHEMA = {
     "health": {"timeout": (_Number, _seconds), "interval": (_Number, _seconds),
                "workers_per_origin": ((int,), _positive_int)},
     "catalog": {"rescan_interval": (_Number, _seconds)},
-    "layout": {"mode": ((str,), _mode), "template": ((str,), _template)},
+    "layout": {"mode": ((str,), _mode), "template": ((str,), _template), "comp_template": ((str,), _template),
+               "singleton_template": ((str,), _template), "ignore": ((list,), _patterns)},
     "log": {"file": ((str,), _path), "level": ((str,), _level)},
 }
 def _url(value, key):

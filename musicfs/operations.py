@@ -149,7 +149,9 @@ def format_daemon(report: dict) -> list[str]:
     lines = [
         f"musicfs {report.get('version', '?')}, PID {report.get('pid')}, up {human_duration(report.get('uptime'))}, "
         f"mounted at {report.get('mountpoint')}",
-        f"layout    {layout.get('mode', '?')}" + (f"  {layout.get('template')}" if layout.get("mode") == "tags" else ""),
+        f"layout    {layout.get('mode', '?')}" + (f"  {layout.get('template')}" if layout.get("mode") == "tags" else "")
+        + (f"; {plural(layout['not_placed']['count'], 'file')} not placed (not audio to mutagen: "
+           f"see status --json)" if (layout.get("not_placed") or {}).get("count") else ""),
         f"cache     {format_size(cache.get('bytes'))} of {format_size(cache.get('max_bytes'))}, "
         f"{format_size(cache.get('pinned_bytes'))} pinned, {cache.get('chunks', '?')} chunks; "
         f"hit rate {rate} ({hits} hits, {misses} misses)",

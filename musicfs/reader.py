@@ -124,6 +124,9 @@ class OpenFile:
     last_read: float = 0.0   # time.monotonic() of the last read
     preloaded: int = -1      # highest cached chunk already handed to a background load
     followed: bool = False   # the files after it in its folder were considered (_prefetch_next_files)
+    # (offset, length) when the shown file is that piece of its source (a cover embedded in a
+    # track); `size` is then the source's. Reads are of the piece; chunks are the source's.
+    window: tuple[int, int] | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def served(self) -> dict:
@@ -231,6 +234,8 @@ class Reader:
         entry = decode_entry(raw)
         if entry.is_dir:
             raise IsADirectoryError(21, "is a directory")
+        if entry.is_slice:
+            return OpenFile(path, entry.source_size, entry, raw, version_tag(raw), window=(entry.offset, entry.size))
         return OpenFile(path, entry.size, entry, raw, version_tag(raw))
 
     def cache_file(self, path: bytes, progress=None) -> int:
@@ -309,6 +314,11 @@ class Reader:
         """(buffer, start, length) of the bytes at offset; see read_span."""
         if handle.sources is None:
             self._resolve(handle)
+        if handle.window is not None:
+            start, length = handle.window
+            if offset >= length:
+                return b"", 0, 0
+            offset, size = start + offset, min(size, length - offset)
         if offset >= handle.size or size <= 0:
             return b"", 0, 0
         end = min(offset + size, handle.size)

@@ -32,6 +32,8 @@ from .storage import ENV_NAME, Storage
 from .catalog.views import view_for
 
 log = logging.getLogger(__name__)
+# Files the tag view left out (not audio to mutagen) listed by name in the status file.
+NOT_PLACED_LISTED = 1000
 
 # Access times and counters are written this often (and on shutdown): one write transaction
 # per interval instead of one per read.
@@ -309,11 +311,19 @@ class Service:
                 "origins": origins, "updated": time.time(), "version": __version__,
                 "cache_dir": os.path.abspath(self.config.cache.dir), "started": process_started_at(os.getpid()),
                 "config": config_summary(self.config), "cache": self._cache_figures(),
-                "layout": {"mode": self.config.layout.mode, "template": self.config.layout.template},
+                "layout": self._layout_status(),
                 "requests_in_progress": self.in_progress(), "config_file": self.config_file,
                 "reloads": self.reloads})
         except (OSError, lmdb.Error) as e:
             log.debug("cannot publish status: %s", e)
+
+    def _layout_status(self) -> dict:
+        layout = self.config.layout
+        status = {"mode": layout.mode, "template": layout.template}
+        if layout.mode == "tags":
+            count, files = self.catalog.unplaced(NOT_PLACED_LISTED)
+            status["not_placed"] = {"count": count, "files": [os.fsdecode(f) for f in files]}
+        return status
 
     # -- reload (SIGHUP) --------------------------------------------------------------------------
 

@@ -46,7 +46,10 @@ entries         shown path (absolute, b"/" = root)         u8 kind, u64 size, u6
                                                            u16 len, content version: origin name,
                                                            0x00, u64 mtime_ns, token of the copy
                                                            whose bytes are shown (kept when a
-                                                           same-size replica takes over)
+                                                           same-size replica takes over); then,
+                                                           for a file shown as a piece of its
+                                                           source (an embedded cover), u64
+                                                           offset, u64 source size
 tags            origin name, 0x00, path on the origin      u8 tag format, u64 size, u64 mtime_ns,
                                                            u16 len, token (the file version they
                                                            were read from), JSON of the fields
@@ -56,6 +59,11 @@ pins            manifest key (origin, 0x00, path)          the shown path pinned
                                                            ``musicfs pin`` (for --unpin and status)
 pinned_chunks   digest (16 bytes)                          u32: how many slots of pinned manifests
                                                            hold it (present only when > 0)
+tagview         one-byte kind, then its key                the tag view's own records, derived
+                                                           like entries: where each relative path
+                                                           was placed, albums' tracks, claims on
+                                                           shown paths, folders' albums, covers
+                                                           (layout: musicfs.catalog.records)
 ==============  =========================================  ========================================
 
 Invariants (checked by startup recovery and ``musicfs cache verify``):
@@ -108,7 +116,7 @@ MAX_READERS = 1024
 
 U64 = struct.Struct(">Q")
 DATABASES = ("meta", "chunks", "lru", "manifests", "origin_files", "tags", "entries", "children", "pins",
-             "pinned_chunks")
+             "pinned_chunks", "tagview")
 
 
 class Storage:
@@ -132,8 +140,14 @@ class Storage:
         self._retired: list[lmdb.Environment] = []
         self.env = self._open()
         for name in DATABASES:
-            setattr(self, name, self.env.open_db(name.encode(), create=not self.readonly))
+            setattr(self, name, self._open_db(name))
         self._identity = self._data_identity()
+
+    def _open_db(self, name: str):
+        try:
+            return self.env.open_db(name.encode(), create=not self.readonly)
+        except lmdb.NotFoundError:
+            return None   # read-only beside an index written before this database existed
 
     def _open_env(self) -> lmdb.Environment:
         return lmdb.open(str(self.env_path), map_size=MAP_SIZE, max_dbs=len(DATABASES) + 1,

@@ -1,14 +1,20 @@
 """The tag view's rules without any file: template syntax, fields, fallbacks, safe names."""
+import dataclasses
+
 import pytest
 
 from musicfs import config as config_module
 from musicfs.errors import ConfigError
-from musicfs.catalog.layout import (DEFAULT_TEMPLATE, Template, directory_name, field_values, file_name,
-                            safe_segment)
+from musicfs.catalog.layout import (DEFAULT_TEMPLATE, Album, IgnoreRules, Template, directory_name, field_values,
+                                    file_name, safe_segment)
 
 
-def place(tags, name=b"file.flac", template=DEFAULT_TEMPLATE, discs=1, origin="nas"):
-    values = field_values(tags, name, origin, discs)
+def place(tags, name=b"file.flac", template=DEFAULT_TEMPLATE, discs=None, origin="nas"):
+    """Where a track goes, alone on its album (or, with `discs`, on an album of that many discs)."""
+    album = Album.of([tags])
+    if discs is not None:
+        album = dataclasses.replace(album, discs=discs)
+    values = field_values(tags, name, origin, album)
     segments = Template(template).render(values)
     return "/".join([*(directory_name(s) for s in segments[:-1]), file_name(segments[-1], values["ext"])])
 
@@ -33,7 +39,7 @@ def test_optional_groups_are_left_out_when_a_field_is_empty():
     assert place({"album": "A", "date": "sometime"}) == "Unknown Artist/A/file.flac"
     assert place({"album": "A", "date": "1999"}) == "Unknown Artist/A (1999)/file.flac"
     assert place({"genre": "Jazz"}, template="{[$genre] }{<$year> }$title") == "[Jazz] file.flac"
-    assert place({}, template="{a{$genre}b}$title") == "abfile.flac"              # nested: inner group only
+    assert place({}, template="{a{$year}b}$title") == "abfile.flac"              # nested: inner group only
 
 
 def test_compilations():
@@ -43,11 +49,53 @@ def test_compilations():
 
 
 def test_discs():
-    # the disc number only when the album has more than one disc
-    assert place({"disc": "1/1", "track": "1"}, discs=1) == "Unknown Artist/Unknown Album/01 file.flac"
-    assert place({"disc": "1", "track": "1"}, discs=1) == "Unknown Artist/Unknown Album/01 file.flac"
+    # the disc number only when the album has more than one disc (an album-level fact)
+    assert place({"disc": "1/1", "track": "1"}) == "Unknown Artist/Unknown Album/01 file.flac"
+    assert place({"disc": "1", "track": "1"}) == "Unknown Artist/Unknown Album/01 file.flac"
+    assert place({"disc": "1/2", "track": "1"}) == "Unknown Artist/Unknown Album/1-01 file.flac"   # its total
     assert place({"disc": "1", "track": "1"}, discs=2) == "Unknown Artist/Unknown Album/1-01 file.flac"
-    assert place({"disc": "1/1", "track": "1"}, discs=2) == "Unknown Artist/Unknown Album/01 file.flac"
+    assert place({"track": "1"}, discs=2) == "Unknown Artist/Unknown Album/01 file.flac"   # no disc of its own
+
+
+def test_album_level_fields_have_one_value_per_album():
+    album = Album.of([{"date": "2004"}, {"date": "2004-03-01"}, {"date": "2005"}])
+    assert album.year == "2004"                                    # the year most tracks carry
+    assert Album.of([{"date": "2005"}, {"date": "1999"}]).year == "1999"   # the earliest on a tie
+    assert Album.of([{}, {"date": "sometime"}]).year == ""
+    assert Album.of([{"artist": "A"}, {"artist": "B", "compilation": "1"}]).compilation   # any track flagged
+    assert Album.of([{"albumartist": "various artists"}]).compilation                    # any case
+    assert not Album.of([{"albumartist": "Various Artists Tribute"}]).compilation
+    assert Album.of([{"disc": "1"}, {"disc": "3"}]).discs == 3
+    assert Album.of([{"disc": "1/2"}]).discs == 2
+
+
+def test_genre_and_comp_fields():
+    assert place({"title": "T"}, template="$genre/$title") == "Unknown Genre/T.flac"
+    assert place({"title": "T", "genre": "Jazz, Blues"}, template="$genre/$title") == "Jazz, Blues/T.flac"
+    assert place({"title": "T", "compilation": "1"}, template="{c$comp }$title") == "c1 T.flac"
+    assert place({"title": "T"}, template="{c$comp }$title") == "T.flac"
+
+
+@pytest.mark.parametrize("relpath, ignored", [
+    (b"a/._01 Song.flac", True), (b".hidden/x.flac", True), (b"@eaDir/x.jpg", True), (b"a/THUMBS.DB", True),
+    (b"#recycle/x.mp3", True), (b"$RECYCLE.BIN/x", True), (b"lost+found/1", True), (b"Desktop.ini", True),
+    (b"a/01 Song.flac", False), (b"a..b/x.flac", False), (b"Thumbs.db.flac", False),
+])
+def test_default_ignore_list(relpath, ignored):
+    assert IgnoreRules().ignored(relpath) is ignored
+
+
+def test_ignore_patterns_are_checked():
+    assert not IgnoreRules([]).ignored(b".x/y")              # an empty list ignores nothing
+    with pytest.raises(ConfigError, match="layout.ignore: 'a/b' is not a file name pattern"):
+        IgnoreRules(["a/b"])
+    with pytest.raises(ConfigError, match="unclosed"):
+        IgnoreRules(["[abc"])
+    with pytest.raises(ConfigError, match="layout.ignore: must be a list of strings"):
+        config_module.parse({"layout": {"ignore": [1]}})
+    with pytest.raises(ConfigError, match="layout.comp_template: unknown field"):
+        config_module.parse({"layout": {"comp_template": "$nope/$title"}})
+    assert config_module.parse({"layout": {"ignore": ["*.bak"]}}).layout.ignore == ("*.bak",)
 
 
 def test_literal_dollar_and_braced_fields():

@@ -23,7 +23,11 @@ def daemon(tmp_path, origins_copy):
 
 
 def origin_files(root):
-    return {p.relative_to(root): p for p in root.rglob("*") if p.is_file()}
+    """What a mount shows of an origin: every file but those the default [layout] ignore hides."""
+    from musicfs.catalog.layout import IgnoreRules
+    ignore = IgnoreRules()
+    return {p.relative_to(root): p for p in root.rglob("*")
+            if p.is_file() and not ignore.ignored(os.fsencode(p.relative_to(root)))}
 
 
 def test_every_file_has_its_origins_bytes(daemon, origins_copy):

@@ -12,7 +12,7 @@ import time
 from ..errors import NotFound
 from ..origins.base import KIND_DIR
 from ..storage import Storage
-from .records import (ROOT, CatalogEntry, children_prefix, decode_entry, entry_attrs, entry_kind,
+from .records import (ROOT, UNPLACED, CatalogEntry, children_prefix, decode_entry, entry_attrs, entry_kind,
                       origin_key, record_version, split, version_tag)
 
 
@@ -186,3 +186,20 @@ class Catalog:
         else:
             raw = txn.get(origin_key(origin, relpath), db=self.storage.origin_files)
         return None if raw is None else record_version(raw)
+
+    def unplaced(self, limit: int | None = None) -> tuple[int, list[bytes]]:
+        """(how many, the relative paths of the first `limit`) audio-named files the tag view
+        left out because mutagen cannot read them as audio (not tracks)."""
+        if self.storage.tagview is None:
+            return 0, []
+        count, found = 0, []
+        with self.storage.env.begin(db=self.storage.tagview) as txn:
+            cursor = txn.cursor()
+            if cursor.set_range(UNPLACED):
+                for key in cursor.iternext(keys=True, values=False):
+                    if not key.startswith(UNPLACED):
+                        break
+                    count += 1
+                    if limit is None or len(found) < limit:
+                        found.append(bytes(key[len(UNPLACED):]))
+        return count, found

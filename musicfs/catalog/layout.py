@@ -15,6 +15,8 @@ Everything here is pure: no I/O, no LMDB. :mod:`musicfs.catalog.views` applies i
 """
 from __future__ import annotations
 
+import collections
+import fnmatch
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -22,8 +24,14 @@ from dataclasses import dataclass
 from ..errors import ConfigError
 
 FIELDS = ("artist", "albumartist", "album", "title", "track", "disc", "year", "genre", "format", "ext",
-          "origin")
+          "origin", "comp")
+# beets' default path formats, with the year and the disc rule of the tag view.
 DEFAULT_TEMPLATE = "$albumartist/$album{ ($year)}/{$disc-}$track $title"
+DEFAULT_COMP_TEMPLATE = "Compilations/$album{ ($year)}/{$disc-}$track $title"
+DEFAULT_SINGLETON_TEMPLATE = "Non-Album/$artist/$title"
+# Dotfiles (macOS ._* AppleDouble, .DS_Store, .Trash...) and what NAS and OS leave in shares.
+DEFAULT_IGNORE = (".*", "Thumbs.db", "desktop.ini", "@eaDir", "#recycle", "$RECYCLE.BIN", "lost+found")
+UNKNOWN_GENRE = "Unknown Genre"
 UNKNOWN_ARTIST = "Unknown Artist"
 UNKNOWN_ALBUM = "Unknown Album"
 VARIOUS_ARTISTS = "Various Artists"
@@ -52,9 +60,12 @@ class Group:
 class Template:
     """A parsed template: a list of segments, each a tuple of str / Field / Group parts."""
 
-    def __init__(self, text: str):
+    def __init__(self, text: str, key: str = "layout.template"):
         self.text = text
-        self.segments = _parse(text)
+        try:
+            self.segments = _parse(text)
+        except ConfigError as e:
+            raise ConfigError(str(e).replace("layout.template", key, 1)) from None
 
     def render(self, values: dict[str, str]) -> list[str]:
         """The raw (not yet made safe) segments for one file's field values."""
@@ -144,6 +155,53 @@ def _render(parts: tuple, values: dict[str, str]) -> str:
     return "".join(out)
 
 
+class IgnoreRules:
+    """The ``[layout] ignore`` globs: a path is left out of the view when any of its components
+    matches one (fnmatch, case-insensitive)."""
+
+    def __init__(self, patterns=DEFAULT_IGNORE, key: str = "layout.ignore"):
+        self.patterns = tuple(patterns)
+        for pattern in self.patterns:
+            if not pattern or "/" in pattern or "\0" in pattern:
+                raise ConfigError(f"{key}: {pattern!r} is not a file name pattern (give names or globs like "
+                                  f"'.*' or '@eaDir', without '/')")
+            if pattern.count("[") != pattern.count("]"):
+                raise ConfigError(f"{key}: {pattern!r} has an unclosed '[' (write [[] for a literal '[')")
+        joined = "|".join(fnmatch.translate(p) for p in self.patterns)
+        self._match = re.compile(joined, re.IGNORECASE).match if joined else None
+
+    def ignored(self, relpath: bytes) -> bool:
+        if self._match is None:
+            return False
+        return any(self._match(part.decode("utf-8", "replace")) for part in relpath.split(b"/"))
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The whole ``[layout]`` of the tag view: where albums, compilations and singletons go and
+    what is left out."""
+    template: Template
+    comp_template: Template
+    singleton_template: Template
+    ignore: IgnoreRules
+
+    @classmethod
+    def parse(cls, template: str = DEFAULT_TEMPLATE, comp_template: str = DEFAULT_COMP_TEMPLATE,
+              singleton_template: str = DEFAULT_SINGLETON_TEMPLATE, ignore=DEFAULT_IGNORE) -> "Layout":
+        return cls(Template(template), Template(comp_template, "layout.comp_template"),
+                   Template(singleton_template, "layout.singleton_template"), IgnoreRules(ignore))
+
+    def describe(self) -> str:
+        """Everything the shown tree depends on, as text (a change rebuilds the view)."""
+        return "\0".join((self.template.text, self.comp_template.text, self.singleton_template.text,
+                          *self.ignore.patterns))
+
+    def template_for(self, album: Album | None) -> Template:
+        if album is None:
+            return self.singleton_template
+        return self.comp_template if album.compilation else self.template
+
+
 # -- fields ------------------------------------------------------------------------------------
 
 def _number(text: str | None) -> int | None:
@@ -168,13 +226,6 @@ def split_ext(name: bytes) -> tuple[bytes, str]:
     return stem, ext.decode("utf-8", "replace").lower()
 
 
-def album_key(tags: dict | None) -> tuple[str, str]:
-    """Which album a file belongs to (for the disc rule and sidecars): its album artist and
-    album after the fallbacks."""
-    tags = tags or {}
-    return album_artist(tags), tags.get("album") or UNKNOWN_ALBUM
-
-
 def album_artist(tags: dict) -> str:
     if tags.get("albumartist"):
         return tags["albumartist"]
@@ -183,32 +234,61 @@ def album_artist(tags: dict) -> str:
     return tags.get("artist") or UNKNOWN_ARTIST
 
 
-def disc_number(tags: dict | None) -> int | None:
-    return _number((tags or {}).get("disc"))
+def album_identity(tags: dict) -> tuple[str, str, str] | None:
+    """Which album a track belongs to: (album artist after the fallbacks, album, MusicBrainz
+    release id or ""), wherever its file lies; None for a track without an album tag (a
+    singleton)."""
+    if not tags.get("album"):
+        return None
+    return album_artist(tags), tags["album"], tags.get("mb_albumid", "")
 
 
-def field_values(tags: dict | None, name: bytes, origin: str, album_discs: int) -> dict[str, str]:
-    """The template fields of one audio file. `album_discs` is the highest disc number of any
-    file of its album: the disc is left empty when the album has one disc."""
+def _year(tags: dict) -> str:
+    match = re.search(r"\d{4}", tags.get("date", ""))
+    return match.group() if match else ""
+
+
+@dataclass(frozen=True)
+class Album:
+    """The album-level fields: one value for every track of an album, so an album is one folder."""
+    year: str = ""
+    compilation: bool = False
+    discs: int = 0          # the highest disc number or disc total any of its tracks carries
+
+    @classmethod
+    def of(cls, members: list[dict]) -> "Album":
+        """From the tags of every track of one album: the year most of them carry (the earliest
+        on a tie); a compilation when any is flagged one or the album artist is Various Artists."""
+        years = collections.Counter(year for year in map(_year, members) if year)
+        year = min(years, key=lambda y: (-years[y], y)) if years else ""
+        compilation = any(t.get("compilation") for t in members) or \
+            any(album_artist(t).casefold() == VARIOUS_ARTISTS.casefold() for t in members)
+        discs = max((max(_number(t.get("disc")) or 0, _total(t.get("disc")) or 0) for t in members), default=0)
+        return cls(year, compilation, discs)
+
+
+def field_values(tags: dict | None, name: bytes, origin: str, album: Album | None) -> dict[str, str]:
+    """The template fields of one track. `album` holds its album's album-level fields (None for
+    a singleton: its own)."""
     tags = tags or {}
+    if album is None:
+        album = Album.of([tags])
     stem, ext = split_ext(name)
     track = _number(tags.get("track"))
     disc = _number(tags.get("disc"))
-    disc_total = _total(tags.get("disc"))
-    single_disc = (disc_total is not None and disc_total <= 1) or album_discs <= 1
-    year = re.search(r"\d{4}", tags.get("date", ""))
     return {
         "artist": tags.get("artist") or tags.get("albumartist") or UNKNOWN_ARTIST,
         "albumartist": album_artist(tags),
         "album": tags.get("album") or UNKNOWN_ALBUM,
         "title": tags.get("title") or display_name(stem),
         "track": f"{track:02d}" if track is not None else "",
-        "disc": str(disc) if disc is not None and not single_disc else "",
-        "year": year.group() if year else "",
-        "genre": tags.get("genre", ""),
+        "disc": str(disc) if disc is not None and album.discs > 1 else "",
+        "year": album.year,
+        "genre": tags.get("genre") or UNKNOWN_GENRE,
         "format": tags.get("format") or ext,
         "ext": ext,
         "origin": origin,
+        "comp": "1" if album.compilation else "",
     }
 
 

@@ -142,7 +142,10 @@ def carried_version(old: bytes | None, kind: int, size: int, sources, version: b
         return version
     before = decode_entry(old)
     gone_from = before.token.partition(b"\0")[0].decode()
-    if (before.kind, before.size) == (kind, size) and gone_from in [o for o, _ in before.sources] \
+    # (Another file taking over this shown path is a new version whatever its size: the tag view
+    # shows the same relative path's copies at one path, as the paths view does.)
+    same_file = {r for _, r in before.sources} == {r for _, r in sources}
+    if same_file and (before.kind, before.size) == (kind, size) and gone_from in [o for o, _ in before.sources] \
             and gone_from not in [o for o, _ in sources]:
         return before.token
     return version
@@ -214,3 +217,80 @@ def tags_are_current(raw: bytes | None, tag_version: int, entry: OriginEntry) ->
 def decode_tags(raw: bytes) -> dict | None:
     length = TAG_RECORD.unpack_from(raw)[3]
     return json.loads(bytes(raw[TAG_RECORD.size + length:]))
+
+
+# -- the tag view's own records (database ``tagview``) -------------------------------------------
+# What the tag view keeps beside the shown tree so that a change updates only what it touches.
+# Each kind of record has a one-byte prefix; H(x) is the 16-byte XXH3-128 of x (so keys of long
+# paths stay within LMDB's 511 bytes).
+PLACED = b"p"      # p relpath -> Placement: what the view made of a relative path
+MEMBER = b"a"      # a H(album identity) relpath -> b"": the tracks of an album
+CLAIM = b"c"       # c H(path) u8 rank relpath -> b"": files wanting one shown path, first wins
+DIRECT = b"d"      # d H(folder) album dir -> u32: tracks directly in an origin folder placed there
+BELOW = b"b"       # b H(folder) album dir -> u32: tracks anywhere below an origin folder placed there
+SIDECAR = b"s"     # s H(folder) relpath -> b"": the sidecars of an origin folder
+COVER = b"v"       # v album dir -> the cover.jpg/png path the view made for it
+UNPLACED = b"u"    # u relpath -> b"": audio files mutagen cannot read (not tracks)
+
+ROLE_TRACK, ROLE_SINGLETON, ROLE_SIDECAR, ROLE_UNPLACED = 1, 2, 3, 4
+PLACEMENT_HEAD = struct.Struct(">B16s")
+COUNT = struct.Struct(">I")
+
+
+def digest16(data: bytes) -> bytes:
+    return xxhash.xxh3_128_digest(data)
+
+
+@dataclass(slots=True)
+class Placement:
+    """Where the tag view placed one relative path. `base` is the path its rendering asked for
+    (claimed; b"" when not placed), `final` the path it got (base, or base with a collision
+    suffix), `stem` and `ext` what the suffixed name is made from; `group` its album (a track)."""
+    role: int
+    group: bytes = bytes(16)
+    base: bytes = b""
+    final: bytes = b""
+    stem: str = ""
+    ext: str = ""
+
+
+def encode_placement(p: Placement) -> bytes:
+    stem, ext = p.stem.encode(), p.ext.encode()
+    return b"".join((PLACEMENT_HEAD.pack(p.role, p.group), LEN16.pack(len(p.base)), p.base,
+                     LEN16.pack(len(p.final)), p.final, LEN16.pack(len(stem)), stem, ext))
+
+
+def decode_placement(raw: bytes) -> Placement:
+    role, group = PLACEMENT_HEAD.unpack_from(raw)
+    pos = PLACEMENT_HEAD.size
+    parts = []
+    for _ in range(3):
+        (n,) = LEN16.unpack_from(raw, pos)
+        parts.append(bytes(raw[pos + 2:pos + 2 + n]))
+        pos += 2 + n
+    base, final, stem = parts
+    return Placement(role, group, base, final, stem.decode(), bytes(raw[pos:]).decode())
+
+
+def placed_key(relpath: bytes) -> bytes:
+    return PLACED + relpath
+
+
+def member_key(group: bytes, relpath: bytes) -> bytes:
+    return MEMBER + group + relpath
+
+
+def claim_prefix(path: bytes) -> bytes:
+    return CLAIM + digest16(path)
+
+
+def claim_key(path: bytes, rank: int, relpath: bytes) -> bytes:
+    return claim_prefix(path) + bytes((rank,)) + relpath
+
+
+def folder_prefix(kind: bytes, folder: bytes) -> bytes:
+    return kind + digest16(folder)
+
+
+def sidecar_key(folder: bytes, relpath: bytes) -> bytes:
+    return SIDECAR + digest16(folder) + relpath

@@ -266,6 +266,7 @@ class Scanner:
         with self.storage.begin() as txn:
             todo = [(relpath, entry) for relpath, entry in batch
                     if entry.kind == KIND_FILE and split_ext(relpath.rpartition(b"/")[2])[1] in AUDIO_EXTENSIONS
+                    and not self.view.ignored(relpath)
                     and not tags_are_current(txn.get(prefix + relpath, db=self.storage.tags), TAG_VERSION, entry)]
         if not todo:
             return {}

@@ -20,7 +20,16 @@ from ..origins.base import OriginEntry
 log = logging.getLogger(__name__)
 
 # What a tag record holds. Numbers stay strings as tagged ("3/12"); the layout interprets them.
-FIELDS = ("artist", "albumartist", "album", "title", "track", "disc", "date", "genre", "compilation", "format")
+# "mb_albumid" is the MusicBrainz release id; "picture" the embedded cover (see _picture).
+FIELDS = ("artist", "albumartist", "album", "title", "track", "disc", "date", "genre", "compilation", "format",
+          "mb_albumid", "picture")
+# Several values of one tag (Vorbis repeated fields, ID3v2.4 lists, MP4 lists) are joined so.
+VALUE_SEPARATOR = ", "
+# A field is kept to this many characters: path names are cut far shorter anyway, and a tag of
+# 1,000 values or a 10 MB text must not make a catalog record of its size.
+FIELD_MAX = 1024
+# Picture types (ID3 APIC, FLAC PICTURE): the front cover.
+FRONT_COVER = 3
 # Reads of a file for its tags come in blocks this big: one block holds the usual head (FLAC
 # metadata, ID3v2 without big pictures, Ogg headers) in one round trip.
 BLOCK = 64 << 10
@@ -68,6 +77,20 @@ class OriginFile(io.RawIOBase):
             self.blocks[index] = block
         return block
 
+    def find(self, data: bytes) -> int | None:
+        """The offset where `data` lies in the blocks read so far, or None."""
+        run_start, run = None, []
+        for index in sorted(self.blocks):
+            if run and index != run_start + len(run):
+                found = _find_in(run_start * BLOCK, run, data)
+                if found is not None:
+                    return found
+                run = []
+            if not run:
+                run_start = index
+            run.append(self.blocks[index])
+        return _find_in(run_start * BLOCK, run, data) if run else None
+
     def readinto(self, buffer) -> int:
         want = min(len(buffer), self.size - self.position)
         if want <= 0:
@@ -83,6 +106,42 @@ class OriginFile(io.RawIOBase):
             done += len(piece)
         self.position += done
         return done
+
+
+def _texts(value) -> list[str]:
+    """Every text of a tag value, whatever the format made of it."""
+    if isinstance(value, (list, tuple)):
+        return [text for item in value for text in _texts(item)]
+    text = getattr(value, "text", None)   # ID3 frames (a list), ID3 time stamps (a str)
+    if isinstance(text, str):
+        return [text]
+    if text is not None:
+        return [t for item in text for t in _texts(item)]
+    if isinstance(value, bytes):
+        return [value.decode("utf-8", "replace")]
+    return [str(value)]
+
+
+def _joined(value) -> str:
+    """All values of a tag as one text (AC/DC stays one artist: "/" is never split)."""
+    texts = []
+    for text in _texts(value):
+        text = text.replace("\0", " ").strip()
+        if text and text not in texts:
+            texts.append(text)
+        if sum(len(t) for t in texts) > FIELD_MAX:
+            break
+    return VALUE_SEPARATOR.join(texts)
+
+
+def _find_in(base: int, run: list[bytes], data: bytes) -> int | None:
+    joined = b"".join(run)
+    start = joined.find(data[:256])
+    while start >= 0:
+        if joined[start:start + len(data)] == data:
+            return base + start
+        start = joined.find(data[:256], start + 1)
+    return None
 
 
 def _first(value) -> str:
@@ -126,7 +185,7 @@ def _normalise(tags) -> dict:
             continue
     lower = {key.lower(): value for key, value in items.items()}
 
-    def pick(field, *keys, convert=_first):
+    def pick(field, *keys, convert=_joined):
         for key in keys:
             if key in items:
                 text = convert(items[key])
@@ -144,7 +203,9 @@ def _normalise(tags) -> dict:
     pick("title", "TIT2", "©nam", "title")
     pick("track", "TRCK", "trkn", "tracknumber", "track", "WM/TrackNumber", convert=_pair)
     pick("disc", "TPOS", "disk", "discnumber", "disc", "WM/PartOfSet", convert=_pair)
-    pick("date", "TDRC", "TYER", "©day", "date", "year", "originaldate", "WM/Year")
+    pick("date", "TDRC", "TYER", "©day", "date", "year", "originaldate", "WM/Year", convert=_first)
+    pick("mb_albumid", "TXXX:MusicBrainz Album Id", "----:com.apple.iTunes:MusicBrainz Album Id",
+         "musicbrainz_albumid", "MusicBrainz/Album Id", convert=_first)
     pick("genre", "TCON", "©gen", "genre", "WM/Genre")
     for key in ("tracktotal", "totaltracks"):
         if key in lower and "/" not in found.get("track", "/"):
@@ -162,8 +223,42 @@ def _normalise(tags) -> dict:
             break
     if flag:
         found["compilation"] = "1"
-    return {key: unicodedata.normalize("NFC", value.replace("\0", " ").strip()) for key, value in found.items()
-            if value.strip()}
+    return {key: unicodedata.normalize("NFC", value.replace("\0", " ").strip()[:FIELD_MAX])
+            for key, value in found.items() if value.strip()}
+
+
+def _pictures(parsed) -> list[tuple[int, str, bytes]]:
+    """(type, mime, data) of each picture embedded in a parsed file, in file order."""
+    found = []
+    for picture in getattr(parsed, "pictures", None) or ():                   # FLAC PICTURE blocks
+        found.append((picture.type, picture.mime, picture.data))
+    tags = parsed.tags
+    if tags is None:
+        return found
+    if hasattr(tags, "getall"):                                               # ID3 APIC frames
+        found += [(frame.type, frame.mime, frame.data) for frame in tags.getall("APIC")]
+    covers = tags.get("covr") if type(parsed).__name__ in ("MP4", "EasyMP4") else None
+    for cover in covers or ():                                                # MP4: no types; first is the front
+        found.append((FRONT_COVER if not found else 0,
+                      "image/png" if getattr(cover, "imageformat", 13) == 14 else "image/jpeg", bytes(cover)))
+    return found
+
+
+def _picture(parsed, source: "OriginFile") -> dict | None:
+    """Where the front cover (else the first picture) lies in the file, when its bytes lie there
+    as they are: {"offset", "length", "mime"}. The tag view shows it as cover.jpg by reading that
+    piece of the file, so it is found among the blocks the parser read, never copied anywhere.
+    Pictures stored transformed (base64 in Ogg comments, ID3 unsynchronisation) have none."""
+    pictures = _pictures(parsed)
+    if not pictures:
+        return None
+    _, mime, data = next((p for p in pictures if p[0] == FRONT_COVER), pictures[0])
+    if not data:
+        return None
+    offset = source.find(data)
+    if offset is None:
+        return None
+    return {"offset": offset, "length": len(data), "mime": (mime or "image/jpeg").lower()}
 
 
 def read_tags(origin, relpath: bytes, size: int, expect: OriginEntry | None = None) -> tuple[dict | None, int]:
@@ -181,17 +276,22 @@ def read_tags(origin, relpath: bytes, size: int, expect: OriginEntry | None = No
     except Exception as e:  # noqa: BLE001 - mutagen raises many kinds on bad files
         if isinstance(e.__cause__ or e.__context__, OSError):
             raise (e.__cause__ or e.__context__) from None
-        log.info("origin %s: no tags read from %s (%s); placed by its file name",
+        log.info("origin %s: %s is not a track: mutagen cannot read it as audio (%s)",
                  origin.name, relpath.decode(errors="replace"), e)
         return None, source.bytes_read
     if parsed is None:
-        log.info("origin %s: %s is not an audio format mutagen knows; placed by its file name",
+        log.info("origin %s: %s is not a track: not an audio format mutagen knows",
                  origin.name, relpath.decode(errors="replace"))
         return None, source.bytes_read
     tags = _normalise(parsed.tags)
     tags["format"] = _FORMATS.get(type(parsed).__name__, "")
+    picture = _picture(parsed, source)
+    if picture is not None:
+        tags["picture"] = picture
     return tags, source.bytes_read
 
 
 # Bump when read_tags learns something new: every stored record is then read again.
-TAG_VERSION = 1
+# 2: several values joined, the MusicBrainz release id, where the cover picture lies; a file
+#    mutagen cannot read is not a track (null).
+TAG_VERSION = 2

@@ -1,156 +1,67 @@
-"""The tag view: the shown tree computed from the catalog's origin records and their tags.
+"""Views: what makes the shown tree (``entries``/``children``) out of the origins' records.
 
 The catalog's ``origin_files`` (what each origin has) and ``tags`` (what each audio file says)
-are the record; the shown tree (``entries``/``children``, the one seam fs.py and the reader
-resolve paths through) is derived from them by :func:`build` and written by :func:`write` in
-ONE write transaction: readers see the old tree or the new one, never half of each. Only the
-entries that differ are written, so a rebuild that changes nothing writes nothing.
+are the record; the shown tree, the one seam fs.py and the reader resolve paths through, is
+derived from them by a view, in the scanner's writing transactions: readers see the tree before
+a transaction or after it, never half of one. Two views share one interface (:class:`View`):
 
-Placement (the contract of ``[layout] mode = "tags"``):
+* :class:`PathsView` - the origins' folders merged;
+* :class:`TagView` - the library as collectors file it (the contract of ``[layout] mode =
+  "tags"``):
 
-* Files are merged by their origin-relative path first, as in the paths view: the same path in
-  two origins is one file whose first origin is read and the others are replicas.
-* Audio files (:data:`musicfs.catalog.tags.AUDIO_EXTENSIONS`) go where the template puts them
-  (:mod:`musicfs.catalog.layout`). When several land on one path, the first in origin order, then by
-  origin-relative path, keeps the name; each other gets `` [hhhhhh]`` (XXH3-64 of its
-  origin-relative path) before its extension.
-* Sidecars (:data:`SIDECAR_EXTENSIONS`) follow their folder's audio into its album directory
-  when all of that folder's audio landed in one directory; other files are left out.
-* A directory exists while it has children; its mtime is the newest mtime below it.
+  - A *track* is a file with an audio extension (:data:`.tags.AUDIO_EXTENSIONS`) that mutagen
+    reads as audio. Other audio-named files (0 bytes, macOS ``._*``, junk) are *unplaced*:
+    counted and listed, never shown. Paths matching ``[layout] ignore`` are left out.
+  - Files are merged by their origin-relative path first, as in the paths view: the same path
+    in two origins is one file whose first origin is read and the others are replicas.
+  - Tracks with the same album artist, album and MusicBrainz release id form one album wherever
+    their files lie; album-level fields (:class:`.layout.Album`) have one value per album, so an
+    album is one folder. Compilations go by ``comp_template``, tracks without an album tag by
+    ``singleton_template``, the others by ``template``.
+  - When several files land on one path, the first in origin order, then by origin-relative
+    path, keeps the name; each other gets `` [hhhhhh]`` (XXH3-64 of its origin-relative path).
+  - Sidecars (:data:`SIDECAR_EXTENSIONS`) follow their folder's tracks into its album folder
+    when all of that folder's tracks landed in one folder (or, for a folder without tracks of
+    its own, all tracks below it); other files are left out.
+  - An album folder without an image named cover/folder/front gets ``cover.jpg``
+    (``cover.png``): the picture embedded in its first track, shown as that piece of the track.
+  - A directory exists while it has children; its mtime is the newest mtime below it.
+
+The tag view is kept incrementally: for each relative path whose records changed it updates
+what it placed there, the albums and origin folders that path belongs to (before and after),
+the shown paths those claim, and the covers of the folders whose listing changed. Its own
+records (``tagview``, :mod:`.records`) are what make that possible without reading the library.
 """
 from __future__ import annotations
 
-import collections
 import logging
+from dataclasses import dataclass
 
 import xxhash
 
 from ..origins.base import KIND_DIR, KIND_FILE
-from .layout import (Template, album_key, directory_name, disc_number, display_name, field_values,
-                     fit_directories, shown_path, split_ext)
-from .records import (carried_version, child_key, content_version, decode_record, decode_tags, encode_entry,
-                      origin_key, split, split_origin_key)
+from .layout import (Album, Layout, album_identity, directory_name, display_name, field_values, fit_directories,
+                     shown_path, split_ext)
+from .records import (BELOW, COUNT, COVER, DIRECT, ROLE_SIDECAR, ROLE_SINGLETON, ROLE_TRACK, ROLE_UNPLACED,
+                      ROOT, UNPLACED, Placement, carried_version, child_key, children_prefix, claim_key, claim_prefix,
+                      content_version, decode_entry, decode_placement, decode_record, decode_tags, digest16,
+                      encode_entry, encode_placement, entry_attrs, folder_prefix, member_key, origin_key,
+                      placed_key, sidecar_key, split, split_origin_key)
 from .records import shown_path as paths_view_path
 from .tags import AUDIO_EXTENSIONS, TAG_VERSION
 
 log = logging.getLogger(__name__)
 
 SIDECAR_EXTENSIONS = frozenset("jpg jpeg png gif webp cue lrc log txt pdf nfo m3u m3u8".split())
-
-
-def collision_suffix(relpath: bytes) -> str:
-    return f" [{xxhash.xxh3_64_hexdigest(relpath)[:6]}]"
-
-
-def build(txn, storage, order: list[str], template: Template) -> dict[bytes, tuple]:
-    """shown path -> (kind, size, mtime_ns, sources, version) of every entry of the tag view."""
-    rank = {name: index for index, name in enumerate(order)}
-    holders: dict[bytes, list] = collections.defaultdict(list)
-    for key, raw in txn.cursor(db=storage.origin_files):
-        name, relpath = split_origin_key(key)
-        if name in rank:
-            holders[relpath].append((rank[name], name, decode_record(raw)))
-
-    audio, sidecars = [], []
-    for relpath, found in holders.items():
-        found.sort()
-        first_kind = found[0][2][0]
-        if first_kind != KIND_FILE:
-            continue
-        copies = [(name, record) for _, name, record in found if record[0] == KIND_FILE]
-        base = relpath.rpartition(b"/")[2]
-        ext = split_ext(base)[1]
-        if ext in AUDIO_EXTENSIONS:
-            raw_tags = txn.get(origin_key(copies[0][0], relpath), db=storage.tags)
-            tags = decode_tags(raw_tags) if raw_tags is not None else None
-            audio.append((found[0][0], relpath, copies, tags))
-        elif ext in SIDECAR_EXTENSIONS:
-            sidecars.append((found[0][0], relpath, copies))
-
-    discs: dict[tuple, int] = collections.defaultdict(int)
-    for _, _, _, tags in audio:
-        discs[album_key(tags)] = max(discs[album_key(tags)], disc_number(tags) or 0)
-
-    wanted: dict[str, list] = collections.defaultdict(list)     # shown path -> claimants
-    folder_dirs: dict[bytes, set] = collections.defaultdict(set)      # audio directly in a folder
-    below_dirs: dict[bytes, set] = collections.defaultdict(set)       # audio anywhere below it
-    for index, relpath, copies, tags in audio:
-        name = relpath.rpartition(b"/")[2]
-        values = field_values(tags, name, copies[0][0], discs[album_key(tags)])
-        segments = template.render(values)
-        dirs = fit_directories(tuple(directory_name(s) for s in segments[:-1]))
-        wanted[shown_path(dirs, segments[-1], values["ext"])].append(
-            (index, relpath, copies, (dirs, segments[-1], values["ext"])))
-        folder = relpath.rpartition(b"/")[0]
-        folder_dirs[folder].add(dirs)
-        while True:   # Album/cover.jpg beside Album/CD1/, Album/CD2/ follows the album too
-            below_dirs[folder].add(dirs)
-            if not folder:
-                break
-            folder = folder.rpartition(b"/")[0]
-    for index, relpath, copies in sidecars:
-        folder = relpath.rpartition(b"/")[0]
-        albums = folder_dirs.get(folder) or (below_dirs.get(folder) if folder else None)
-        if not albums or len(albums) != 1:
-            continue
-        dirs, = albums
-        stem, ext = split_ext(relpath.rpartition(b"/")[2])
-        wanted[shown_path(dirs, display_name(stem), ext)].append((index, relpath, copies, (dirs, display_name(stem), ext)))
-
-    entries: dict[bytes, tuple] = {}
-    for path, claimants in wanted.items():
-        claimants.sort(key=lambda c: (c[0], c[1]))
-        for position, (_, relpath, copies, (dirs, stem, ext)) in enumerate(claimants):
-            shown = path if position == 0 else shown_path(dirs, stem, ext, collision_suffix(relpath))
-            kind, size, mtime_ns, _, token = copies[0][1]
-            sources = tuple((name, relpath) for name, _ in copies)
-            entries[("/" + shown).encode()] = (KIND_FILE, size, mtime_ns, sources,
-                                               content_version(copies[0][0], mtime_ns, token))
-
-    newest: dict[bytes, int] = {}
-    for path, (_, _, mtime_ns, _, _) in entries.items():
-        parent = split(path)[0]
-        while parent != b"/":
-            if newest.get(parent, -1) >= mtime_ns:
-                break
-            newest[parent] = mtime_ns
-            parent = split(parent)[0]
-    for path, mtime_ns in newest.items():
-        entries[path] = (KIND_DIR, 0, mtime_ns, (), b"")
-    return entries
-
-
-def write(txn, storage, entries: dict[bytes, tuple], recent) -> int:
-    """Make ``entries``/``children`` equal `entries` (one transaction: the caller's). Returns
-    how many entries changed. A replica taking over from a copy that went away keeps the
-    content version, as in the paths view (catalog.carried_version)."""
-    changed = 0
-    stale = []
-    for path in txn.cursor(db=storage.entries).iternext(keys=True, values=False):
-        if path not in entries:
-            stale.append(bytes(path))
-    for path in stale:
-        txn.delete(path, db=storage.entries)
-        txn.delete(child_key(path), db=storage.children)
-        recent.note(path)
-        changed += 1
-    for path, (kind, size, mtime_ns, sources, version) in entries.items():
-        old = txn.get(path, db=storage.entries)
-        version = carried_version(old, kind, size, sources, version)
-        raw = encode_entry(kind, size, mtime_ns, sources, version)
-        if old is not None and bytes(old) == raw:
-            continue
-        txn.put(path, raw, db=storage.entries)
-        txn.put(child_key(path), bytes((kind,)), db=storage.children)
-        if old is not None and kind == KIND_FILE:
-            recent.note(path)
-        changed += 1
-    return changed
-
+IMAGE_EXTENSIONS = frozenset("jpg jpeg png gif webp".split())
+# An image sidecar with one of these names is the album's own cover: none is made from the tracks.
+COVER_STEMS = frozenset(("cover", "folder", "front"))
+# Relative paths handled per pass of a rebuild (bounds the memory of one pass).
+REBUILD_BATCH = 5000
 
 
 class View:
-    """What makes the shown tree (``entries``/``children``) out of the origins' records.
+    """What makes the shown tree out of the origins' records.
 
     The scanner tells a view which relative paths' records changed (`placed`, in the writing
     transaction) and asks it to `settle` the tree; a `deferred` view is settled once a scan or
@@ -169,6 +80,9 @@ class View:
     def pending(self) -> bool:
         return False
 
+    def ignored(self, relpath: bytes) -> bool:
+        return False
+
     def placed(self, txn, relpath: bytes) -> None:
         raise NotImplementedError
 
@@ -184,22 +98,29 @@ class PathsView(View):
     order. Kept up to date path by path as records change."""
 
     name = "paths"
-    spec = b"paths"
+
+    def __init__(self, ignore=None):
+        self.ignore = ignore
+        self.spec = b"paths" + (b"\0" + "\0".join(ignore.patterns).encode() if ignore is not None else b"")
+
+    def ignored(self, relpath: bytes) -> bool:
+        return self.ignore is not None and self.ignore.ignored(relpath)
 
     def placed(self, txn, relpath: bytes) -> None:
         """Recompute the merged entry of one relative path from every origin's record."""
         storage = self.storage
         sources, winner = [], None
-        for name in self.order:
-            raw = txn.get(origin_key(name, relpath), db=storage.origin_files)
-            if raw is None:
-                continue
-            record = decode_record(raw)
-            if winner is None:
-                winner = record
-            elif record[0] != winner[0]:
-                continue  # a file in one origin and a directory in another: the first one wins
-            sources.append((name, relpath))
+        if not self.ignored(relpath):
+            for name in self.order:
+                raw = txn.get(origin_key(name, relpath), db=storage.origin_files)
+                if raw is None:
+                    continue
+                record = decode_record(raw)
+                if winner is None:
+                    winner = record
+                elif record[0] != winner[0]:
+                    continue  # a file in one origin and a directory in another: the first one wins
+                sources.append((name, relpath))
         path = paths_view_path(relpath)
         old = txn.get(path, db=storage.entries)
         if winner is None:
@@ -221,6 +142,7 @@ class PathsView(View):
     def rebuild(self, txn) -> int:
         txn.drop(self.storage.entries, delete=False)
         txn.drop(self.storage.children, delete=False)
+        txn.drop(self.storage.tagview, delete=False)   # (what a tag view kept is stale from now on)
         order = set(self.order)
         merged = 0
         for key in txn.cursor(db=self.storage.origin_files).iternext(keys=True, values=False):
@@ -231,36 +153,527 @@ class PathsView(View):
         return merged
 
 
+def collision_suffix(relpath: bytes) -> str:
+    return f" [{xxhash.xxh3_64_hexdigest(relpath)[:6]}]"
+
+
+@dataclass
+class _File:
+    """One relative path as the records describe it now."""
+    relpath: bytes
+    copies: list            # [(origin, (kind, size, mtime_ns, generation, token))], preferred first
+    rank: int               # the preferred copy's origin's position in the configuration
+    role: int
+    tags: dict | None = None
+    group: bytes = bytes(16)   # the album (a track) or folder (a sidecar)
+
+    def entry(self, piece: tuple[int, int] | None = None, size: int | None = None):
+        origin, (_, file_size, mtime_ns, _, token) = self.copies[0]
+        sources = tuple((name, self.relpath) for name, _ in self.copies)
+        version = content_version(origin, mtime_ns, token)
+        return (file_size if size is None else size), mtime_ns, sources, version, piece
+
+
+class _Tree:
+    """Changes to ``entries``/``children`` gathered during one settle, then applied: removals
+    first, then writes (a path given up by one file and taken by another in the same settle is
+    overwritten). Parents are made and pruned, their mtimes kept the newest below."""
+
+    def __init__(self, txn, storage, recent):
+        self.txn, self.storage, self.recent = txn, storage, recent
+        self.ops: dict[bytes, tuple | None] = {}
+        self.touched_dirs: set[bytes] = set()
+        self.changed = 0
+
+    def put(self, path: bytes, entry: tuple) -> None:
+        self.ops[path] = entry
+
+    def remove(self, path: bytes) -> None:
+        """The file at `path` gives it up; a file that takes it in this settle keeps it (claims
+        are resolved one after another, so the taking may come before the giving up)."""
+        if path and path not in self.ops:
+            self.ops[path] = None
+
+    def apply(self) -> None:
+        ops, self.ops = self.ops, {}
+        for path, entry in ops.items():
+            if entry is None:
+                self._remove(path)
+        for path, entry in ops.items():
+            if entry is not None:
+                self._put(path, *entry)
+
+    def _put(self, path: bytes, size: int, mtime_ns: int, sources, version: bytes, piece) -> None:
+        txn, storage = self.txn, self.storage
+        old = txn.get(path, db=storage.entries)
+        version = carried_version(old, KIND_FILE, size, sources, version)
+        raw = encode_entry(KIND_FILE, size, mtime_ns, sources, version, piece)
+        if old is not None and bytes(old) == raw:
+            return
+        txn.put(path, raw, db=storage.entries)
+        self.changed += 1
+        parent = split(path)[0]
+        self.touched_dirs.add(parent)
+        if old is None:
+            txn.put(child_key(path), bytes((KIND_FILE,)), db=storage.children)
+            self._newer(parent, mtime_ns)
+            return
+        self.recent.note(path)
+        old_mtime = entry_attrs(old)[2]
+        if mtime_ns > old_mtime:
+            self._newer(parent, mtime_ns)
+        elif mtime_ns < old_mtime:
+            self._recompute(parent)
+
+    def _newer(self, directory: bytes, mtime_ns: int) -> None:
+        """A file of this mtime is now below `directory`: make it and its parents, newer."""
+        txn, storage = self.txn, self.storage
+        while directory != ROOT:
+            raw = txn.get(directory, db=storage.entries)
+            if raw is not None and entry_attrs(raw)[2] >= mtime_ns:
+                return
+            txn.put(directory, encode_entry(KIND_DIR, 0, mtime_ns, ()), db=storage.entries)
+            if raw is None:
+                txn.put(child_key(directory), bytes((KIND_DIR,)), db=storage.children)
+                self.changed += 1
+            directory = split(directory)[0]
+
+    def _remove(self, path: bytes) -> None:
+        txn, storage = self.txn, self.storage
+        old = txn.get(path, db=storage.entries)
+        if old is None:
+            return
+        txn.delete(path, db=storage.entries)
+        txn.delete(child_key(path), db=storage.children)
+        self.recent.note(path)
+        self.changed += 1
+        parent = split(path)[0]
+        self.touched_dirs.add(parent)
+        if entry_attrs(old)[2] >= self._mtime(parent):
+            self._recompute(parent)
+        elif not self._has_children(parent):
+            self._recompute(parent)
+
+    def _mtime(self, directory: bytes) -> int:
+        raw = self.txn.get(directory, db=self.storage.entries)
+        return entry_attrs(raw)[2] if raw is not None else 0
+
+    def _has_children(self, directory: bytes) -> bool:
+        prefix = children_prefix(directory)
+        cursor = self.txn.cursor(db=self.storage.children)
+        return cursor.set_range(prefix) and cursor.key().startswith(prefix)
+
+    def _recompute(self, directory: bytes) -> None:
+        """`directory` lost a child or its newest one: drop it when empty, else give it the
+        newest mtime of its children; then its parent, as far as anything changed."""
+        txn, storage = self.txn, self.storage
+        while directory != ROOT:
+            prefix = children_prefix(directory)
+            newest = None
+            cursor = txn.cursor(db=storage.children)
+            if cursor.set_range(prefix):
+                for key in cursor.iternext(keys=True, values=False):
+                    if not key.startswith(prefix):
+                        break
+                    raw = txn.get(directory.rstrip(b"/") + b"/" + key[len(prefix):], db=storage.entries)
+                    if raw is not None:
+                        mtime = entry_attrs(raw)[2]
+                        newest = mtime if newest is None else max(newest, mtime)
+            old = txn.get(directory, db=storage.entries)
+            if newest is None:
+                if old is None:
+                    return
+                txn.delete(directory, db=storage.entries)
+                txn.delete(child_key(directory), db=storage.children)
+                self.changed += 1
+            else:
+                if old is not None and entry_attrs(old)[2] == newest:
+                    return
+                txn.put(directory, encode_entry(KIND_DIR, 0, newest, ()), db=storage.entries)
+                if old is None:
+                    txn.put(child_key(directory), bytes((KIND_DIR,)), db=storage.children)
+            directory = split(directory)[0]
+
+
+class _Settle:
+    """The work of one settle: what was touched, and the files read so far."""
+
+    def __init__(self, view: "TagView", txn):
+        self.view, self.txn, self.db = view, txn, view.storage.tagview
+        self.tree = _Tree(txn, view.storage, view.recent)
+        self.files: dict[bytes, _File | None] = {}
+        self.albums: set[bytes] = set()
+        self.folders: set[bytes] = set()
+        self.claims: set[bytes] = set()         # shown paths whose claimants changed
+
+    def file(self, relpath: bytes) -> _File | None:
+        if relpath not in self.files:
+            self.files[relpath] = self.view.describe(self.txn, relpath)
+        return self.files[relpath]
+
+    def placement(self, relpath: bytes) -> Placement | None:
+        raw = self.txn.get(placed_key(relpath), db=self.db)
+        return None if raw is None else decode_placement(raw)
+
+    def set_placement(self, relpath: bytes, placement: Placement) -> None:
+        self.txn.put(placed_key(relpath), encode_placement(placement), db=self.db)
+
+    def count(self, key: bytes, delta: int) -> None:
+        raw = self.txn.get(key, db=self.db)
+        value = (COUNT.unpack(raw)[0] if raw is not None else 0) + delta
+        if value > 0:
+            self.txn.put(key, COUNT.pack(value), db=self.db)
+        else:
+            self.txn.delete(key, db=self.db)
+
+    def keys(self, prefix: bytes, limit: int | None = None) -> list[bytes]:
+        found = []
+        cursor = self.txn.cursor(db=self.db)
+        if cursor.set_range(prefix):
+            for key in cursor.iternext(keys=True, values=False):
+                if not key.startswith(prefix) or (limit is not None and len(found) >= limit):
+                    break
+                found.append(bytes(key[len(prefix):]))
+        return found
+
+
+def _folder(relpath: bytes) -> bytes:
+    return relpath.rpartition(b"/")[0]
+
+
+def _ancestors(folder: bytes):
+    """`folder` and every folder above it, the origin's root (b"") last."""
+    while True:
+        yield folder
+        if not folder:
+            return
+        folder = _folder(folder)
+
+
 class TagView(View):
-    """The tag view: a derived view rebuilt as a whole once a scan or refresh is done. `spec`
-    names what it was built for (a change of template or of the tag reader rebuilds it)."""
+    """The tag view (see the module docstring), kept incrementally."""
 
     name = "tag"
-    deferred = True
 
-    def __init__(self, template: Template):
-        self.template = template
+    def __init__(self, layout: Layout):
+        self.layout = layout
         self.tag_version = TAG_VERSION
-        self.spec = f"tags:{TAG_VERSION}:{template.text}".encode()
-        self._dirty = False
+        self.spec = f"tags:{TAG_VERSION}:{layout.describe()}".encode()
+        self._pending: set[bytes] = set()
 
     @property
     def pending(self) -> bool:
-        return self._dirty
+        return bool(self._pending)
+
+    def ignored(self, relpath: bytes) -> bool:
+        return self.layout.ignore.ignored(relpath)
 
     def placed(self, txn, relpath: bytes) -> None:
-        self._dirty = True
+        self._pending.add(relpath)
 
     def settle(self, txn) -> int:
-        if not self._dirty:
-            return 0
-        return self.rebuild(txn)
+        relpaths, self._pending = self._pending, set()
+        return self._update(txn, relpaths) if relpaths else 0
 
     def rebuild(self, txn) -> int:
-        self._dirty = False
-        return write(txn, self.storage, build(txn, self.storage, self.order, self.template), self.recent)
+        """The whole view anew, in the caller's transaction: every relative path placed from
+        scratch in passes of REBUILD_BATCH, then whatever the tree still shows that no file
+        placed (another layout's, another view's) removed."""
+        self._pending.clear()
+        txn.drop(self.storage.tagview, delete=False)
+        changed = 0
+        batch: set[bytes] = set()
+        order = set(self.order)
+        for key in txn.cursor(db=self.storage.origin_files).iternext(keys=True, values=False):
+            origin, relpath = split_origin_key(key)
+            if origin in order and relpath:
+                batch.add(relpath)
+            if len(batch) >= REBUILD_BATCH:
+                changed += self._update(txn, batch)
+                batch = set()
+        if batch:
+            changed += self._update(txn, batch)
+        return changed + self._sweep(txn)
+
+    # -- describing a relative path -------------------------------------------------------------
+
+    def describe(self, txn, relpath: bytes) -> _File | None:
+        """What the records say `relpath` is now, in this view: None when it is not shown (gone,
+        a folder, ignored, not a track or sidecar, tags not read yet)."""
+        if self.ignored(relpath):
+            return None
+        storage = self.storage
+        copies = []
+        for rank, name in enumerate(self.order):
+            raw = txn.get(origin_key(name, relpath), db=storage.origin_files)
+            if raw is None:
+                continue
+            record = decode_record(raw)
+            if not copies and record[0] != KIND_FILE:
+                return None   # a folder in the preferred origin
+            if record[0] == KIND_FILE:
+                copies.append((name, record))
+                if len(copies) == 1:
+                    first_rank = rank
+        if not copies:
+            return None
+        ext = split_ext(relpath.rpartition(b"/")[2])[1]
+        if ext in AUDIO_EXTENSIONS:
+            for name, _ in copies:
+                raw_tags = txn.get(origin_key(name, relpath), db=storage.tags)
+                if raw_tags is not None:
+                    break
+            else:
+                return None   # tags not read yet: placed once they are
+            tags = decode_tags(raw_tags)
+            if tags is None:
+                return _File(relpath, copies, first_rank, ROLE_UNPLACED)
+            identity = album_identity(tags)
+            if identity is None:
+                return _File(relpath, copies, first_rank, ROLE_SINGLETON, tags, digest16(b"single\0" + relpath))
+            return _File(relpath, copies, first_rank, ROLE_TRACK, tags, digest16("\0".join(identity).encode()))
+        if ext in SIDECAR_EXTENSIONS:
+            return _File(relpath, copies, first_rank, ROLE_SIDECAR, group=digest16(_folder(relpath)))
+        return None
+
+    # -- the update ---------------------------------------------------------------------------
+
+    def _update(self, txn, relpaths) -> int:
+        work = _Settle(self, txn)
+        for relpath in relpaths:
+            self._replace(work, relpath)
+        for group in work.albums:
+            self._place_album(work, group)
+        for folder in work.folders:
+            self._place_sidecars(work, folder)
+        for path in work.claims:
+            self._resolve(work, path)
+        work.tree.apply()
+        for directory in work.tree.touched_dirs:
+            self._place_cover(work, directory)
+        work.tree.apply()
+        return work.tree.changed
+
+    def _replace(self, work: _Settle, relpath: bytes) -> None:
+        """Take out what was placed for `relpath`, put in what it is now, not yet rendered: its
+        album or folder then claims a shown path for it, and the claim's resolution writes its
+        entry (compared with the stored one: an unchanged file changes nothing)."""
+        txn, db = work.txn, work.db
+        old = work.placement(relpath)
+        new = work.file(relpath)
+        if old is not None:
+            if old.role in (ROLE_TRACK, ROLE_SINGLETON):
+                txn.delete(member_key(old.group, relpath), db=db)
+                work.albums.add(old.group)
+                self._unclaim(work, relpath, old)
+            elif old.role == ROLE_SIDECAR:
+                txn.delete(sidecar_key(_folder(relpath), relpath), db=db)
+                self._unclaim(work, relpath, old)
+            elif old.role == ROLE_UNPLACED:
+                txn.delete(UNPLACED + relpath, db=db)
+            txn.delete(placed_key(relpath), db=db)
+        if new is None:
+            return
+        if new.role in (ROLE_TRACK, ROLE_SINGLETON):
+            txn.put(member_key(new.group, relpath), b"", db=db)
+            work.albums.add(new.group)
+        elif new.role == ROLE_SIDECAR:
+            txn.put(sidecar_key(_folder(relpath), relpath), b"", db=db)
+            work.folders.add(_folder(relpath))
+        elif new.role == ROLE_UNPLACED:
+            txn.put(UNPLACED + relpath, b"", db=db)
+        work.set_placement(relpath, Placement(new.role, new.group))
+
+    def _claim(self, work: _Settle, relpath: bytes, placement: Placement, base: bytes, stem: str, ext: str,
+               rank: int) -> None:
+        work.txn.put(claim_key(base, rank, relpath), b"", db=work.db)
+        work.claims.add(base)
+        placement.base, placement.stem, placement.ext = base, stem, ext
+        if placement.role != ROLE_SIDECAR:
+            self._count_album_dir(work, relpath, base, +1)
+
+    def _unclaim(self, work: _Settle, relpath: bytes, placement: Placement) -> None:
+        if not placement.base:
+            return
+        # The rank is the one it claimed with: find its claim among the path's claimants.
+        for key in work.keys(claim_prefix(placement.base)):
+            if key[1:] == relpath:
+                work.txn.delete(claim_prefix(placement.base) + key, db=work.db)
+                break
+        work.claims.add(placement.base)
+        if placement.final:
+            work.tree.remove(placement.final)
+        if placement.role != ROLE_SIDECAR:
+            self._count_album_dir(work, relpath, placement.base, -1)
+        placement.base = placement.final = b""
+
+    def _count_album_dir(self, work: _Settle, relpath: bytes, base: bytes, delta: int) -> None:
+        """Count a track of origin folder F placed in album folder D: directly in F, and below
+        each folder above F (the origin's root excepted: its sidecars go by its own tracks)."""
+        album_dir = split(base)[0]
+        folder = _folder(relpath)
+        work.count(folder_prefix(DIRECT, folder) + album_dir, delta)
+        for above in _ancestors(folder):
+            if above:
+                work.count(folder_prefix(BELOW, above) + album_dir, delta)
+            work.folders.add(above)
+
+    def _place_album(self, work: _Settle, group: bytes) -> None:
+        """Render every track of an album with its album-level fields; claim what changed."""
+        relpaths = work.keys(member_key(group, b""))
+        files = [f for f in map(work.file, relpaths) if f is not None]
+        if not files:
+            return
+        album = None if files[0].role == ROLE_SINGLETON else Album.of([f.tags for f in files])
+        template = self.layout.template_for(album)
+        for file in files:
+            name = file.relpath.rpartition(b"/")[2]
+            values = field_values(file.tags, name, file.copies[0][0], album)
+            segments = template.render(values)
+            dirs = fit_directories(tuple(directory_name(s) for s in segments[:-1]))
+            base = ("/" + shown_path(dirs, segments[-1], values["ext"])).encode()
+            placement = work.placement(file.relpath)
+            if placement.base != base:   # (always so for a path whose records changed: see _replace)
+                self._unclaim(work, file.relpath, placement)
+                self._claim(work, file.relpath, placement, base, segments[-1], values["ext"], file.rank)
+                work.set_placement(file.relpath, placement)
+
+    def _album_dir_of(self, work: _Settle, folder: bytes) -> bytes | None:
+        """The one album folder the tracks of an origin folder went to (directly in it; for a
+        folder without tracks of its own, anywhere below it), or None."""
+        direct = work.keys(folder_prefix(DIRECT, folder), limit=2)
+        if direct:
+            return direct[0] if len(direct) == 1 else None
+        if not folder:
+            return None
+        below = work.keys(folder_prefix(BELOW, folder), limit=2)
+        return below[0] if len(below) == 1 else None
+
+    def _place_sidecars(self, work: _Settle, folder: bytes) -> None:
+        relpaths = work.keys(sidecar_key(folder, b""))
+        if not relpaths:
+            return
+        album_dir = self._album_dir_of(work, folder)
+        for relpath in relpaths:
+            file = work.file(relpath)
+            placement = work.placement(relpath)
+            if file is None or placement is None:
+                continue
+            base, stem, ext = b"", "", ""
+            if album_dir is not None:
+                stem_bytes, ext = split_ext(relpath.rpartition(b"/")[2])
+                stem = display_name(stem_bytes)
+                dirs = tuple(album_dir.decode().split("/")[1:])
+                base = ("/" + shown_path(dirs, stem, ext)).encode()
+            if placement.base != base:
+                self._unclaim(work, relpath, placement)
+                if base:
+                    self._claim(work, relpath, placement, base, stem, ext, file.rank)
+                work.set_placement(relpath, placement)
+
+    def _resolve(self, work: _Settle, path: bytes) -> None:
+        """Give each claimant of `path` its shown path: the first keeps it, the others get a
+        collision suffix; write the entries that changed."""
+        for position, key in enumerate(work.keys(claim_prefix(path))):
+            relpath = key[1:]
+            placement = work.placement(relpath)
+            file = work.file(relpath)
+            if placement is None or file is None:
+                continue
+            if position == 0:
+                final = path
+            else:
+                dirs = tuple(split(path)[0].decode().split("/")[1:])
+                final = ("/" + shown_path(dirs, placement.stem, placement.ext, collision_suffix(relpath))).encode()
+            if final != placement.final:
+                if placement.final:
+                    work.tree.remove(placement.final)
+                placement.final = final
+                work.set_placement(relpath, placement)
+                work.tree.put(final, file.entry())
+
+    def _place_cover(self, work: _Settle, directory: bytes) -> None:
+        """The cover of an album folder whose listing changed: the picture embedded in its first
+        track, unless the folder has an image of its own named cover/folder/front."""
+        txn, storage = work.txn, self.storage
+        cover_key = COVER + directory
+        current = txn.get(cover_key, db=work.db)
+        current = bytes(current) if current is not None else None
+        wanted = None
+        prefix = children_prefix(directory)
+        cursor = txn.cursor(db=storage.children)
+        first_track = None
+        own_image = False
+        if cursor.set_range(prefix):
+            for key, kind in cursor:
+                if not key.startswith(prefix):
+                    break
+                name = bytes(key[len(prefix):])
+                path = directory.rstrip(b"/") + b"/" + name
+                if kind[0] != KIND_FILE:
+                    continue
+                stem, ext = split_ext(name)
+                if ext in IMAGE_EXTENSIONS and stem.decode("utf-8", "replace").casefold() in COVER_STEMS \
+                        and not self._is_made_cover(txn, path):
+                    own_image = True
+                    break
+                if first_track is None and ext in AUDIO_EXTENSIONS:
+                    first_track = path
+        if not own_image and first_track is not None:
+            raw = txn.get(first_track, db=storage.entries)
+            entry = decode_entry(raw) if raw is not None else None
+            file = work.file(entry.sources[0][1]) if entry is not None and entry.sources else None
+            picture = (file.tags or {}).get("picture") if file is not None and file.role == ROLE_TRACK else None
+            if picture is not None:
+                name = b"cover.png" if picture["mime"] == "image/png" else b"cover.jpg"
+                wanted = directory.rstrip(b"/") + b"/" + name
+                source_size = file.copies[0][1][1]
+                if picture["offset"] + picture["length"] <= source_size:
+                    work.tree.put(wanted, file.entry((picture["offset"], source_size), picture["length"]))
+                else:
+                    wanted = None
+        if current is not None and current != wanted and self._is_made_cover(txn, current):
+            work.tree.remove(current)
+        if wanted is None:
+            txn.delete(cover_key, db=work.db)
+        else:
+            txn.put(cover_key, wanted, db=work.db)
+
+    def _is_made_cover(self, txn, path: bytes) -> bool:
+        """Whether the entry at `path` is a cover this view made (a piece of a track)."""
+        raw = txn.get(path, db=self.storage.entries)
+        return raw is not None and decode_entry(raw).is_slice
+
+    def _sweep(self, txn) -> int:
+        """After a rebuild: remove the files the tree shows that no file placed, then folders
+        left without children."""
+        storage, db = self.storage, self.storage.tagview
+        tree = _Tree(txn, storage, self.recent)
+        stale = []
+        for path, raw in txn.cursor(db=storage.entries):
+            if raw[0] == KIND_DIR:
+                continue
+            entry = decode_entry(raw)
+            if entry.is_slice:
+                owner = txn.get(COVER + split(bytes(path))[0], db=db)
+                if owner is not None and bytes(owner) == bytes(path):
+                    continue
+            elif entry.sources:
+                raw_placement = txn.get(placed_key(entry.sources[0][1]), db=db)
+                if raw_placement is not None and decode_placement(raw_placement).final == bytes(path):
+                    continue
+            stale.append(bytes(path))
+        for path in stale:
+            tree.remove(path)
+        tree.apply()
+        empty = [bytes(path) for path, raw in txn.cursor(db=storage.entries)
+                 if raw[0] == KIND_DIR and not tree._has_children(bytes(path))]
+        for path in empty:
+            tree._recompute(path)
+        return tree.changed + len(empty)
 
 
 def view_for(layout) -> View:
     """The view a ``[layout]`` configuration asks for."""
-    return TagView(Template(layout.template)) if layout.mode == "tags" else PathsView()
+    parsed = layout.parsed()
+    return TagView(parsed) if layout.mode == "tags" else PathsView(parsed.ignore)
