@@ -8,6 +8,7 @@ from musicfs import config as config_module
 from musicfs.origins import LocalOrigin
 from musicfs.service import Service
 
+from .audio import make_track
 from .faulty import FaultyOrigin
 from .helpers import FIXTURES, HungOrigin, InProcessMount, MotoServer, SshServer
 
@@ -143,3 +144,28 @@ def private_runtime_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg-state"))
     (tmp_path / "run").mkdir()
+
+
+@pytest.fixture(scope="session")
+def audio_cache(tmp_path_factory):
+    """The bytes of a real audio file in format `ext` with exactly `tags` (tests/audio.py)."""
+    root = tmp_path_factory.mktemp("audio")
+    made = {}
+
+    def get(ext: str, tags: dict, **options) -> bytes:
+        key = (ext, repr(sorted(tags.items())), repr(sorted(options.items())))
+        if key not in made:
+            made[key] = make_track(root / f"{len(made)}.{ext}", tags, **options)
+        return made[key]
+    return get
+
+
+@pytest.fixture
+def library(tmp_path, audio_cache):
+    def put(origin: str, relpath: str, ext_tags: dict | None = None, ext: str | None = None, **options) -> bytes:
+        path = tmp_path / origin / relpath
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = audio_cache(ext or relpath.rsplit(".", 1)[1], ext_tags or {}, **options)
+        path.write_bytes(data)
+        return data
+    return put

@@ -609,3 +609,11 @@ def origin_toml(table: dict) -> str:
     """One [[origins]] table of a config file, from the dict an origin_table() gives."""
     return "[[origins]]\n" + "".join(f'{k} = "{v}"\n' if isinstance(v, str) else f"{k} = {v!r}\n"
                                      for k, v in table.items())
+
+
+# The tag view in a test's sections (conftest.make_config defaults to the paths layout).
+TAGS = {"layout": {"mode": "tags"}}
+
+
+def tree(mountpoint: Path) -> set[str]:
+    return {os.path.relpath(os.path.join(d, n), mountpoint) for d, _, names in os.walk(mountpoint) for n in names}

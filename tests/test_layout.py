@@ -105,7 +105,8 @@ def test_literal_dollar_and_braced_fields():
 def test_unsafe_characters_and_dots():
     assert safe_segment('a/b\\c:d*e?f"g<h>i|j\x01k') == "a_b_c_d_e_f_g_h_i_j_k"
     assert safe_segment("  .hidden  ") == "_hidden"
-    assert safe_segment("..") == "_."
+    assert safe_segment("..") == "__"
+    assert safe_segment("-rf") == "_rf" and safe_segment("Vol.") == "Vol_" and safe_segment("a-b.c") == "a-b.c"
     assert safe_segment("   ") == "_"
     assert place({"albumartist": "AC/DC", "title": ".hidden"}) == "AC_DC/Unknown Album/_hidden.flac"
 

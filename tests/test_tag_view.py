@@ -2,47 +2,13 @@
 import os
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
-from .audio import make_track
-from .helpers import read_outcome, run_musicfs
+from .helpers import TAGS, read_outcome, run_musicfs, tree
 
 pytestmark = [pytest.mark.mount,
               pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg (apt-get install ffmpeg)")]
-
-TAGS = {"layout": {"mode": "tags"}}
-
-
-@pytest.fixture(scope="session")
-def audio_cache(tmp_path_factory):
-    """The bytes of a real audio file in format `ext` with exactly `tags` (tests/audio.py)."""
-    root = tmp_path_factory.mktemp("audio")
-    made = {}
-
-    def get(ext: str, tags: dict, **options) -> bytes:
-        key = (ext, repr(sorted(tags.items())), repr(sorted(options.items())))
-        if key not in made:
-            made[key] = make_track(root / f"{len(made)}.{ext}", tags, **options)
-        return made[key]
-    return get
-
-
-@pytest.fixture
-def library(tmp_path, audio_cache):
-    def put(origin: str, relpath: str, ext_tags: dict | None = None, ext: str | None = None, **options) -> bytes:
-        path = tmp_path / origin / relpath
-        path.parent.mkdir(parents=True, exist_ok=True)
-        data = audio_cache(ext or relpath.rsplit(".", 1)[1], ext_tags or {}, **options)
-        path.write_bytes(data)
-        return data
-    return put
-
-
-def tree(mountpoint: Path) -> set[str]:
-    return {os.path.relpath(os.path.join(d, n), mountpoint) for d, _, names in os.walk(mountpoint) for n in names}
-
 
 def test_every_format_is_placed_by_its_tags_and_reads_byte_exact(tmp_path, library, mounted):
     album = {"artist": "Ärtist", "album": "Formats", "date": "2003-01-02", "genre": "Test"}

@@ -304,10 +304,14 @@ def _cut(text: str, limit: int) -> str:
 
 def safe_segment(text: str) -> str:
     """One path segment made safe: separators, reserved and control characters become '_',
-    surrounding whitespace goes, a leading '.' becomes '_', nothing at all becomes '_'."""
+    surrounding whitespace goes, a leading '.' or '-' and a trailing '.' become '_' (as beets
+    does: no hidden names, no option-like names, none Windows shares would mangle), nothing at
+    all becomes '_'."""
     text = _UNSAFE.sub("_", unicodedata.normalize("NFC", text)).strip()
-    if text.startswith("."):
+    if text.startswith((".", "-")):
         text = "_" + text[1:]
+    if text.endswith("."):
+        text = text[:-1] + "_"
     return text or "_"
 
 

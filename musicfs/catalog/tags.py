@@ -78,18 +78,34 @@ class OriginFile(io.RawIOBase):
         return block
 
     def find(self, data: bytes) -> int | None:
-        """The offset where `data` lies in the blocks read so far, or None."""
-        run_start, run = None, []
+        """The offset where `data` lies in the blocks read so far, or None. Compares block by
+        block: a picture of 50 MB is not copied again to be found."""
+        head = data[:256]
         for index in sorted(self.blocks):
-            if run and index != run_start + len(run):
-                found = _find_in(run_start * BLOCK, run, data)
-                if found is not None:
-                    return found
-                run = []
-            if not run:
-                run_start = index
-            run.append(self.blocks[index])
-        return _find_in(run_start * BLOCK, run, data) if run else None
+            block = self.blocks[index]
+            following = self.blocks.get(index + 1, b"")
+            window = block + following[:len(head) - 1]   # a head that starts near the block's end
+            start = window.find(head)
+            while 0 <= start < len(block):
+                offset = index * BLOCK + start
+                if self._holds(offset, data):
+                    return offset
+                start = window.find(head, start + 1)
+        return None
+
+    def _holds(self, offset: int, data: bytes) -> bool:
+        view = memoryview(data)
+        done = 0
+        while done < len(data):
+            index, start = divmod(offset + done, BLOCK)
+            block = self.blocks.get(index)
+            if block is None:
+                return False
+            piece = block[start:start + len(data) - done]
+            if not piece or view[done:done + len(piece)] != piece:
+                return False
+            done += len(piece)
+        return True
 
     def readinto(self, buffer) -> int:
         want = min(len(buffer), self.size - self.position)
@@ -132,16 +148,6 @@ def _joined(value) -> str:
         if sum(len(t) for t in texts) > FIELD_MAX:
             break
     return VALUE_SEPARATOR.join(texts)
-
-
-def _find_in(base: int, run: list[bytes], data: bytes) -> int | None:
-    joined = b"".join(run)
-    start = joined.find(data[:256])
-    while start >= 0:
-        if joined[start:start + len(data)] == data:
-            return base + start
-        start = joined.find(data[:256], start + 1)
-    return None
 
 
 def _first(value) -> str:
