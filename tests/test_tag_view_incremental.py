@@ -21,6 +21,13 @@ from musicfs.storage import Storage
 ORIGINS = ["first", "second"]
 
 
+@pytest.fixture(autouse=True)
+def small_rebuild_batches(monkeypatch):
+    """Rebuilds here run in many small transactions, as a large library's do."""
+    from musicfs.catalog import views
+    monkeypatch.setattr(views, "REBUILD_BATCH", 7)
+
+
 class Library:
     """Origin records and tags written straight into a catalog, one transaction per step."""
 
@@ -61,9 +68,9 @@ def fresh_view_of(storage: Storage, tmp_path, layout: Layout) -> tuple[dict, set
             for db in ("origin_files", "tags"):
                 for key, value in source.cursor(db=getattr(storage, db)):
                     txn.put(key, value, db=getattr(other, db))
-            view = TagView(layout)
-            view.attach(other, ORIGINS, RecentChanges())
-            view.rebuild(txn)
+        view = TagView(layout)
+        view.attach(other, ORIGINS, RecentChanges())
+        view.rebuild()
         return snapshot(other)
     finally:
         other.close()
@@ -150,8 +157,7 @@ def test_rebuild_replaces_another_layouts_tree(tmp_path):
         default = Layout.parse()
         view = TagView(default)
         view.attach(storage, ORIGINS, RecentChanges())
-        with storage.begin(write=True) as txn:
-            view.rebuild(txn)
+        view.rebuild()
         assert snapshot(storage) == fresh_view_of(storage, tmp_path, default)
         assert {p for p in snapshot(storage)[0]} == {b"/P", b"/P/A", b"/P/A/T.flac", b"/P/A/cover.jpg"}
     finally:

@@ -149,22 +149,26 @@ class Scanner:
             return False
         before = set(previous.split(b"\0view:")[0].split(b"\0")) if previous else set()
         started = time.monotonic()
-        with self._write_lock, self.storage.begin(write=True) as txn:
-            known = {o.name for o, identity in zip(self.origins, identities) if identity in before}
-            cursor = txn.cursor(db=self.storage.origin_files)
-            stale = [key for key in cursor.iternext(keys=True, values=False)
-                     if split_origin_key(key)[0] not in known]
-            for key in stale:
-                txn.delete(key, db=self.storage.origin_files)
-                txn.delete(key, db=self.storage.tags)
-                self.store.drop_manifest(key, txn)
-                self.store.forget_pin(key, txn)
-            self.view.rebuild(txn)
-            for key, _ in list(txn.cursor(db=self.storage.meta)):
-                prefix, _, name = key.partition(b":")
-                if prefix in (b"scanned", b"tagged") and name.decode() not in known:
-                    txn.delete(key, db=self.storage.meta)
-            txn.put(b"origins", fingerprint, db=self.storage.meta)
+        with self._write_lock:
+            with self.storage.begin(write=True) as txn:
+                known = {o.name for o, identity in zip(self.origins, identities) if identity in before}
+                cursor = txn.cursor(db=self.storage.origin_files)
+                stale = [key for key in cursor.iternext(keys=True, values=False)
+                         if split_origin_key(key)[0] not in known]
+                for key in stale:
+                    txn.delete(key, db=self.storage.origin_files)
+                    txn.delete(key, db=self.storage.tags)
+                    self.store.drop_manifest(key, txn)
+                    self.store.forget_pin(key, txn)
+                for key, _ in list(txn.cursor(db=self.storage.meta)):
+                    prefix, _, name = key.partition(b":")
+                    if prefix in (b"scanned", b"tagged") and name.decode() not in known:
+                        txn.delete(key, db=self.storage.meta)
+            # In transactions of its own (bounded memory at a million files); what it was
+            # built for is recorded only once it is complete, so a crash halfway rebuilds again.
+            self.view.rebuild()
+            with self.storage.begin(write=True) as txn:
+                txn.put(b"origins", fingerprint, db=self.storage.meta)
         log.info("catalog rebuilt for origins %s in %.2fs", ", ".join(self.order), time.monotonic() - started)
         return True
 

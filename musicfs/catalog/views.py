@@ -66,7 +66,10 @@ class View:
     The scanner tells a view which relative paths' records changed (`placed`, in the writing
     transaction) and asks it to `settle` the tree; a `deferred` view is settled once a scan or
     refresh is over instead of at every transaction. `rebuild` makes the tree anew (a change of
-    origins or layout). `spec` names what the tree was made for: a different one rebuilds it."""
+    origins or layout) in transactions of its own, REBUILD_BATCH paths each, so its memory does
+    not grow with the library: meanwhile readers may see the old tree and the new one side by
+    side, never a file missing from both; what no longer belongs goes last. `spec` names what
+    the tree was made for: a different one rebuilds it."""
 
     name = "?"
     spec = b""
@@ -89,8 +92,50 @@ class View:
     def settle(self, txn) -> int:
         return 0
 
-    def rebuild(self, txn) -> int:
+    def rebuild(self) -> int:
         raise NotImplementedError
+
+    def _relpaths(self):
+        """Every relative path the configured origins hold, in batches of REBUILD_BATCH, each
+        read in a transaction of its own (resuming after the last key)."""
+        order = set(self.order)
+        after = None
+        while True:
+            batch: set[bytes] = set()
+            with self.storage.begin() as txn:
+                cursor = txn.cursor(db=self.storage.origin_files)
+                found = cursor.set_range(after) if after is not None else cursor.first()
+                while found and len(batch) < REBUILD_BATCH:
+                    key = bytes(cursor.key())
+                    if key != after:
+                        origin, relpath = split_origin_key(key)
+                        if origin in order and relpath:
+                            batch.add(relpath)
+                    after = key
+                    found = cursor.next()
+            if batch:
+                yield batch
+            if not found:
+                return
+
+    def _shown_paths(self):
+        """Every path of the shown tree, in batches, each read in a transaction of its own."""
+        after = None
+        while True:
+            with self.storage.begin() as txn:
+                cursor = txn.cursor(db=self.storage.entries)
+                found = cursor.set_range(after) if after is not None else cursor.first()
+                batch = []
+                while found and len(batch) < REBUILD_BATCH:
+                    key = bytes(cursor.key())
+                    if key != after:
+                        batch.append((key, bytes(cursor.value())))
+                    after = key
+                    found = cursor.next()
+            if batch:
+                yield batch
+            if not found:
+                return
 
 
 class PathsView(View):
@@ -139,17 +184,22 @@ class PathsView(View):
         if old is not None and kind == KIND_FILE:
             self.recent.note(path)
 
-    def rebuild(self, txn) -> int:
-        txn.drop(self.storage.entries, delete=False)
-        txn.drop(self.storage.children, delete=False)
-        txn.drop(self.storage.tagview, delete=False)   # (what a tag view kept is stale from now on)
-        order = set(self.order)
+    def rebuild(self) -> int:
+        """Every relative path merged again, then every shown path that is not one of them
+        (another view's) merged away."""
+        with self.storage.begin(write=True) as txn:
+            txn.drop(self.storage.tagview, delete=False)   # (what a tag view kept is stale from now on)
         merged = 0
-        for key in txn.cursor(db=self.storage.origin_files).iternext(keys=True, values=False):
-            origin, relpath = split_origin_key(key)
-            if relpath and origin in order:   # (a path in several origins is merged again: harmless)
-                self.placed(txn, relpath)
-                merged += 1
+        for batch in self._relpaths():
+            with self.storage.begin(write=True) as txn:
+                for relpath in batch:
+                    self.placed(txn, relpath)
+                merged += len(batch)
+        for batch in self._shown_paths():
+            with self.storage.begin(write=True) as txn:
+                for path, _ in batch:
+                    if txn.get(path, db=self.storage.entries) is not None:
+                        self.placed(txn, path[1:])
         return merged
 
 
@@ -375,25 +425,20 @@ class TagView(View):
         relpaths, self._pending = self._pending, set()
         return self._update(txn, relpaths) if relpaths else 0
 
-    def rebuild(self, txn) -> int:
-        """The whole view anew, in the caller's transaction: every relative path placed from
-        scratch in passes of REBUILD_BATCH, then whatever the tree still shows that no file
-        placed (another layout's, another view's) removed."""
+    def rebuild(self) -> int:
+        """The whole view anew: every relative path placed from scratch, then whatever the tree
+        still shows that no file placed (another layout's, another view's) removed."""
         self._pending.clear()
-        txn.drop(self.storage.tagview, delete=False)
+        with self.storage.begin(write=True) as txn:
+            txn.drop(self.storage.tagview, delete=False)
         changed = 0
-        batch: set[bytes] = set()
-        order = set(self.order)
-        for key in txn.cursor(db=self.storage.origin_files).iternext(keys=True, values=False):
-            origin, relpath = split_origin_key(key)
-            if origin in order and relpath:
-                batch.add(relpath)
-            if len(batch) >= REBUILD_BATCH:
+        for batch in self._relpaths():
+            with self.storage.begin(write=True) as txn:
                 changed += self._update(txn, batch)
-                batch = set()
-        if batch:
-            changed += self._update(txn, batch)
-        return changed + self._sweep(txn)
+        for batch in self._shown_paths():
+            with self.storage.begin(write=True) as txn:
+                changed += self._sweep(txn, batch)
+        return changed
 
     # -- describing a relative path -------------------------------------------------------------
 
@@ -644,14 +689,14 @@ class TagView(View):
         raw = txn.get(path, db=self.storage.entries)
         return raw is not None and decode_entry(raw).is_slice
 
-    def _sweep(self, txn) -> int:
-        """After a rebuild: remove the files the tree shows that no file placed, then folders
-        left without children."""
+    def _sweep(self, txn, shown: list[tuple[bytes, bytes]]) -> int:
+        """After a rebuild, of these shown paths: remove the files that no file placed, then
+        folders left without children."""
         storage, db = self.storage, self.storage.tagview
         tree = _Tree(txn, storage, self.recent)
         stale = []
-        for path, raw in txn.cursor(db=storage.entries):
-            if raw[0] == KIND_DIR:
+        for path, raw in shown:
+            if raw[0] == KIND_DIR or txn.get(path, db=storage.entries) is None:
                 continue
             entry = decode_entry(raw)
             if entry.is_slice:
@@ -666,8 +711,8 @@ class TagView(View):
         for path in stale:
             tree.remove(path)
         tree.apply()
-        empty = [bytes(path) for path, raw in txn.cursor(db=storage.entries)
-                 if raw[0] == KIND_DIR and not tree._has_children(bytes(path))]
+        empty = [path for path, raw in shown if raw[0] == KIND_DIR and txn.get(path, db=storage.entries) is not None
+                 and not tree._has_children(path)]
         for path in empty:
             tree._recompute(path)
         return tree.changed + len(empty)
