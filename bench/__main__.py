@@ -14,6 +14,9 @@ and how many tags an unchanged rescan reads.
 Remote origins (bench/remote.py): musicfs's sftp and s3 origins against sshfs and rclone on the
 same loopback servers.
 
+The tag view at library scale (bench/catalog.py): building it, one-file changes, mount, find and
+memory on synthetic catalogs of BENCH_TAGVIEW_TRACKS tracks (default 100000,1000000).
+
 Environment: BENCH_BIG_MB (default 512), BENCH_SMALL_FILES (20000), BENCH_REPEAT (3),
 BENCH_CATALOG_FILES (100000), BENCH_REMOTE (1; 0 skips the remote origins), BENCH_REMOTE_BASELINE
 (a git revision to run beside this tree), BENCH_REMOTE_DELAY_MS (0; a delay each way in front of
@@ -439,6 +442,9 @@ def main():
         from bench import remote
         remote.run(rows, big, WORK)
     report(rows, mb)
+    # the tag view at library scale, on synthetic catalogs (bench/catalog.py)
+    from bench import catalog
+    catalog.main([int(n) for n in os.environ.get("BENCH_TAGVIEW_TRACKS", "100000,1000000").split(",") if n])
 
 
 def report(rows, mb):

@@ -240,3 +240,40 @@ def test_what_mutagen_reads_of_a_track_is_what_the_view_was_built_from(tmp_path,
         decoded = subprocess.run(["ffmpeg", "-v", "error", "-i", str(shown), "-f", "null", "-"],
                                  capture_output=True, text=True)
         assert decoded.returncode == 0 and not decoded.stderr, decoded.stderr
+
+
+def test_a_large_scan_parses_in_processes_and_finds_what_threads_find(tmp_path, library, service_factory, caplog,
+                                                                     monkeypatch):
+    import logging
+    from musicfs.catalog import scanner
+    caplog.set_level(logging.INFO, logger="musicfs")
+    for n in range(scanner.PROCESS_MIN_FILES + 6):
+        library("nas", f"d{n % 4}/{n}.{('flac', 'mp3', 'ogg', 'm4a')[n % 4]}",
+                {"artist": f"A{n % 3}", "album": f"Album {n % 5}", "title": f"T{n}", "track": str(n % 12 + 1)},
+                **({"picture": tiny_jpeg(n % 2)} if n % 7 == 0 else {}))
+    (tmp_path / "nas" / "d0" / "broken.flac").write_bytes(b"fLaC")
+
+    def scan_records(name):
+        service = service_factory([("nas", tmp_path / "nas")], cache={"dir": str(tmp_path / name)}, **TAGS)
+        result, = service.scanner.scan()
+        assert result.complete and result.tags_read == scanner.PROCESS_MIN_FILES + 7
+        with service.storage.begin() as txn:
+            return {bytes(k): bytes(v) for k, v in txn.cursor(db=service.storage.tags)}
+    in_processes = scan_records("processes")
+    assert "d0/broken.flac is not a track" in caplog.text         # logged by the daemon, from a note
+    monkeypatch.setattr(scanner, "TAG_PROCESSES", 1)
+    assert scan_records("threads") == in_processes
+
+
+def test_a_daemon_reads_tags_in_processes(tmp_path, library):
+    from musicfs.catalog.scanner import PROCESS_MIN_FILES
+    for n in range(PROCESS_MIN_FILES + 2):
+        library("nas", f"x/{n}.flac", {**ALBUM, "title": f"T{n:03d}", "track": str(n + 1)})
+    (tmp_path / "nas" / "x" / "empty.mp3").write_bytes(b"")
+    daemon = Daemon(tmp_path, [("nas", tmp_path / "nas")], **TAGS)
+    try:
+        daemon.mount()
+        assert len(tree(daemon.mountpoint)) == PROCESS_MIN_FILES + 2
+        assert "x/empty.mp3 is not a track" in daemon.log()
+    finally:
+        daemon.stop()

@@ -200,9 +200,15 @@ def entry_version(entry: OriginEntry) -> tuple:
 TAG_RECORD = struct.Struct(">BQQH")
 
 
-def encode_tags(tag_version: int, entry: OriginEntry, tags: dict | None) -> bytes:
+def tags_json(tags: dict | None) -> bytes:
+    """The tags part of a tag record (made where the tags are read: a worker process)."""
+    return json.dumps(tags, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode()
+
+
+def encode_tags(tag_version: int, entry: OriginEntry, tags: dict | None, encoded: bytes | None = None) -> bytes:
+    """A tag record of `tags` (or of their tags_json, `encoded`) read from `entry`'s version."""
     return (TAG_RECORD.pack(tag_version, entry.size, entry.mtime_ns, len(entry.token)) + entry.token
-            + json.dumps(tags, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode())
+            + (tags_json(tags) if encoded is None else encoded))
 
 
 def tags_are_current(raw: bytes | None, tag_version: int, entry: OriginEntry) -> bool:

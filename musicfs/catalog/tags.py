@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import unicodedata
 
-from ..origins.base import OriginEntry
+from ..origins.base import KIND_FILE, OriginEntry
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +47,9 @@ _FORMATS = {"FLAC": "flac", "MP3": "mp3", "EasyMP3": "mp3", "OggVorbis": "ogg", 
 class OriginFile(io.RawIOBase):
     """A read-only, seekable file object over one origin file, reading blocks on demand."""
 
-    def __init__(self, origin, relpath: bytes, size: int, expect: OriginEntry | None = None):
-        self.origin = origin
-        self.relpath = relpath
+    def __init__(self, read, size: int):
+        self.read_at = read          # (offset, size) -> bytes: an Origin.reading() function
         self.size = size
-        self.expect = expect
         self.position = 0
         self.blocks: dict[int, bytes] = {}
         self.bytes_read = 0
@@ -72,7 +71,7 @@ class OriginFile(io.RawIOBase):
     def _block(self, index: int) -> bytes:
         block = self.blocks.get(index)
         if block is None:
-            block = self.origin.read(self.relpath, index * BLOCK, BLOCK, self.expect)
+            block = self.read_at(index * BLOCK, BLOCK)
             self.bytes_read += len(block)
             self.blocks[index] = block
         return block
@@ -267,23 +266,32 @@ def _picture(parsed, source: "OriginFile") -> dict | None:
     return {"offset": offset, "length": len(data), "mime": (mime or "image/jpeg").lower()}
 
 
-def read_tags(origin, relpath: bytes, size: int, expect: OriginEntry | None = None) -> tuple[dict | None, int]:
-    """(tags, bytes read) of one origin file; tags is None when the file cannot be parsed
-    (one log line). Errors of the origin itself (OSError, OriginChanged...) propagate."""
-    import mutagen   # here, not at the top: a mount with a stored catalog never needs it (~40 ms)
-
-    source = OriginFile(origin, relpath, size, expect)
+def _parse(mutagen, source: OriginFile):
+    """What mutagen makes of a file: its parsed object, None (not a format it knows), or the
+    exception that says it is not audio. Errors of the origin itself propagate."""
     try:
         # The buffer answers mutagen's many small reads and seeks in C; OriginFile is asked
         # only for whole blocks.
-        parsed = mutagen.File(io.BufferedReader(source, BLOCK))
+        return mutagen.File(io.BufferedReader(source, BLOCK))
     except OSError:
         raise
     except Exception as e:  # noqa: BLE001 - mutagen raises many kinds on bad files
         if isinstance(e.__cause__ or e.__context__, OSError):
             raise (e.__cause__ or e.__context__) from None
+        return e
+
+
+def read_tags(origin, relpath: bytes, size: int, expect: OriginEntry | None = None) -> tuple[dict | None, int]:
+    """(tags, bytes read) of one origin file; tags is None when the file cannot be parsed
+    (one log line). Errors of the origin itself (OSError, OriginChanged...) propagate."""
+    import mutagen   # here, not at the top: a mount with a stored catalog never needs it (~40 ms)
+
+    with origin.reading(relpath, expect) as read:
+        source = OriginFile(read, size)
+        parsed = _parse(mutagen, source)
+    if isinstance(parsed, Exception):
         log.info("origin %s: %s is not a track: mutagen cannot read it as audio (%s)",
-                 origin.name, relpath.decode(errors="replace"), e)
+                 origin.name, relpath.decode(errors="replace"), parsed)
         return None, source.bytes_read
     if parsed is None:
         log.info("origin %s: %s is not a track: not an audio format mutagen knows",
@@ -301,3 +309,36 @@ def read_tags(origin, relpath: bytes, size: int, expect: OriginEntry | None = No
 # 2: several values joined, the MusicBrainz release id, where the cover picture lies; a file
 #    mutagen cannot read is not a track (null).
 TAG_VERSION = 2
+
+
+class _Notes(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.notes: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.notes.append(record.getMessage().split(": ", 1)[-1])
+
+
+def read_local_tags(name: str, root: bytes, items) -> list[tuple]:
+    """read_tags of files of a local origin, in a worker process: [(relpath, tags_json(tags),
+    error, notes)] for items (relpath, size, mtime_ns, token). What read_tags logged comes back as
+    notes, for the daemon's log (a worker process has none)."""
+    from ..origins.local import LocalOrigin
+    from ..errors import OriginChanged
+    from .records import tags_json
+    origin = LocalOrigin(name, os.fsdecode(root))
+    log.setLevel(logging.INFO)   # (this process has no logging set up: what is noted goes back)
+    done = []
+    for relpath, size, mtime_ns, token in items:
+        notes = _Notes()
+        log.addHandler(notes)
+        try:
+            expect = OriginEntry(relpath.rpartition(b"/")[2], KIND_FILE, size, mtime_ns, token=token)
+            tags, _ = read_tags(origin, relpath, size, expect)
+            done.append((relpath, tags_json(tags), None, notes.notes))
+        except (OSError, OriginChanged) as e:
+            done.append((relpath, None, getattr(e, "strerror", None) or str(e), notes.notes))
+        finally:
+            log.removeHandler(notes)
+    return done

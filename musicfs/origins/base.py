@@ -7,6 +7,8 @@ the same interface; timeouts and worker budgets are imposed by the caller, not t
 """
 from __future__ import annotations
 
+import contextlib
+
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -81,6 +83,13 @@ class Origin(ABC):
         for length in lengths:
             yield bytes(data[start:start + length])
             start += length
+
+    @contextlib.contextmanager
+    def reading(self, relpath: bytes, expect: OriginEntry | None = None):
+        """A function reading (offset, size) of one file, for several reads in a row (a tag
+        parser's), with read()'s guarantees. Here each is a read(); a local origin opens the
+        file once."""
+        yield lambda offset, size: self.read(relpath, offset, size, expect)
 
     @abstractmethod
     def check(self) -> None:

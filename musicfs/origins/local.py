@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+import contextlib
+import functools
 import os
 import stat as stat_module
 import struct
@@ -83,27 +85,22 @@ class LocalOrigin(Origin):
         return entry
 
     def read(self, relpath: bytes, offset: int, size: int, expect: OriginEntry | None = None) -> bytes:
+        with self.reading(relpath, expect) as read:
+            return read(offset, size)
+
+    @contextlib.contextmanager
+    def reading(self, relpath: bytes, expect: OriginEntry | None = None):
+        """One open of the file for all the reads (a tag parser makes several), its version
+        checked before the first and after the last."""
         fd = os.open(self._abs(relpath), os.O_RDONLY | os.O_CLOEXEC)
         try:
             if expect is not None:
                 self._verify(relpath, fd, expect)
-            data = os.pread(fd, size, offset)
-            if 0 < len(data) < size:
-                # Network filesystems may return short reads before EOF: keep reading.
-                parts = [data]
-                got = len(data)
-                while got < size:
-                    more = os.pread(fd, size - got, offset + got)
-                    if not more:
-                        break
-                    parts.append(more)
-                    got += len(more)
-                data = b"".join(parts)
+            yield functools.partial(_pread_fully, fd)
             if expect is not None:
-                # Checked again after the read: a rewrite in place updates mtime before it
+                # Checked again after the reads: a rewrite in place updates mtime before it
                 # changes any byte, so bytes read before this check are of the expected version.
                 self._verify(relpath, fd, expect)
-            return data
         finally:
             os.close(fd)
 
@@ -126,3 +123,19 @@ class LocalOrigin(Origin):
         # the directory makes the server answer.
         with os.scandir(self.root) as it:
             next(it, None)
+
+
+def _pread_fully(fd: int, offset: int, size: int) -> bytes:
+    data = os.pread(fd, size, offset)
+    if 0 < len(data) < size:
+        # Network filesystems may return short reads before EOF: keep reading.
+        parts = [data]
+        got = len(data)
+        while got < size:
+            more = os.pread(fd, size - got, offset + got)
+            if not more:
+                break
+            parts.append(more)
+            got += len(more)
+        data = b"".join(parts)
+    return data
