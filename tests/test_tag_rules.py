@@ -277,3 +277,23 @@ def test_a_daemon_reads_tags_in_processes(tmp_path, library):
         assert "x/empty.mp3 is not a track" in daemon.log()
     finally:
         daemon.stop()
+
+
+def test_a_cover_is_never_another_piece_of_a_changed_track(tmp_path, library, mounted, audio_cache):
+    """A track replaced between scans: a read refreshes its entry before its tags are read
+    again. Its cover must not be served from where the picture lay in the old version."""
+    import errno
+    from .helpers import read_outcome
+    library("nas", "a/1.flac", {**ALBUM, "title": "One"}, picture=tiny_jpeg(1))
+    service, mount = mounted([("nas", tmp_path / "nas")], **TAGS)
+    cover = mount.mountpoint / "Band/Album/cover.jpg"
+    assert cover.stat().st_size == len(tiny_jpeg(1))      # listed; not read (nothing cached yet)
+    moved = audio_cache("flac", {**ALBUM, "title": "One", "genre": "g" * 3000}, picture=tiny_jpeg(2))
+    tmp = tmp_path / "nas" / "a" / "1.tmp"
+    tmp.write_bytes(moved)
+    os.replace(tmp, tmp_path / "nas" / "a" / "1.flac")          # the picture now lies further on
+    assert read_outcome(mount.mountpoint / "Band/Album/One.flac") in (moved, errno.EIO)
+    assert read_outcome(mount.mountpoint / "Band/Album/One.flac") == moved     # the entry is refreshed
+    assert service.catalog.lookup(b"/Band/Album/cover.jpg") is None          # until the tags are read
+    service.scanner.scan()
+    assert cover.read_bytes() == tiny_jpeg(2)

@@ -220,6 +220,14 @@ def tags_are_current(raw: bytes | None, tag_version: int, entry: OriginEntry) ->
     return version == tag_version and entry.same_version(size, mtime_ns, token)
 
 
+def tags_read_from(raw: bytes, record: tuple) -> bool:
+    """Whether a tag record was read from the version of the file an origin record (as
+    decode_record gives it) describes."""
+    _, size, mtime_ns, length = TAG_RECORD.unpack_from(raw)
+    token = bytes(raw[TAG_RECORD.size:TAG_RECORD.size + length])
+    return (size, mtime_ns, token) == (record[1], record[2], record[4])
+
+
 def decode_tags(raw: bytes) -> dict | None:
     length = TAG_RECORD.unpack_from(raw)[3]
     return json.loads(bytes(raw[TAG_RECORD.size + length:]))

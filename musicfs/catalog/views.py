@@ -46,7 +46,7 @@ from .records import (BELOW, COUNT, COVER, DIRECT, ROLE_SIDECAR, ROLE_SINGLETON,
                       ROOT, UNPLACED, Placement, carried_version, child_key, children_prefix, claim_key, claim_prefix,
                       content_version, decode_entry, decode_placement, decode_record, decode_tags, digest16,
                       encode_entry, encode_placement, entry_attrs, folder_prefix, member_key, origin_key,
-                      placed_key, sidecar_key, split, split_origin_key)
+                      placed_key, sidecar_key, split, split_origin_key, tags_read_from)
 from .records import shown_path as paths_view_path
 from .tags import AUDIO_EXTENSIONS, TAG_VERSION
 
@@ -237,12 +237,16 @@ class _Tree:
 
     def put(self, path: bytes, entry: tuple) -> None:
         self.ops[path] = entry
+        # (its folder's cover is looked at again even if the entry turns out unchanged: the
+        # tags a cover comes from may change without the file, when a scan reads them again)
+        self.touched_dirs.add(split(path)[0])
 
     def remove(self, path: bytes) -> None:
         """The file at `path` gives it up; a file that takes it in this settle keeps it (claims
         are resolved one after another, so the taking may come before the giving up)."""
         if path and path not in self.ops:
             self.ops[path] = None
+            self.touched_dirs.add(split(path)[0])
 
     def apply(self) -> None:
         ops, self.ops = self.ops, {}
@@ -464,13 +468,19 @@ class TagView(View):
             return None
         ext = split_ext(relpath.rpartition(b"/")[2])[1]
         if ext in AUDIO_EXTENSIONS:
-            for name, _ in copies:
+            for name, record in copies:
                 raw_tags = txn.get(origin_key(name, relpath), db=storage.tags)
                 if raw_tags is not None:
                     break
             else:
                 return None   # tags not read yet: placed once they are
             tags = decode_tags(raw_tags)
+            if tags is not None and "picture" in tags and not (
+                    name == copies[0][0] and tags_read_from(raw_tags, record)):
+                # Where the picture lies is known only in the version its tags were read from,
+                # of the copy read first (a read refreshed the record since, say): no cover
+                # until the next scan reads them again, rather than another piece of the file.
+                tags = {k: v for k, v in tags.items() if k != "picture"}
             if tags is None:
                 return _File(relpath, copies, first_rank, ROLE_UNPLACED)
             identity = album_identity(tags)
