@@ -320,6 +320,36 @@ def rescan(mountpoint: Path = typer.Argument(..., help="The mount whose origins 
         raise typer.Exit(1)
 
 
+# (a query may start with "-": a negated term is not an option)
+@app.command(context_settings={"ignore_unknown_options": True})
+def search(mountpoint: Path = typer.Argument(..., help="The mount to search."),
+           query: str = typer.Argument(..., help='A query, e.g. \'miles year:1955..1965 -genre:fusion\' '
+                                                 '(see the README, "Search and collections").'),
+           limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Print at most N tracks."),
+           as_json: bool = typer.Option(False, "--json", help="One JSON object: count and the tracks' fields.")):
+    """The tracks of a mount a query matches, their paths in the mount one a line, in album
+    artist, album, disc, track order. Exit 1 when nothing matched, 2 when the query does not
+    parse."""
+    from . import operations
+    from .catalog.query import QueryError, parse
+
+    try:
+        parse(query)
+    except QueryError as e:
+        _fail(f"bad query: {e}", 2)
+    try:
+        result = operations.search(operations.mount_for(mountpoint, None), query, limit)
+    except CommandError as e:
+        _fail(str(e), 1)
+    if as_json:
+        typer.echo(json.dumps(result, sort_keys=True, ensure_ascii=False))
+    else:
+        for track in result["tracks"]:
+            typer.echo(track["path"])
+    if not result["count"]:
+        raise typer.Exit(1)
+
+
 @app.command()
 def pin(paths: List[Path] = typer.Argument(..., metavar="PATH...", help="Files or folders inside a mount."),
         unpin: bool = typer.Option(False, "--unpin", help="Release these pins instead."),

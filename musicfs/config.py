@@ -155,6 +155,15 @@ class LayoutConfig:
 
 
 @dataclass(frozen=True)
+class SearchConfig:
+    limit: int = 500          # tracks listed in a .search/QUERY/ folder or a collection at most
+
+
+# When no [[collections]] are configured.
+DEFAULT_COLLECTIONS = (("Recently Added", "added:30d"),)
+
+
+@dataclass(frozen=True)
 class LogConfig:
     file: Path = field(default_factory=lambda: xdg_dir("XDG_STATE_HOME", ".local/state") / "musicfs" / "musicfs.log")
     level: str = "info"
@@ -169,6 +178,8 @@ class Config:
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
     layout: LayoutConfig = field(default_factory=LayoutConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    collections: tuple[tuple[str, str], ...] = DEFAULT_COLLECTIONS   # (name, query), in order
     source: Path | None = None  # the file this came from, None for the embedded default
 
 
@@ -228,6 +239,7 @@ _SCHEMA = {
     "layout": {"mode": ((str,), _mode), "template": ((str,), _template), "comp_template": ((str,), _template),
                "singleton_template": ((str,), _template), "ignore": ((list,), _patterns)},
     "log": {"file": ((str,), _path), "level": ((str,), _level)},
+    "search": {"limit": ((int,), _positive_int)},
 }
 def _url(value, key):
     if not re.fullmatch(r"https?://[^/\s]+(/.*)?", value):
@@ -310,16 +322,49 @@ def _parse_origins(raw, where: str) -> tuple[OriginConfig, ...]:
     return tuple(origins)
 
 
+def _parse_collections(raw) -> tuple[tuple[str, str], ...]:
+    from .catalog.layout import safe_segment
+    from .catalog.query import QueryError, parse as parse_query
+    if not isinstance(raw, list):
+        raise ConfigError(f"collections: expected [[collections]] tables, got {raw!r}")
+    found = []
+    for index, table in enumerate(raw):
+        prefix = f"collections[{index}]"
+        if not isinstance(table, dict):
+            raise ConfigError(f"{prefix}: expected a table with name and query")
+        for key in table:
+            if key not in ("name", "query"):
+                raise ConfigError(f"{prefix}.{key}: unknown key (known: name, query)")
+        for key in ("name", "query"):
+            if not isinstance(table.get(key), str) or not table[key].strip():
+                raise ConfigError(f"{prefix}.{key}: missing; a collection needs a name and a query")
+        prefix = f"{prefix} ({table['name']})"
+        try:
+            parse_query(table["query"])
+        except QueryError as e:
+            raise ConfigError(f"{prefix}.query: {e}") from None
+        found.append((table["name"], table["query"]))
+    names = [safe_segment(name) for name, _ in found]
+    duplicate = next((n for n in names if names.count(n) > 1), None)
+    if duplicate:
+        raise ConfigError(f"collections: two collections are named {duplicate!r}; names must be unique")
+    return tuple(found)
+
+
 def parse(document: dict, source: Path | None = None) -> Config:
     """Turn a parsed TOML document into a Config, rejecting unknown keys and wrong types."""
     sections = {}
     origins = None
+    collections = DEFAULT_COLLECTIONS
     for section, body in document.items():
         if section == "origins":
             origins = _parse_origins(body, str(source or "the config"))
             continue
+        if section == "collections":
+            collections = _parse_collections(body)
+            continue
         if section not in _SCHEMA:
-            raise ConfigError(f"{section}: unknown section (known: {', '.join([*_SCHEMA, 'origins'])})")
+            raise ConfigError(f"{section}: unknown section (known: {', '.join([*_SCHEMA, 'origins', 'collections'])})")
         if not isinstance(body, dict):
             raise ConfigError(f"{section}: expected a [{section}] table")
         values = {}
@@ -340,6 +385,8 @@ def parse(document: dict, source: Path | None = None) -> Config:
         catalog=CatalogConfig(**sections.get("catalog", {})),
         layout=LayoutConfig(**sections.get("layout", {})),
         log=LogConfig(**sections.get("log", {})),
+        search=SearchConfig(**sections.get("search", {})),
+        collections=collections,
         source=source,
     )
 

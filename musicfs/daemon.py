@@ -418,7 +418,22 @@ def control_handlers(service) -> dict:
     def rescan(request, progress) -> dict:
         return {"origins": [dict(result.as_status(), origin=result.origin) for result in service.rescan_now()]}
 
-    return {"rescan": rescan,
+    def search(request, progress) -> dict:
+        """The tracks a query matches, from this daemon's catalog (the client opens none)."""
+        from .catalog.query import QueryError, parse
+        limit = request.get("limit")
+        if not isinstance(request.get("query"), str) or not (limit is None or isinstance(limit, int)):
+            raise CommandError("bad request: a query (text) and a limit (a number or nothing)")
+        if service.config.layout.mode != "tags":
+            raise CommandError("search looks at the tag view: this mount shows the paths layout")
+        try:
+            query = parse(request["query"])
+        except QueryError as e:
+            raise CommandError(f"bad query: {e}") from None
+        count, found = service.catalog.search(query, limit)
+        return {"count": count, "tracks": [dict(track.fields, path=os.fsdecode(track.path)) for track in found]}
+
+    return {"rescan": rescan, "search": search,
             "pin": lambda request, progress: pinner.pin(paths(request), progress),
             "unpin": lambda request, progress: pinner.unpin(paths(request))}
 

@@ -22,6 +22,7 @@ import xxhash
 from fuse import FUSE, FuseOSError, Operations, c_stat
 
 from . import logs
+from .catalog.smart import KIND_LINK, SmartFolders
 from .errors import to_errno
 from .origins import KIND_DIR
 
@@ -45,6 +46,8 @@ log = logging.getLogger(__name__)
 
 _DIR_MODE = stat.S_IFDIR | 0o555
 _FILE_MODE = stat.S_IFREG | 0o444
+_LINK_MODE = stat.S_IFLNK | 0o777
+_MODES = {KIND_DIR: _DIR_MODE, KIND_LINK: _LINK_MODE}
 _BLOCK = 512
 
 
@@ -101,7 +104,7 @@ class MusicFuse(FUSE):
         filler(buf, b"..", entry, 0)
         prefix = path.rstrip(b"/") + b"/"
         for name, kind in self.operations("readdir", path, None):
-            st.st_mode = _DIR_MODE if kind == KIND_DIR else _FILE_MODE
+            st.st_mode = _MODES.get(kind, _FILE_MODE)
             st.st_ino = inode_of(prefix + name)
             if filler(buf, name, entry, 0):
                 break  # the kernel's buffer is full
@@ -181,6 +184,7 @@ class MusicFS(Operations):
         self.service = service
         self.catalog = service.catalog
         self.reader = service.reader
+        self.smart: SmartFolders = service.smart   # .search/ and .collections/ (tag view only)
         self._uid, self._gid = os.getuid(), os.getgid()
         self.on_mounted = None  # called once the kernel has answered INIT (the daemon's readiness)
         self._in_progress: list = []
@@ -214,13 +218,17 @@ class MusicFS(Operations):
     @translated
     def getattr(self, path, fh=None):
         raw_path = _fsencode(path)
-        attrs = self.catalog.attrs(raw_path)
-        if attrs is None:
-            raise FuseOSError(errno.ENOENT)
-        kind, size, mtime_ns = attrs
+        if self.smart.serves(raw_path):
+            kind, size = self.smart.kind(raw_path)
+            mtime_ns = self.catalog.attrs(b"/")[2]
+        else:
+            attrs = self.catalog.attrs(raw_path)
+            if attrs is None:
+                raise FuseOSError(errno.ENOENT)
+            kind, size, mtime_ns = attrs
         return {
             "st_ino": inode_of(raw_path),
-            "st_mode": _DIR_MODE if kind == KIND_DIR else _FILE_MODE,
+            "st_mode": _MODES.get(kind, _FILE_MODE),
             "st_nlink": 2 if kind == KIND_DIR else 1,
             "st_size": size,
             "st_blocks": (size + _BLOCK - 1) // _BLOCK,
@@ -233,6 +241,11 @@ class MusicFS(Operations):
         """[(name, kind)] of a directory, names as bytes; MusicFuse.readdir hands them to the
         kernel with their type, which lets `find` and friends walk the tree without a lookup
         (a round trip into Python) per file."""
+        if self.smart.enabled:
+            if self.smart.serves(path):
+                return self.smart.children(path)
+            if path == b"/":
+                return self.catalog.children(path) + self.smart.folders()
         children = self.catalog.children(path)
         if children is None:
             raise FuseOSError(errno.ENOTDIR)
@@ -240,8 +253,7 @@ class MusicFS(Operations):
 
     @translated
     def access(self, path, mode):
-        if self.catalog.attrs(_fsencode(path)) is None:
-            raise FuseOSError(errno.ENOENT)
+        self.getattr(path)   # ENOENT if it is not there
         if mode & os.W_OK:
             raise FuseOSError(errno.EROFS)
         return 0
@@ -260,8 +272,12 @@ class MusicFS(Operations):
     # file (it probes ACLs and security labels), which made `ls -lR` slower than bindfs.
     getxattr = listxattr = None
 
+    @translated
     def readlink(self, path):
-        raise FuseOSError(errno.EINVAL)  # the catalog holds no symlinks
+        raw_path = _fsencode(path)
+        if not self.smart.serves(raw_path):
+            raise FuseOSError(errno.EINVAL)  # the catalog itself holds no symlinks
+        return self.smart.readlink(raw_path).decode("utf-8", "surrogateescape")
 
     # -- file contents ---------------------------------------------------------------------------
 
@@ -274,7 +290,11 @@ class MusicFS(Operations):
         pages, and must neither cut the new version at the old size nor fill gaps with old
         pages. Otherwise its pages are kept from earlier opens only if those were of the same
         version: the kernel drops them when told nothing (the mount does not use auto_cache,
-        which would keep them whenever size and mtime are unchanged)."""
+        which would keep them whenever size and mtime are unchanged). A collection's playlist
+        is made anew as the library changes: direct I/O, no pages kept."""
+        if self.smart.serves(path):
+            self.smart.playlist(path)   # NotFound/EISDIR as for any file
+            return 0, True, False
         return self.catalog.open_version(path)
 
     # release is deliberately not implemented: libfuse then completes it in C, without a round
@@ -286,6 +306,9 @@ class MusicFS(Operations):
     @translated
     def read(self, path: bytes, size, offset, fh):
         """(buffer, start, length): MusicFuse.read copies buffer[start:start+length] out."""
+        if not fh and self.smart.serves(path):
+            content = self.smart.playlist(path)
+            return content, min(offset, len(content)), max(0, min(size, len(content) - offset))
         return self.reader.read_span(path, offset, size, fh)
 
     # -- everything that would modify: read-only filesystem ------------------------------------

@@ -286,6 +286,14 @@ def rescan(mount: Mount) -> dict:
     return control.ask(mount.cache_dir, {"op": "rescan"})
 
 
+def search(mount: Mount, query: str, limit: int | None) -> dict:
+    """{"count", "tracks": [fields with "path" in the mount]} from the live daemon's catalog."""
+    result = control.ask(mount.cache_dir, {"op": "search", "query": query, "limit": limit})
+    for track in result["tracks"]:
+        track["path"] = os.path.join(str(mount.mountpoint), track["path"].lstrip("/"))
+    return result
+
+
 def format_rescan(result: dict) -> list[str]:
     lines = []
     for origin in result.get("origins", []):

@@ -29,6 +29,7 @@ from .pinning import Pinner
 from .pool import CACHE_DISK, CHECK_LANE, LOAD_LANE, LOAD_WORKERS, PRELOAD_WORKERS, OriginPool, finished_within
 from .reader import Reader
 from .storage import ENV_NAME, Storage
+from .catalog.smart import SmartFolders, collections_of
 from .catalog.views import view_for
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,8 @@ class Service:
         self.started_at = time.time()
         self.reloads = {"count": 0, "last": None, "error": None}   # published: did the last SIGHUP work?
         self.pinner = Pinner(catalog, store, reader)
+        self.smart = SmartFolders(catalog, collections_of(config.collections), config.search.limit,
+                                  enabled=config.layout.mode == "tags")
         self.on_stop: list = []   # called once when the stop begins (systemd's STOPPING=1, the control socket)
         self.in_progress = lambda: 0   # FUSE calls in progress (set by the FUSE layer)
 
@@ -367,6 +370,7 @@ class Service:
             self.reader.read_timeout = new.fuse.read_timeout
             self.reader.cache_timeout = new.health.timeout
             self.store.max_size = new.cache.max_size
+            self.smart.configure(collections_of(new.collections), new.search.limit, enabled=new.layout.mode == "tags")
             self.config = new
             # Switching to the tag view: read the tags first, so the tree changes once, from
             # folders to tags, rather than through "Unknown Artist".

@@ -59,10 +59,14 @@ pins            manifest key (origin, 0x00, path)          the shown path pinned
                                                            ``musicfs pin`` (for --unpin and status)
 pinned_chunks   digest (16 bytes)                          u32: how many slots of pinned manifests
                                                            hold it (present only when > 0)
+first_seen      path on the origins (merged)               u64 time_ns the tag view first placed it
+                                                           as a track (kept across rebuilds; gone
+                                                           with the file): search's added:
 tagview         one-byte kind, then its key                the tag view's own records, derived
                                                            like entries: where each relative path
                                                            was placed, albums' tracks, claims on
-                                                           shown paths, folders' albums, covers
+                                                           shown paths, folders' albums, covers,
+                                                           what search looks at of each track
                                                            (layout: musicfs.catalog.records)
 ==============  =========================================  ========================================
 
@@ -116,7 +120,7 @@ MAX_READERS = 1024
 
 U64 = struct.Struct(">Q")
 DATABASES = ("meta", "chunks", "lru", "manifests", "origin_files", "tags", "entries", "children", "pins",
-             "pinned_chunks", "tagview")
+             "pinned_chunks", "tagview", "first_seen")
 
 
 class Storage:

@@ -8,12 +8,30 @@ from __future__ import annotations
 import collections
 import threading
 import time
+from dataclasses import dataclass
 
 from ..errors import NotFound
+from .query import Query, Track
 from ..origins.base import KIND_DIR
 from ..storage import Storage
-from .records import (ROOT, UNPLACED, CatalogEntry, children_prefix, decode_entry, entry_attrs, entry_kind,
+from .records import (FIRST_SEEN, GENERATION, ROOT, SEARCH, UNPLACED, CatalogEntry, decode_placement, decode_search, placed_key, children_prefix, decode_entry, entry_attrs, entry_kind,
                       origin_key, record_version, split, version_tag)
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """A track a query matched: its path in the tag view and the fields it was matched on."""
+    path: bytes
+    fields: dict
+
+    def order(self) -> tuple:
+        """Album artist, album, disc, track: how results are listed."""
+        f = self.fields
+        return (f["albumartist"].casefold(), f["album"].casefold(), _int(f["disc"]), _int(f["track"]), self.path)
+
+
+def _int(text: str) -> int:
+    return int(text) if text.isdigit() else 0
 
 
 class OpenedVersions:
@@ -203,3 +221,47 @@ class Catalog:
                     if limit is None or len(found) < limit:
                         found.append(bytes(key[len(UNPLACED):]))
         return count, found
+
+    def search(self, query: Query, limit: int | None = None) -> tuple[int, list[Found]]:
+        """(how many tracks of the tag view match, the first `limit` of them in album artist,
+        album, disc, track order), from the tag view's search records, in one read transaction."""
+        if self.storage.tagview is None:
+            return 0, []
+        now = time.time_ns()
+        found = []
+        words = query.required_text()
+        with self.storage.env.begin() as txn:
+            cursor = txn.cursor(db=self.storage.tagview)
+            if not cursor.set_range(SEARCH):
+                return 0, []
+            for key, raw in cursor:
+                if not key.startswith(SEARCH):
+                    break
+                relpath = bytes(key[len(SEARCH):])
+                if words and not query.may_match(bytes(raw).decode().casefold() + "\x1f"
+                                                 + relpath.decode(errors="replace").casefold()):
+                    continue   # (a term's text is nowhere in the track: no need to look closer)
+                fields = decode_search(raw)
+                added = 0
+                if query.uses_added:
+                    stamp = txn.get(relpath, db=self.storage.first_seen)
+                    added = FIRST_SEEN.unpack(stamp)[0] if stamp is not None else 0
+                track = Track(fields["artist"], fields["albumartist"], fields["album"], fields["title"],
+                              fields["genre"], fields["year"], fields["format"], fields["origin"], fields["comp"],
+                              relpath.decode(errors="replace"), added)
+                if not query.matches(track, now):
+                    continue
+                placed = txn.get(placed_key(relpath), db=self.storage.tagview)
+                final = decode_placement(placed).final if placed is not None else b""
+                if final:
+                    found.append(Found(final, fields))
+        found.sort(key=Found.order)
+        return len(found), found[:limit] if limit is not None else found
+
+    def generation(self) -> int:
+        """A number that changes whenever the tag view changes (what search results depend on)."""
+        if self.storage.tagview is None:
+            return 0
+        with self.storage.env.begin(db=self.storage.tagview) as txn:
+            raw = txn.get(GENERATION)
+        return FIRST_SEEN.unpack(raw)[0] if raw is not None else 0

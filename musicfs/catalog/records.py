@@ -245,6 +245,8 @@ BELOW = b"b"       # b H(folder) album dir -> u32: tracks anywhere below an orig
 SIDECAR = b"s"     # s H(folder) relpath -> b"": the sidecars of an origin folder
 COVER = b"v"       # v album dir -> the cover.jpg/png path the view made for it
 UNPLACED = b"u"    # u relpath -> b"": audio files mutagen cannot read (not tracks)
+SEARCH = b"q"      # q relpath -> search fields: what queries look at of a track
+GENERATION = b"g"  # g -> u64: bumped by every change of the tree (what search results depend on)
 
 ROLE_TRACK, ROLE_SINGLETON, ROLE_SIDECAR, ROLE_UNPLACED = 1, 2, 3, 4
 PLACEMENT_HEAD = struct.Struct(">B16s")
@@ -308,3 +310,23 @@ def folder_prefix(kind: bytes, folder: bytes) -> bytes:
 
 def sidecar_key(folder: bytes, relpath: bytes) -> bytes:
     return SIDECAR + digest16(folder) + relpath
+
+
+# What search looks at of a track: its fields as the view rendered them, \x1f-separated.
+SEARCH_FIELDS = ("artist", "albumartist", "album", "title", "genre", "year", "format", "origin", "comp", "disc",
+                 "track", "ext", "length")
+
+
+def search_key(relpath: bytes) -> bytes:
+    return SEARCH + relpath
+
+
+def encode_search(values: dict[str, str]) -> bytes:
+    return "\x1f".join(values.get(name, "").replace("\x1f", " ") for name in SEARCH_FIELDS).encode()
+
+
+def decode_search(raw: bytes) -> dict[str, str]:
+    return dict(zip(SEARCH_FIELDS, bytes(raw).decode().split("\x1f")))
+
+
+FIRST_SEEN = U64

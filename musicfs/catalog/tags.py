@@ -299,6 +299,9 @@ def read_tags(origin, relpath: bytes, size: int, expect: OriginEntry | None = No
         return None, source.bytes_read
     tags = _normalise(parsed.tags)
     tags["format"] = _FORMATS.get(type(parsed).__name__, "")
+    length = getattr(parsed.info, "length", None)
+    if length:
+        tags["length"] = f"{length:.3f}"   # seconds (an .m3u8's #EXTINF)
     picture = _picture(parsed, source)
     if picture is not None:
         tags["picture"] = picture

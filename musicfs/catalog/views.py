@@ -35,6 +35,7 @@ records (``tagview``, :mod:`.records`) are what make that possible without readi
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import xxhash
@@ -46,7 +47,8 @@ from .records import (BELOW, COUNT, COVER, DIRECT, ROLE_SIDECAR, ROLE_SINGLETON,
                       ROOT, UNPLACED, Placement, carried_version, child_key, children_prefix, claim_key, claim_prefix,
                       content_version, decode_entry, decode_placement, decode_record, decode_tags, digest16,
                       encode_entry, encode_placement, entry_attrs, folder_prefix, member_key, origin_key,
-                      placed_key, sidecar_key, split, split_origin_key, tags_read_from)
+                      placed_key, search_key, sidecar_key, split, split_origin_key, tags_read_from)
+from .records import FIRST_SEEN, GENERATION, encode_search
 from .records import shown_path as paths_view_path
 from .tags import AUDIO_EXTENSIONS, TAG_VERSION
 
@@ -507,6 +509,12 @@ class TagView(View):
         for directory in work.tree.touched_dirs:
             self._place_cover(work, directory)
         work.tree.apply()
+        if work.tree.changed or work.albums:
+            # (a time, not a count: a rebuild starts the view's records afresh, and a count
+            # could come back to a number a cached search was made at)
+            raw = txn.get(GENERATION, db=work.db)
+            before = FIRST_SEEN.unpack(raw)[0] if raw is not None else 0
+            txn.put(GENERATION, FIRST_SEEN.pack(max(before + 1, time.time_ns())), db=work.db)
         return work.tree.changed
 
     def _replace(self, work: _Settle, relpath: bytes) -> None:
@@ -519,6 +527,7 @@ class TagView(View):
         if old is not None:
             if old.role in (ROLE_TRACK, ROLE_SINGLETON):
                 txn.delete(member_key(old.group, relpath), db=db)
+                txn.delete(search_key(relpath), db=db)
                 work.albums.add(old.group)
                 self._unclaim(work, relpath, old)
             elif old.role == ROLE_SIDECAR:
@@ -528,9 +537,13 @@ class TagView(View):
                 txn.delete(UNPLACED + relpath, db=db)
             txn.delete(placed_key(relpath), db=db)
         if new is None:
+            txn.delete(relpath, db=self.storage.first_seen)   # (back later: added again)
             return
         if new.role in (ROLE_TRACK, ROLE_SINGLETON):
             txn.put(member_key(new.group, relpath), b"", db=db)
+            # When the catalog first saw the track (search's added:): kept across retags and
+            # rebuilds, so only a track new to the library is "recently added".
+            txn.put(relpath, FIRST_SEEN.pack(time.time_ns()), db=self.storage.first_seen, overwrite=False)
             work.albums.add(new.group)
         elif new.role == ROLE_SIDECAR:
             txn.put(sidecar_key(_folder(relpath), relpath), b"", db=db)
@@ -584,6 +597,8 @@ class TagView(View):
         for file in files:
             name = file.relpath.rpartition(b"/")[2]
             values = field_values(file.tags, name, file.copies[0][0], album)
+            work.txn.put(search_key(file.relpath), encode_search(dict(values, length=file.tags.get("length", ""))),
+                         db=work.db)
             segments = template.render(values)
             dirs = fit_directories(tuple(directory_name(s) for s in segments[:-1]))
             base = ("/" + shown_path(dirs, segments[-1], values["ext"])).encode()
