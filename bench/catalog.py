@@ -42,6 +42,8 @@ from tests.helpers import toml_config
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / ".bench"
 MUSICFS = [sys.executable, "-m", "musicfs.cli"]
+# A collection of a tenth of the tracks (years cycle over 60): 10k of 100k.
+SIXTIES = '[[collections]]\nname = "Sixties"\nquery = "year:1960..1965"\n'
 TRACKS_PER_ALBUM = 12
 ALBUMS_PER_ARTIST = 5
 WRITE_BATCH = 20_000
@@ -103,7 +105,8 @@ def measure(count: int) -> dict:
     for d in (origin, mnt):
         d.mkdir(parents=True)
     config_path = base / "config.toml"
-    config_path.write_text(toml_config([("nas", origin)], cache, base / "musicfs.log", layout={"mode": "tags"}))
+    config_path.write_text(toml_config([("nas", origin)], cache, base / "musicfs.log", layout={"mode": "tags"},
+                                       search={"limit": 1_000_000}, level="info") + SIXTIES)
     config = load_config(config_path)
     service = Service.open(config)       # makes the cache and records the origins and layout
     service.stop()
@@ -161,6 +164,7 @@ def measure(count: int) -> dict:
     pid = status["pid"]
     result["mount_rss_MB"] = rss_mb(pid)
     result["mount_anon_MB"] = rss_mb(pid, "RssAnon")
+    result.update(searches(mnt, count))
     started = time.perf_counter()
     shown = subprocess.run(["find", str(mnt)], capture_output=True, check=True).stdout.count(b"\n")
     result["find_s"] = time.perf_counter() - started
@@ -168,6 +172,57 @@ def measure(count: int) -> dict:
     result["find_rss_MB"] = rss_mb(pid)
     result["find_anon_MB"] = rss_mb(pid, "RssAnon")
     subprocess.run([*MUSICFS, "unmount", str(mnt)], check=True, cwd=ROOT)
+    subprocess.run(["rm", "-rf", str(base)], check=True)
+    return result
+
+
+def timed_once(fn) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def searches(mnt: Path, count: int) -> dict:
+    """Search and collections over the mounted catalog (each the first time: nothing kept)."""
+    artist = f"Artist {count // TRACKS_PER_ALBUM // ALBUMS_PER_ARTIST // 2:06d}"
+    album = f"Album {count // TRACKS_PER_ALBUM // 3:07d}"
+    playlist = mnt / ".collections" / "Sixties.m3u8"
+    return {
+        "search_field_s": timed_once(lambda: os.listdir(mnt / ".search" / f'artist:"{artist}"')),
+        "search_bare_s": timed_once(lambda: os.listdir(mnt / ".search" / f'"{album}"')),
+        "search_cli_s": timed_once(lambda: subprocess.run([*MUSICFS, "search", str(mnt), f'artist:"{artist}" year:1960..'],
+                                                          capture_output=True, cwd=ROOT)),
+        "m3u8_s": timed_once(lambda: playlist.read_bytes()),
+        "m3u8_tracks": playlist.read_bytes().count(b"#EXTINF"),
+    }
+
+
+def tree_with_and_without_collections(count: int = 100_000) -> dict:
+    """`ls -lR` and `find` of a mount with collections configured and without (the same catalog,
+    the same run): the smart folders must cost the rest of the tree nothing."""
+    base = WORK / f"tagview-ab-{count}"
+    subprocess.run(["rm", "-rf", str(base)], check=True)
+    origin, mnt, cache = base / "origin", base / "mnt", base / "cache"
+    for d in (origin, mnt):
+        d.mkdir(parents=True)
+    plain = base / "plain.toml"
+    plain.write_text(toml_config([("nas", origin)], cache, base / "musicfs.log", layout={"mode": "tags"}, level="info"))
+    with_collections = base / "collections.toml"
+    with_collections.write_text(plain.read_text() + SIXTIES)
+    service = Service.open(load_config(plain))
+    write_records(service.storage, count, time.time_ns())
+    view = TagView(Layout.parse())
+    view.attach(service.storage, ["nas"], RecentChanges())
+    view.rebuild()
+    service.stop()
+    result = {}
+    for name, config in (("plain", plain), ("collections", with_collections)) * 2:
+        subprocess.run([*MUSICFS, str(mnt), "-c", str(config)], check=True, cwd=ROOT)
+        lsr = timed_once(lambda: subprocess.run(["ls", "-lR", str(mnt)], capture_output=True, check=True))
+        find = timed_once(lambda: subprocess.run(["find", str(mnt)], capture_output=True, check=True))
+        subprocess.run([*MUSICFS, "unmount", str(mnt)], check=True, cwd=ROOT)
+        best = result.get(name, (lsr, find))
+        result[name] = (min(best[0], lsr), min(best[1], find))
     subprocess.run(["rm", "-rf", str(base)], check=True)
     return result
 
@@ -183,6 +238,16 @@ def main(sizes: list[int]) -> list[dict]:
             raise SystemExit(f"bench.catalog: the {count}-track run failed")
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     report(rows)
+    out = subprocess.run([sys.executable, "-c", "import json, bench.catalog as c; "
+                          "print(json.dumps(c.tree_with_and_without_collections()))"],
+                         cwd=ROOT, capture_output=True, text=True)
+    if out.returncode == 0:
+        ab = json.loads(out.stdout.strip().splitlines()[-1])
+        print("\nthe rest of the tree with and without collections (100,000 tracks, best of 2, same run):")
+        for name, (lsr, find) in ab.items():
+            print(f"  {name:<12} ls -lR {lsr:6.2f} s   find {find:6.2f} s")
+    else:
+        print(out.stderr)
     return rows
 
 
@@ -198,6 +263,11 @@ def report(rows: list[dict]) -> None:
               f"{cell(*r['retag_ms']):>14} {cell(*r['add_ms']):>14} {cell(*r['remove_ms']):>14} {r['mount_s']:>8.2f} "
               f"{mb(r['mount_rss_MB'], r['mount_anon_MB']):>12} {r['find_s']:>7.1f} "
               f"{mb(r['find_rss_MB'], r['find_anon_MB']):>12}")
+    print("\nsearch, first time (nothing kept): ls .search/<field query>/, ls .search/<bare word>/, "
+          "musicfs search end to end, read a collection's .m3u8")
+    for r in rows:
+        print(f"{r['tracks']:>9}  field {r['search_field_s']:.3f} s  bare {r['search_bare_s']:.3f} s  "
+              f"CLI {r['search_cli_s']:.3f} s  .m3u8 of {r['m3u8_tracks']} tracks {r['m3u8_s']:.3f} s")
 
 
 if __name__ == "__main__":

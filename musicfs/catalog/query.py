@@ -22,6 +22,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 FIELDS = ("artist", "albumartist", "album", "title", "genre", "year", "format", "origin", "comp", "path")
 BARE_FIELDS = ("artist", "albumartist", "album", "title")
@@ -33,9 +34,9 @@ class QueryError(ValueError):
     """A query that does not parse; the message says why, for the user."""
 
 
-@dataclass(frozen=True, slots=True)
-class Track:
-    """What a query can look at of one track (text fields as shown, not yet folded)."""
+class Track(NamedTuple):
+    """What a query can look at of one track (text fields as shown, not yet folded). A tuple:
+    the search loop hands in plain sequences of the same fields in this order."""
     artist: str
     albumartist: str
     album: str
@@ -49,6 +50,12 @@ class Track:
     added: int          # time_ns the catalog first saw the track
 
 
+TRACK_FIELDS = Track._fields
+INDEX = {name: i for i, name in enumerate(TRACK_FIELDS)}
+BARE_INDEXES = tuple(INDEX[name] for name in ("artist", "albumartist", "album", "title"))
+YEAR, ADDED = INDEX["year"], INDEX["added"]
+
+
 @dataclass(frozen=True, slots=True)
 class Term:
     field: str | None        # None: a bare word
@@ -59,17 +66,23 @@ class Term:
     within_ns: int | None = None   # added:
 
     def matches(self, track: Track, now_ns: int) -> bool:
-        return self._matches(track, now_ns) != self.negated
+        return self.test(track, now_ns)
 
-    def _matches(self, track: Track, now_ns: int) -> bool:
+    def test(self, values, now_ns: int) -> bool:
+        """Whether the track whose Track fields are `values` (a Track, or a sequence in Track's
+        field order) matches; the form the search loop uses, without making Tracks."""
+        return self._matches(values, now_ns) != self.negated
+
+    def _matches(self, values, now_ns: int) -> bool:
         if self.within_ns is not None:
-            return track.added >= now_ns - self.within_ns
+            return values[ADDED] >= now_ns - self.within_ns
         if self.low is not None or self.high is not None:
-            year = int(track.year) if track.year.isdigit() else None
-            return year is not None and (self.low is None or year >= self.low) \
-                and (self.high is None or year <= self.high)
-        fields = BARE_FIELDS if self.field is None else (self.field,)
-        return any(self.value in getattr(track, name).casefold() for name in fields)
+            year = values[YEAR]
+            return year.isdigit() and (self.low is None or int(year) >= self.low) \
+                and (self.high is None or int(year) <= self.high)
+        if self.field is None:
+            return any(self.value in values[i].casefold() for i in BARE_INDEXES)
+        return self.value in values[INDEX[self.field]].casefold()
 
 
 @dataclass(frozen=True)
@@ -77,13 +90,17 @@ class Query:
     text: str
     terms: tuple[Term, ...]
 
-    def matches(self, track: Track, now_ns: int | None = None) -> bool:
+    def matches(self, track, now_ns: int | None = None) -> bool:
+        """Whether a Track (or a sequence of its fields in Track's order) matches."""
         now_ns = time.time_ns() if now_ns is None else now_ns
-        return all(term.matches(track, now_ns) for term in self.terms)
+        return all(term.test(track, now_ns) for term in self.terms)
 
     @property
     def uses_added(self) -> bool:
         return any(term.within_ns is not None for term in self.terms)
+
+    def looks_at(self, field: str) -> bool:
+        return any(term.field == field for term in self.terms)
 
     def required_text(self) -> tuple[str, ...]:
         """Texts every matching track holds somewhere (its positive substring terms')."""

@@ -315,6 +315,8 @@ def sidecar_key(folder: bytes, relpath: bytes) -> bytes:
 # What search looks at of a track: its fields as the view rendered them, \x1f-separated.
 SEARCH_FIELDS = ("artist", "albumartist", "album", "title", "genre", "year", "format", "origin", "comp", "disc",
                  "track", "ext", "length")
+# The first SEARCHED of them are query.Track's fields, in its order (the rest: path, added).
+SEARCHED = 9
 
 
 def search_key(relpath: bytes) -> bytes:

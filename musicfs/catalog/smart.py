@@ -14,6 +14,7 @@ once and kept while the tree does not change.
 from __future__ import annotations
 
 import collections
+import functools
 import threading
 from dataclasses import dataclass
 
@@ -38,11 +39,28 @@ class Collection:
     query: Query
 
 
-@dataclass(frozen=True)
 class Listing:
-    """One query's results as a folder: link name -> target, and the playlist of them."""
-    links: dict[bytes, bytes]
-    playlist: bytes
+    """One query's results as a folder (link name -> target) and as a playlist, each made when
+    first asked for (a playlist of 10,000 tracks need not name 10,000 links)."""
+
+    def __init__(self, found: list[Found]):
+        self.found = found
+
+    @functools.cached_property
+    def links(self) -> dict[bytes, bytes]:
+        width = max(3, len(str(len(self.found))))
+        return {link_name(position, width, track): b"../../" + track.path.lstrip(b"/")
+                for position, track in enumerate(self.found, 1)}
+
+    @functools.cached_property
+    def playlist(self) -> bytes:
+        lines = ["#EXTM3U"]
+        for track in self.found:
+            length = track.fields.get("length")
+            lines.append(f"#EXTINF:{round(float(length)) if length else -1},"
+                         f"{track.fields['artist']} - {track.fields['title']}")
+            lines.append("../" + track.path.lstrip(b"/").decode())
+        return ("\n".join(lines) + "\n").encode()
 
 
 class SmartFolders:
@@ -156,7 +174,7 @@ class SmartFolders:
                 self._kept.move_to_end(cache_key)
                 return kept[1]
         _, found = self.catalog.search(key[1], self.limit)
-        listing = _listing_of(found)
+        listing = Listing(found)
         with self._lock:
             self._kept[cache_key] = (generation, listing)
             self._kept.move_to_end(cache_key)
@@ -169,20 +187,6 @@ def link_name(position: int, width: int, found: Found) -> bytes:
     """``NNN. Artist - Title.ext``, made safe like any name of the tag view."""
     fields = found.fields
     return file_name(f"{position:0{width}d}. {fields['artist']} - {fields['title']}", fields["ext"]).encode()
-
-
-def _listing_of(found: list[Found]) -> Listing:
-    width = max(3, len(str(len(found))))
-    links = {}
-    lines = ["#EXTM3U"]
-    for position, track in enumerate(found, 1):
-        relative = track.path.lstrip(b"/")
-        links[link_name(position, width, track)] = b"../../" + relative
-        seconds = track.fields.get("length") or "-1"
-        lines.append(f"#EXTINF:{round(float(seconds)) if seconds != '-1' else -1},"
-                     f"{track.fields['artist']} - {track.fields['title']}")
-        lines.append("../" + relative.decode())
-    return Listing(links, ("\n".join(lines) + "\n").encode())
 
 
 def collections_of(configured) -> list[Collection]:
