@@ -274,7 +274,7 @@ _SECRETS = {"password": "use a key file or ssh-agent", "passphrase": "use ssh-ag
 
 
 def _typename(types) -> str:
-    names = {str: "a string", int: "an integer", float: "a number"}
+    names = {str: "a string", int: "an integer", float: "a number", list: "a list"}
     return " or ".join(dict.fromkeys(names[t] for t in types))
 
 
@@ -409,6 +409,9 @@ def load(path: Path | None = None, *, origins: list[Path] | None = None, cache_d
             raise ConfigError(f"config file {source} is not valid TOML: {e}") from None
         except OSError as e:
             raise ConfigError(f"cannot read config file {source}: {e.strerror}") from None
+    if template is not None and isinstance(document.get("layout"), dict):
+        # --template replaces the file's: a broken one there must not stand in the way.
+        document["layout"] = {k: v for k, v in document["layout"].items() if k != "template"}
     config = parse(document, source)
     if origins:
         given = [os.path.abspath(os.path.expanduser(p)) for p in origins]

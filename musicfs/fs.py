@@ -100,7 +100,8 @@ class MusicFuse(FUSE):
         st.st_mode = _DIR_MODE
         st.st_ino = inode_of(path)
         filler(buf, b".", entry, 0)
-        st.st_ino = 0   # the parent's number: libfuse looks it up itself
+        # (an entry numbered 0 is one readdir(3) skips: `ls -a` would show no "..")
+        st.st_ino = inode_of(path.rpartition(b"/")[0] or b"/")
         filler(buf, b"..", entry, 0)
         prefix = path.rstrip(b"/") + b"/"
         for name, kind in self.operations("readdir", path, None):

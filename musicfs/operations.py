@@ -248,13 +248,29 @@ def _file_report(catalog: Catalog, txn, health: dict, given: str, inside: bytes)
     serving = min(same, key=lambda c: _STATE_RANK.get(c["state"], 3))
     # Reads take the preferred copy's cached chunks, and while a replica serves, its cached
     # chunks for the rest (fetching from it finds them cached). Pins name the preferred copy.
-    cached = copies[0]["cached"]
+    slots = copies[0]["slots"]
     if serving is not copies[0]:
-        cached = sum(max(pair) for pair in itertools.zip_longest(copies[0]["slots"], serving["slots"], fillvalue=0))
-    return dict(report, origin=serving["origin"], source=serving["source"], size=copies[0]["size"],
+        slots = [max(pair) for pair in itertools.zip_longest(copies[0]["slots"], serving["slots"], fillvalue=0)]
+    size, cached = copies[0]["size"], sum(slots)
+    if entry.is_slice:
+        # A cover embedded in a track: the piece of the track it is, and what of that piece
+        # is cached (chunks are the track's).
+        size = entry.size
+        cached = _cached_within(slots, storage.get_u64(txn, b"chunk_size"), entry.offset, entry.size)
+        report["piece_of"] = {"offset": entry.offset, "length": entry.size}
+    return dict(report, origin=serving["origin"], source=serving["source"], size=size,
                 cached=cached, pinned=copies[0]["pinned"], state=serving["state"],
                 replicas=[{k: c[k] for k in ("origin", "source", "state", "cached")}
                           for c in copies if c is not serving])
+
+
+def _cached_within(slots: list[int], chunk_size: int, start: int, length: int) -> int:
+    """Bytes of [start, start + length) of a file in cached chunks (`slots`: cached bytes per chunk)."""
+    if not chunk_size:
+        return 0
+    end = start + length
+    return sum(max(0, min(end, index * chunk_size + cached) - max(start, index * chunk_size))
+               for index, cached in enumerate(slots) if cached)
 
 
 def format_file(report: dict) -> list[str]:
@@ -264,7 +280,9 @@ def format_file(report: dict) -> list[str]:
     size = report["size"]
     percent = f"{100 * report['cached'] / size:.0f}%" if size else "100%"
     lines = [f"{report['path']}",
-             f"  served by  {report['origin']} ({report['state']}): {report['source']}",
+             f"  served by  {report['origin']} ({report['state']}): {report['source']}"
+             + (f" (the picture embedded in it: {report['piece_of']['length']} bytes from byte "
+                f"{report['piece_of']['offset']})" if report.get("piece_of") else ""),
              f"  cached     {format_size(report['cached'])} of {format_size(size)} ({percent})"
              + ("  PINNED" if report["pinned"] else "")]
     for replica in report["replicas"]:

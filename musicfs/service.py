@@ -325,7 +325,8 @@ class Service:
         status = {"mode": layout.mode, "template": layout.template}
         if layout.mode == "tags":
             count, files = self.catalog.unplaced(NOT_PLACED_LISTED)
-            status["not_placed"] = {"count": count, "files": [os.fsdecode(f) for f in files]}
+            status["not_placed"] = {"count": count, "files": [{"origin": origin, "path": os.fsdecode(path)}
+                                                              for origin, path in files]}
         return status
 
     # -- reload (SIGHUP) --------------------------------------------------------------------------

@@ -616,4 +616,11 @@ TAGS = {"layout": {"mode": "tags"}}
 
 
 def tree(mountpoint: Path) -> set[str]:
-    return {os.path.relpath(os.path.join(d, n), mountpoint) for d, _, names in os.walk(mountpoint) for n in names}
+    """The files of a mount, relative to it; without the tag view's .search/ and .collections/
+    (tests/test_search.py looks at those)."""
+    found = set()
+    for directory, folders, names in os.walk(mountpoint):
+        if directory == str(mountpoint):
+            folders[:] = [f for f in folders if f not in (".search", ".collections")]
+        found.update(os.path.relpath(os.path.join(directory, name), mountpoint) for name in names)
+    return found

@@ -13,7 +13,7 @@ import typer.main
 
 from musicfs import cli
 
-from .helpers import ROOT, force_unmount, is_mounted
+from .helpers import ROOT, force_unmount, is_mounted, tree
 
 # The console script pip installed beside this interpreter (make test: .venv/bin/musicfs).
 MUSICFS = Path(sys.executable).with_name("musicfs")
@@ -257,7 +257,7 @@ def test_make_demo_serves_playable_tagged_audio_and_demo_stop_can_run_twice(tmp_
         demo = make("-o", "install", "demo", *variables, env=env)
         assert demo.returncode == 0, demo.stderr
         assert is_mounted(mountpoint)
-        shown = {str(p.relative_to(mountpoint)) for p in mountpoint.rglob("*") if p.is_file()}
+        shown = tree(mountpoint)
         assert len(shown) == 11 and DEMO_TREE <= shown, shown   # placed by their tags
         for name in sorted(DEMO_TREE):
             decoded = subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(mountpoint / name),

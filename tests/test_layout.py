@@ -166,3 +166,10 @@ def test_a_template_whose_file_name_has_no_field_is_refused():
     for template in ("{}", "..", "$artist/static"):
         with pytest.raises(ConfigError, match="the file name .* has no field"):
             Template(template)
+
+
+def test_layout_keys_of_the_wrong_type_or_empty_say_so():
+    with pytest.raises(ConfigError, match=r"layout.ignore: expected a list, got '\*.log'"):
+        config_module.parse({"layout": {"ignore": "*.log"}})
+    with pytest.raises(ConfigError, match=r"layout.comp_template: empty; the default is Compilations/\$album"):
+        config_module.parse({"layout": {"comp_template": " "}})

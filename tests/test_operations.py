@@ -282,7 +282,7 @@ def test_sighup_reload_removes_an_origin_and_switches_the_layout(tmp_path, daemo
     os.kill(daemon.pid, signal.SIGHUP)
     wait_until(lambda: _reloads(daemon) == 1, timeout=30, message="the reload")
     assert status_file(daemon)["reloads"]["error"] is None
-    assert sorted(os.listdir(daemon.mountpoint)) == ["Artist 0000"]
+    assert sorted(os.listdir(daemon.mountpoint)) == [".collections", ".search", "Artist 0000"]
     assert sorted(os.listdir(daemon.path("Artist 0000/Album 00"))) == ["Track 1.flac", "Track 2.flac"]
     assert read_file(daemon.path("Artist 0000/Album 00/Track 1.flac")) == \
         (first / "Artist 0000/Album 00/01 Track.flac").read_bytes()

@@ -37,8 +37,9 @@ def test_junk_is_not_a_track_and_the_album_keeps_its_sidecars(tmp_path, library)
         status = run_musicfs("status", daemon.mountpoint)
         assert "2 files not placed" in status.stdout, status.stdout
         report = json.loads(run_musicfs("status", "--json", daemon.mountpoint).stdout)
-        assert sorted(report["layout"]["not_placed"]["files"]) == ["Band - Album/broken.mp3",
-                                                                    "Band - Album/truncated.flac"]
+        assert sorted(f["path"] for f in report["layout"]["not_placed"]["files"]) == [
+            "Band - Album/broken.mp3", "Band - Album/truncated.flac"]
+        assert {f["origin"] for f in report["layout"]["not_placed"]["files"]} == {"nas"}
         assert daemon.log().count("broken.mp3 is not a track") == 1
         assert run_musicfs("rescan", daemon.mountpoint).returncode == 0
         assert daemon.log().count("broken.mp3 is not a track") == 1     # once per file version
@@ -297,3 +298,31 @@ def test_a_cover_is_never_another_piece_of_a_changed_track(tmp_path, library, mo
     assert service.catalog.lookup(b"/Band/Album/cover.jpg") is None          # until the tags are read
     service.scanner.scan()
     assert cover.read_bytes() == tiny_jpeg(2)
+
+
+def test_status_of_a_cover_is_its_own_size_and_piece(tmp_path, library):
+    library("nas", "a/1.flac", {**ALBUM, "title": "One"}, picture=tiny_jpeg(4))
+    daemon = Daemon(tmp_path, [("nas", tmp_path / "nas")], **TAGS)
+    try:
+        daemon.mount()
+        cover = daemon.mountpoint / "Band/Album/cover.jpg"
+        assert cover.read_bytes() == tiny_jpeg(4)
+        report = json.loads(run_musicfs("status", "--json", cover).stdout)
+        assert report["size"] == len(tiny_jpeg(4)) == report["cached"] and report["source"] == "a/1.flac"
+        assert report["piece_of"]["length"] == len(tiny_jpeg(4))
+        assert "the picture embedded in it" in run_musicfs("status", cover).stdout
+        listing = subprocess.run(["ls", "-a", daemon.mountpoint / "Band"], capture_output=True, text=True).stdout
+        assert listing.split() == [".", "..", "Album"]
+    finally:
+        daemon.stop()
+
+
+def test_the_template_option_stands_in_for_a_broken_one_in_the_file(tmp_path, library):
+    library("nas", "a/1.flac", {**ALBUM, "title": "One"})
+    daemon = Daemon(tmp_path, [("nas", tmp_path / "nas")], layout={"mode": "tags", "template": "$artst/$title"})
+    try:
+        assert daemon.start().returncode == 2
+        daemon.mount("--template", "$album/$title")
+        assert tree(daemon.mountpoint) == {"Album/One.flac"}
+    finally:
+        daemon.stop()

@@ -69,7 +69,7 @@ def test_awkward_names(tmp_path, library, mounted):
     assert leaf.endswith(".flac") and len(leaf.encode()) <= 255 and set(leaf[:-5]) == {"é"}
     assert "Ångström/NFD/\u00c4rger.flac" in shown
     assert not any("caf" in path for path in shown)
-    assert service.catalog.unplaced() == (1, [b"caf\xe9.flac"])
+    assert service.catalog.unplaced() == (1, [("nas", b"caf\xe9.flac")])
     for path in shown:
         path.encode("utf-8")   # the tag view is always valid UTF-8
 
@@ -121,6 +121,7 @@ def test_directory_mtime_is_the_newest_below(tmp_path, library, mounted):
     service, mount = mounted([("nas", tmp_path / "nas")], **TAGS)
     assert os.stat(mount.mountpoint / "A").st_mtime_ns == 1_500_000_000_000_000_000
     assert os.stat(mount.mountpoint / "A/B").st_mtime_ns == 1_500_000_000_000_000_000
+    assert os.stat(mount.mountpoint).st_mtime_ns == 1_500_000_000_000_000_000   # the root too
 
 
 def test_retag_moves_the_file_at_the_next_rescan_and_unchanged_rescans_read_no_tags(

@@ -153,12 +153,12 @@ def test_rebuild_replaces_another_layouts_tree(tmp_path):
             library.put(txn, "first", b"x/1.flac", {"album": "A", "title": "T", "genre": "Jazz", "artist": "P"})
             library.put(txn, "first", b"x/cover.jpg", None, audio=False)
             view.settle(txn)
-        assert {p for p in snapshot(storage)[0]} == {b"/Jazz", b"/Jazz/A", b"/Jazz/A/T.flac", b"/Jazz/A/cover.jpg"}
+        assert {p for p in snapshot(storage)[0]} == {b"/", b"/Jazz", b"/Jazz/A", b"/Jazz/A/T.flac", b"/Jazz/A/cover.jpg"}
         default = Layout.parse()
         view = TagView(default)
         view.attach(storage, ORIGINS, RecentChanges())
         view.rebuild()
         assert snapshot(storage) == fresh_view_of(storage, tmp_path, default)
-        assert {p for p in snapshot(storage)[0]} == {b"/P", b"/P/A", b"/P/A/T.flac", b"/P/A/cover.jpg"}
+        assert {p for p in snapshot(storage)[0]} == {b"/", b"/P", b"/P/A", b"/P/A/T.flac", b"/P/A/cover.jpg"}
     finally:
         storage.close()

@@ -205,8 +205,8 @@ class Catalog:
             raw = txn.get(origin_key(origin, relpath), db=self.storage.origin_files)
         return None if raw is None else record_version(raw)
 
-    def unplaced(self, limit: int | None = None) -> tuple[int, list[bytes]]:
-        """(how many, the relative paths of the first `limit`) audio-named files the tag view
+    def unplaced(self, limit: int | None = None) -> tuple[int, list[tuple[str, bytes]]]:
+        """(how many, (origin, path on it) of the first `limit`) audio-named files the tag view
         left out because mutagen cannot read them as audio (not tracks)."""
         if self.storage.tagview is None:
             return 0, []
@@ -214,12 +214,12 @@ class Catalog:
         with self.storage.env.begin(db=self.storage.tagview) as txn:
             cursor = txn.cursor()
             if cursor.set_range(UNPLACED):
-                for key in cursor.iternext(keys=True, values=False):
+                for key, origin in cursor:
                     if not key.startswith(UNPLACED):
                         break
                     count += 1
                     if limit is None or len(found) < limit:
-                        found.append(bytes(key[len(UNPLACED):]))
+                        found.append((bytes(origin).decode(), bytes(key[len(UNPLACED):])))
         return count, found
 
     def search(self, query: Query, limit: int | None = None) -> tuple[int, list[Found]]:

@@ -32,6 +32,8 @@ DEFAULT_SINGLETON_TEMPLATE = "Non-Album/$artist/$title"
 # Dotfiles (macOS ._* AppleDouble, .DS_Store, .Trash...) and what NAS and OS leave in shares.
 DEFAULT_IGNORE = (".*", "Thumbs.db", "desktop.ini", "@eaDir", "#recycle", "$RECYCLE.BIN", "lost+found")
 UNKNOWN_GENRE = "Unknown Genre"
+DEFAULTS = {"layout.template": DEFAULT_TEMPLATE, "layout.comp_template": DEFAULT_COMP_TEMPLATE,
+            "layout.singleton_template": DEFAULT_SINGLETON_TEMPLATE}
 UNKNOWN_ARTIST = "Unknown Artist"
 UNKNOWN_ALBUM = "Unknown Album"
 VARIOUS_ARTISTS = "Various Artists"
@@ -65,7 +67,10 @@ class Template:
         try:
             self.segments = _parse(text)
         except ConfigError as e:
-            raise ConfigError(str(e).replace("layout.template", key, 1)) from None
+            message = str(e).replace("layout.template", key, 1)
+            if not text.strip():
+                message = f"{key}: empty; the default is {DEFAULTS.get(key, DEFAULT_TEMPLATE)}"
+            raise ConfigError(message) from None
 
     def render(self, values: dict[str, str]) -> list[str]:
         """The raw (not yet made safe) segments for one file's field values."""

@@ -244,7 +244,7 @@ DIRECT = b"d"      # d H(folder) album dir -> u32: tracks directly in an origin 
 BELOW = b"b"       # b H(folder) album dir -> u32: tracks anywhere below an origin folder placed there
 SIDECAR = b"s"     # s H(folder) relpath -> b"": the sidecars of an origin folder
 COVER = b"v"       # v album dir -> the cover.jpg/png path the view made for it
-UNPLACED = b"u"    # u relpath -> b"": audio files mutagen cannot read (not tracks)
+UNPLACED = b"u"    # u relpath -> origin name: audio files mutagen cannot read (not tracks)
 SEARCH = b"q"      # q relpath -> search fields: what queries look at of a track
 GENERATION = b"g"  # g -> u64: bumped by every change of the tree (what search results depend on)
 

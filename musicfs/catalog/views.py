@@ -282,16 +282,19 @@ class _Tree:
             self._recompute(parent)
 
     def _newer(self, directory: bytes, mtime_ns: int) -> None:
-        """A file of this mtime is now below `directory`: make it and its parents, newer."""
+        """A file of this mtime is now below `directory`: make it and its parents, newer (the
+        root too: its entry has no listing of its own)."""
         txn, storage = self.txn, self.storage
-        while directory != ROOT:
+        while True:
             raw = txn.get(directory, db=storage.entries)
             if raw is not None and entry_attrs(raw)[2] >= mtime_ns:
                 return
             txn.put(directory, encode_entry(KIND_DIR, 0, mtime_ns, ()), db=storage.entries)
-            if raw is None:
+            if raw is None and directory != ROOT:
                 txn.put(child_key(directory), bytes((KIND_DIR,)), db=storage.children)
                 self.changed += 1
+            if directory == ROOT:
+                return
             directory = split(directory)[0]
 
     def _remove(self, path: bytes) -> None:
@@ -323,7 +326,7 @@ class _Tree:
         """`directory` lost a child or its newest one: drop it when empty, else give it the
         newest mtime of its children; then its parent, as far as anything changed."""
         txn, storage = self.txn, self.storage
-        while directory != ROOT:
+        while True:
             prefix = children_prefix(directory)
             newest = None
             cursor = txn.cursor(db=storage.children)
@@ -340,14 +343,17 @@ class _Tree:
                 if old is None:
                     return
                 txn.delete(directory, db=storage.entries)
-                txn.delete(child_key(directory), db=storage.children)
+                if directory != ROOT:
+                    txn.delete(child_key(directory), db=storage.children)
                 self.changed += 1
             else:
                 if old is not None and entry_attrs(old)[2] == newest:
                     return
                 txn.put(directory, encode_entry(KIND_DIR, 0, newest, ()), db=storage.entries)
-                if old is None:
+                if old is None and directory != ROOT:
                     txn.put(child_key(directory), bytes((KIND_DIR,)), db=storage.children)
+            if directory == ROOT:
+                return
             directory = split(directory)[0]
 
 
@@ -549,7 +555,7 @@ class TagView(View):
             txn.put(sidecar_key(_folder(relpath), relpath), b"", db=db)
             work.folders.add(_folder(relpath))
         elif new.role == ROLE_UNPLACED:
-            txn.put(UNPLACED + relpath, b"", db=db)
+            txn.put(UNPLACED + relpath, new.copies[0][0].encode(), db=db)
         work.set_placement(relpath, Placement(new.role, new.group))
 
     def _claim(self, work: _Settle, relpath: bytes, placement: Placement, base: bytes, stem: str, ext: str,
