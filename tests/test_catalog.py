@@ -232,3 +232,17 @@ def test_next_files_are_the_files_listed_after_one_in_its_folder(tmp_path):
     assert catalog.next_files(b"/d.flac", 3) == []
     assert catalog.next_files(b"/sub/one.flac", 3) == [b"/sub/two.flac"]
     storage.close()
+
+
+def test_every_opened_version_is_remembered_in_bounded_memory():
+    """Whether an open may keep the kernel's pages holds for every file of a large library (a
+    bounded LRU of 16k paths made every warm open of a bigger one drop them), and a new version
+    never passes for the one before."""
+    from musicfs.catalog.index import OpenedVersions
+    opened = OpenedVersions()
+    paths = [f"/Artist {n // 100}/Album {n // 10}/{n:06d} Track.flac".encode() for n in range(100_000)]
+    assert not any(opened.same_as_before(path, 7) for path in paths)            # first opens
+    assert all(opened.same_as_before(path, 7) for path in paths)                # all still known
+    assert not opened.same_as_before(paths[123], 8)                             # a new version
+    assert opened.same_as_before(paths[123], 8) and not opened.same_as_before(paths[123], 7)
+    assert len(opened) == 100_000 and len(opened._keys) * 16 <= 4 << 20        # 16 bytes a slot, 4 MB
