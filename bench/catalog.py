@@ -98,12 +98,18 @@ def one_change(storage, view, change) -> float:
     return time.perf_counter() - started
 
 
-def measure(count: int) -> dict:
-    base = WORK / f"tagview-{count}"
+def fresh(name: str) -> tuple[Path, Path, Path, Path]:
+    """(base, origin, mountpoint, cache) of a new work directory (the origin stays empty)."""
+    base = WORK / name
     subprocess.run(["rm", "-rf", str(base)], check=True)
     origin, mnt, cache = base / "origin", base / "mnt", base / "cache"
     for d in (origin, mnt):
         d.mkdir(parents=True)
+    return base, origin, mnt, cache
+
+
+def measure(count: int) -> dict:
+    base, origin, mnt, cache = fresh(f"tagview-{count}")
     config_path = base / "config.toml"
     config_path.write_text(toml_config([("nas", origin)], cache, base / "musicfs.log", layout={"mode": "tags"},
                                        search={"limit": 1_000_000}, level="info") + SIXTIES)
@@ -200,11 +206,7 @@ def searches(mnt: Path, count: int) -> dict:
 def tree_with_and_without_collections(count: int = 100_000) -> dict:
     """`ls -lR` and `find` of a mount with collections configured and without (the same catalog,
     the same run): the smart folders must cost the rest of the tree nothing."""
-    base = WORK / f"tagview-ab-{count}"
-    subprocess.run(["rm", "-rf", str(base)], check=True)
-    origin, mnt, cache = base / "origin", base / "mnt", base / "cache"
-    for d in (origin, mnt):
-        d.mkdir(parents=True)
+    base, origin, mnt, cache = fresh(f"tagview-ab-{count}")
     plain = base / "plain.toml"
     plain.write_text(toml_config([("nas", origin)], cache, base / "musicfs.log", layout={"mode": "tags"}, level="info"))
     with_collections = base / "collections.toml"

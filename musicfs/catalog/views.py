@@ -97,37 +97,15 @@ class View:
     def rebuild(self) -> int:
         raise NotImplementedError
 
-    def _relpaths(self):
-        """Every relative path the configured origins hold, in batches of REBUILD_BATCH, each
-        read in a transaction of its own (resuming after the last key)."""
-        order = set(self.order)
+    def _in_batches(self, db):
+        """Every (key, value) of `db`, REBUILD_BATCH at a time, each batch read in a transaction
+        of its own (the next resumes after the last key)."""
         after = None
         while True:
-            batch: set[bytes] = set()
+            batch = []
             with self.storage.begin() as txn:
-                cursor = txn.cursor(db=self.storage.origin_files)
+                cursor = txn.cursor(db=db)
                 found = cursor.set_range(after) if after is not None else cursor.first()
-                while found and len(batch) < REBUILD_BATCH:
-                    key = bytes(cursor.key())
-                    if key != after:
-                        origin, relpath = split_origin_key(key)
-                        if origin in order and relpath:
-                            batch.add(relpath)
-                    after = key
-                    found = cursor.next()
-            if batch:
-                yield batch
-            if not found:
-                return
-
-    def _shown_paths(self):
-        """Every path of the shown tree, in batches, each read in a transaction of its own."""
-        after = None
-        while True:
-            with self.storage.begin() as txn:
-                cursor = txn.cursor(db=self.storage.entries)
-                found = cursor.set_range(after) if after is not None else cursor.first()
-                batch = []
                 while found and len(batch) < REBUILD_BATCH:
                     key = bytes(cursor.key())
                     if key != after:
@@ -138,6 +116,19 @@ class View:
                 yield batch
             if not found:
                 return
+
+    def _relpaths(self):
+        """Every relative path the configured origins hold, in batches (see _in_batches)."""
+        order = set(self.order)
+        for batch in self._in_batches(self.storage.origin_files):
+            relpaths = {relpath for origin, relpath in (split_origin_key(key) for key, _ in batch)
+                        if origin in order and relpath}
+            if relpaths:
+                yield relpaths
+
+    def _shown_paths(self):
+        """Every (path, entry) of the shown tree, in batches (see _in_batches)."""
+        return self._in_batches(self.storage.entries)
 
 
 class PathsView(View):
