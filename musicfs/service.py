@@ -385,6 +385,9 @@ class Service:
             results = self.scanner.scan(fresh, first_answer=new.health.timeout) if fresh else []
         for origin in retired:
             origin.close()
+        if new.layout.mode == "tags" and new.layout.ignore != old.layout.ignore:
+            # Files an ignore pattern hid were never read for tags: a rescan reads them.
+            self.request_rescan()
         if new.log != old.log:
             logs.reconfigure(new.log.file, new.log.level)
         summary = (f"configuration reloaded: {len(added)} origins added, {len(changed)} changed, "

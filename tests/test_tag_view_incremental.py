@@ -162,3 +162,28 @@ def test_rebuild_replaces_another_layouts_tree(tmp_path):
         assert {p for p in snapshot(storage)[0]} == {b"/", b"/P", b"/P/A", b"/P/A/T.flac", b"/P/A/cover.jpg"}
     finally:
         storage.close()
+
+
+def test_a_file_where_another_template_makes_a_folder_stays_a_file(tmp_path):
+    """A singleton's path is the folder of an album track (a custom template can make both):
+    the file keeps its path, the track is not shown, and taking the track away takes nothing else."""
+    storage = Storage(tmp_path / "cache")
+    try:
+        layout = Layout.parse(template="$genre/$albumartist/$album/$track $title")
+        view = TagView(layout)
+        view.attach(storage, ORIGINS, RecentChanges())
+        library = Library(storage, view)
+        with storage.begin(write=True) as txn:
+            library.put(txn, "first", b"s.flac", {"artist": "X", "title": "Live"})
+            library.put(txn, "first", b"t.flac", {"artist": "X", "genre": "Non-Album", "album": "Live.flac",
+                                                  "title": "T"})
+            view.settle(txn)
+        assert snapshot(storage)[0][b"/Non-Album/X/Live.flac"][0] == KIND_FILE
+        assert snapshot(storage) == fresh_view_of(storage, tmp_path, layout)
+        with storage.begin(write=True) as txn:
+            library.remove(txn, "first", b"t.flac")
+            view.settle(txn)
+        assert snapshot(storage)[0][b"/Non-Album/X/Live.flac"][0] == KIND_FILE
+        assert snapshot(storage) == fresh_view_of(storage, tmp_path, layout)
+    finally:
+        storage.close()

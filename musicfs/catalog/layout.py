@@ -45,7 +45,7 @@ PATH_MAX = 440
 # so a file name always keeps at least PATH_MAX - DIRS_MAX bytes and every file of an album
 # lands in the same directory whatever its own name's length.
 DIRS_MAX = 240
-_UNSAFE = re.compile(r'[/\\:*?"<>|\x00-\x1f\x7f]')
+_UNSAFE = re.compile(r'[/\\:*?"<>|\x00-\x1f\x7f-\x9f\u2028\u2029]')   # (C0, DEL, C1; line separators)
 _FIELD = re.compile(r"[a-z]+")
 
 
@@ -170,8 +170,6 @@ class IgnoreRules:
             if not pattern or "/" in pattern or "\0" in pattern:
                 raise ConfigError(f"{key}: {pattern!r} is not a file name pattern (give names or globs like "
                                   f"'.*' or '@eaDir', without '/')")
-            if pattern.count("[") != pattern.count("]"):
-                raise ConfigError(f"{key}: {pattern!r} has an unclosed '[' (write [[] for a literal '[')")
         joined = "|".join(fnmatch.translate(p) for p in self.patterns)
         self._match = re.compile(joined, re.IGNORECASE).match if joined else None
 

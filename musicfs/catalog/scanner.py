@@ -411,6 +411,10 @@ class Scanner:
                 self.storage.put_u64(txn, b"scanned:" + origin.encode(), time.time_ns())
                 if self.view.tag_version:
                     self.storage.put_u64(txn, b"tagged:" + origin.encode(), self.view.tag_version)
+                else:
+                    # The paths layout reads no tags: what changed meanwhile has stale ones, so
+                    # a switch back to the tag view reads them first (Service.untagged).
+                    txn.delete(b"tagged:" + origin.encode(), db=self.storage.meta)
 
     def _stored_count(self, origin: str, limit: int = 1) -> int:
         prefix = origin_prefix(origin)

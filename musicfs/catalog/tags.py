@@ -263,7 +263,17 @@ def _picture(parsed, source: "OriginFile") -> dict | None:
     offset = source.find(data)
     if offset is None:
         return None
-    return {"offset": offset, "length": len(data), "mime": (mime or "image/jpeg").lower()}
+    return {"offset": offset, "length": len(data), "mime": (mime or "image/jpeg").lower(), "ext": _image_ext(data)}
+
+
+# What a picture's first bytes say it is (its mime type may say image/x-png, png, or nothing).
+_IMAGE_MAGIC = ((b"\x89PNG\r\n\x1a\n", "png"), (b"GIF87a", "gif"), (b"GIF89a", "gif"), (b"\xff\xd8\xff", "jpg"))
+
+
+def _image_ext(data: bytes) -> str:
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return next((ext for magic, ext in _IMAGE_MAGIC if data.startswith(magic)), "jpg")
 
 
 def _parse(mutagen, source: OriginFile):

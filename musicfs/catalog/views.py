@@ -46,7 +46,7 @@ from .layout import (Album, Layout, album_identity, directory_name, display_name
 from .records import (BELOW, COUNT, COVER, DIRECT, ROLE_SIDECAR, ROLE_SINGLETON, ROLE_TRACK, ROLE_UNPLACED,
                       ROOT, UNPLACED, Placement, carried_version, child_key, children_prefix, claim_key, claim_prefix,
                       content_version, decode_entry, decode_placement, decode_record, decode_tags, digest16,
-                      encode_entry, encode_placement, entry_attrs, folder_prefix, member_key, origin_key,
+                      encode_entry, encode_placement, entry_attrs, entry_kind, folder_prefix, member_key, origin_key,
                       placed_key, search_key, sidecar_key, split, split_origin_key, tags_read_from)
 from .records import FIRST_SEEN, GENERATION, encode_search
 from .records import shown_path as paths_view_path
@@ -211,8 +211,12 @@ class _File:
     group: bytes = bytes(16)   # the album (a track) or folder (a sidecar)
 
     def entry(self, piece: tuple[int, int] | None = None, size: int | None = None):
+        """(size, mtime_ns, sources, version, piece) of its entry; with `piece` (offset, source
+        size), of a piece of it: the preferred copy only, since where the piece lies is known
+        in that copy's version alone (a replica of the same size may be another version)."""
         origin, (_, file_size, mtime_ns, _, token) = self.copies[0]
-        sources = tuple((name, self.relpath) for name, _ in self.copies)
+        copies = self.copies[:1] if piece is not None else self.copies
+        sources = tuple((name, self.relpath) for name, _ in copies)
         version = content_version(origin, mtime_ns, token)
         return (file_size if size is None else size), mtime_ns, sources, version, piece
 
@@ -278,8 +282,8 @@ class _Tree:
         txn, storage = self.txn, self.storage
         while True:
             raw = txn.get(directory, db=storage.entries)
-            if raw is not None and entry_attrs(raw)[2] >= mtime_ns:
-                return
+            if raw is not None and (entry_kind(raw) != KIND_DIR or entry_attrs(raw)[2] >= mtime_ns):
+                return   # (a file where a folder should be: a template made both; the file stays)
             txn.put(directory, encode_entry(KIND_DIR, 0, mtime_ns, ()), db=storage.entries)
             if raw is None and directory != ROOT:
                 txn.put(child_key(directory), bytes((KIND_DIR,)), db=storage.children)
@@ -330,6 +334,8 @@ class _Tree:
                         mtime = entry_attrs(raw)[2]
                         newest = mtime if newest is None else max(newest, mtime)
             old = txn.get(directory, db=storage.entries)
+            if old is not None and entry_kind(old) != KIND_DIR:
+                return   # a file of that name (see _newer): not a folder to update or drop
             if newest is None:
                 if old is None:
                     return
@@ -388,6 +394,11 @@ class _Settle:
                     break
                 found.append(bytes(key[len(prefix):]))
         return found
+
+
+def _dirs_of(directory: bytes) -> tuple[str, ...]:
+    """The folder names of a shown directory (none for the root)."""
+    return tuple(part for part in directory.decode().split("/") if part)
 
 
 def _folder(relpath: bytes) -> bytes:
@@ -630,8 +641,7 @@ class TagView(View):
             if album_dir is not None:
                 stem_bytes, ext = split_ext(relpath.rpartition(b"/")[2])
                 stem = display_name(stem_bytes)
-                dirs = tuple(album_dir.decode().split("/")[1:])
-                base = ("/" + shown_path(dirs, stem, ext)).encode()
+                base = ("/" + shown_path(_dirs_of(album_dir), stem, ext)).encode()
             if placement.base != base:
                 self._unclaim(work, relpath, placement)
                 if base:
@@ -650,8 +660,8 @@ class TagView(View):
             if position == 0:
                 final = path
             else:
-                dirs = tuple(split(path)[0].decode().split("/")[1:])
-                final = ("/" + shown_path(dirs, placement.stem, placement.ext, collision_suffix(relpath))).encode()
+                final = ("/" + shown_path(_dirs_of(split(path)[0]), placement.stem, placement.ext,
+                                          collision_suffix(relpath))).encode()
             if final != placement.final:
                 if placement.final:
                     work.tree.remove(placement.final)
@@ -692,7 +702,7 @@ class TagView(View):
             file = work.file(entry.sources[0][1]) if entry is not None and entry.sources else None
             picture = (file.tags or {}).get("picture") if file is not None and file.role == ROLE_TRACK else None
             if picture is not None:
-                name = b"cover.png" if picture["mime"] == "image/png" else b"cover.jpg"
+                name = b"cover." + picture.get("ext", "jpg").encode()
                 wanted = directory.rstrip(b"/") + b"/" + name
                 source_size = file.copies[0][1][1]
                 if picture["offset"] + picture["length"] <= source_size:
