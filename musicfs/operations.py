@@ -256,8 +256,9 @@ def _file_report(catalog: Catalog, txn, health: dict, given: str, inside: bytes)
         # A cover embedded in a track: the piece of the track it is, and what of that piece
         # is cached (chunks are the track's).
         size = entry.size
-        cached = _cached_within(slots, storage.get_u64(txn, b"chunk_size"), entry.offset, entry.size)
-        report["piece_of"] = {"offset": entry.offset, "length": entry.size}
+        piece = entry.window or entry.size   # (a picture decoded from the track's first `window` bytes)
+        cached = entry.size * _cached_within(slots, storage.get_u64(txn, b"chunk_size"), entry.offset, piece) // piece
+        report["piece_of"] = {"offset": entry.offset, "length": piece}
     return dict(report, origin=serving["origin"], source=serving["source"], size=size,
                 cached=cached, pinned=copies[0]["pinned"], state=serving["state"],
                 replicas=[{k: c[k] for k in ("origin", "source", "state", "cached")}

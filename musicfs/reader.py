@@ -47,8 +47,11 @@ from concurrent.futures import CancelledError, Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
+import xxhash
+
 from .cas.store import CacheWriteError, ChunkStore, chunk_count, digest_of, manifest_key
 from .catalog import Catalog, CatalogEntry, decode_entry, version_tag
+from .catalog.tags import ogg_picture
 from .errors import (ChunkCorrupt, ChunkMissing, NotFound, OriginChanged, OriginTransient, OriginUnavailable,
                      ReadTimeout)
 from .origins import KIND_FILE, Origin, OriginEntry
@@ -127,6 +130,10 @@ class OpenFile:
     # (offset, length) when the shown file is that piece of its source (a cover embedded in a
     # track); `size` is then the source's. Reads are of the piece; chunks are the source's.
     window: tuple[int, int] | None = None
+    # (length, XXH3-64) of a picture decoded from the piece (an Ogg comment's base64), and the
+    # picture once decoded and checked
+    decoded_as: tuple[int, int] | None = None
+    picture: bytes | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def served(self) -> dict:
@@ -234,6 +241,9 @@ class Reader:
         entry = decode_entry(raw)
         if entry.is_dir:
             raise IsADirectoryError(21, "is a directory")
+        if entry.is_slice and entry.window:
+            return OpenFile(path, entry.source_size, entry, raw, version_tag(raw), window=(entry.offset, entry.window),
+                            decoded_as=(entry.size, entry.digest))
         if entry.is_slice:
             return OpenFile(path, entry.source_size, entry, raw, version_tag(raw), window=(entry.offset, entry.size))
         return OpenFile(path, entry.size, entry, raw, version_tag(raw))
@@ -312,6 +322,32 @@ class Reader:
 
     def read(self, handle: OpenFile, offset: int, size: int) -> tuple[bytes, int, int]:
         """(buffer, start, length) of the bytes at offset; see read_span."""
+        if handle.decoded_as is not None:
+            return self._read_decoded(handle, offset, size)
+        return self._read_piece(handle, offset, size)
+
+    def _read_decoded(self, handle: OpenFile, offset: int, size: int) -> tuple[bytes, int, int]:
+        """A picture decoded from the piece of the track it lies in (read like any bytes of the
+        track: cached, verified), checked against what the scan saw: never other bytes."""
+        picture = handle.picture
+        if picture is None:
+            window = handle.window[1]
+            parts, done = [], 0
+            while done < window:
+                data, start, length = self._read_piece(handle, done, window - done)
+                if not length:
+                    break
+                parts.append(data[start:start + length])
+                done += length
+            picture = ogg_picture(b"".join(parts))
+            length, digest = handle.decoded_as
+            if picture is None or len(picture) != length or xxhash.xxh3_64_intdigest(picture) != digest:
+                raise ChunkCorrupt(f"{handle.path.decode(errors='replace')}: the picture decoded from its track "
+                                   f"is not the one its tags were read with")
+            handle.picture = picture
+        return picture, min(offset, len(picture)), max(0, min(size, len(picture) - offset))
+
+    def _read_piece(self, handle: OpenFile, offset: int, size: int) -> tuple[bytes, int, int]:
         if handle.sources is None:
             self._resolve(handle)
         if handle.window is not None:

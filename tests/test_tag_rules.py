@@ -101,7 +101,7 @@ def test_musicbrainz_release_ids_keep_two_releases_of_one_album_apart(tmp_path, 
 
 
 @pytest.mark.parametrize("ext, options", [("flac", {}), ("mp3", {"id3_version": 3}), ("mp3", {"id3_version": 4}),
-                                          ("m4a", {})])
+                                          ("m4a", {}), ("ogg", {}), ("opus", {})])
 def test_the_embedded_cover_is_served_byte_exact(tmp_path, library, mounted, ext, options):
     jpeg = tiny_jpeg(7)
     library("nas", f"a/1.{ext}", {**ALBUM, "title": "One", "track": "1"}, picture=jpeg, **options)
@@ -397,3 +397,18 @@ def test_a_template_without_folders_and_odd_pictures(tmp_path, library, mounted)
     assert tree(mount.mountpoint) == {"One.flac", "notes.txt", "cover.png"}     # named by its bytes
     assert (mount.mountpoint / "notes.txt").read_bytes() == b"notes"
     assert (mount.mountpoint / "cover.png").read_bytes() == tiny_png(5)
+
+
+@pytest.mark.parametrize("ext", ["ogg", "opus"])
+def test_a_cover_stored_in_base64_over_many_ogg_pages_is_decoded_byte_exact(tmp_path, library, mounted, ext):
+    """METADATA_BLOCK_PICTURE: base64 inside the comment header, which a big picture spreads
+    over many Ogg pages; the cover is decoded from that piece of the track at each read."""
+    picture = tiny_jpeg(6) + os.urandom(300_000)          # (a JPEG head; 400 KB of base64)
+    library("nas", f"a/1.{ext}", {**ALBUM, "title": "One"}, picture=picture)
+    service, mount = mounted([("nas", tmp_path / "nas")], **TAGS)
+    cover = mount.mountpoint / "Band/Album/cover.jpg"
+    assert os.stat(cover).st_size == len(picture)
+    assert cover.read_bytes() == picture
+    with open(cover, "rb") as f:
+        f.seek(100_000)
+        assert f.read(1000) == picture[100_000:101_000]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import array
 import collections
+import heapq
 import threading
 import time
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from ..errors import NotFound
 from ..origins.base import KIND_DIR
 from ..storage import Storage
 from .query import Query
-from .records import (FIRST_SEEN, GENERATION, ROOT, SEARCH, SEARCHED, UNPLACED, CatalogEntry, decode_placement, decode_search, placed_key, children_prefix, decode_entry, entry_attrs, entry_kind,
+from .records import (DISC, FIRST_SEEN, GENERATION, ROOT, SEARCH, SEARCHED, TRACK, UNPLACED, CatalogEntry, decode_placement, decode_search, placed_key, children_prefix, decode_entry, entry_attrs, entry_kind,
                       origin_key, record_version, split, version_tag)
 
 
@@ -27,14 +28,13 @@ class Found:
     path: bytes
     fields: dict
 
-    def order(self) -> tuple:
-        """Album artist, album, disc, track: how results are listed."""
-        f = self.fields
-        return (f["albumartist"].casefold(), f["album"].casefold(), _int(f["disc"]), _int(f["track"]), self.path)
-
 
 def _int(text: str) -> int:
     return int(text) if text.isdigit() else 0
+
+
+def _first(item: tuple):
+    return item[0]
 
 
 class OpenedVersions:
@@ -270,41 +270,55 @@ class Catalog:
 
     def search(self, query: Query, limit: int | None = None) -> tuple[int, list[Found]]:
         """(how many tracks of the tag view match, the first `limit` of them in album artist,
-        album, disc, track order), from the tag view's search records, in one read transaction."""
+        album, disc, track order), from the tag view's search records, in one read transaction.
+        Only `limit` matches are held at a time (a query that matches a million tracks, like
+        Recently Added after a first scan, must not hold a million)."""
         if self.storage.tagview is None:
             return 0, []
-        now = time.time_ns()
-        found = []
-        words = query.required_text()
-        with_path = query.looks_at("path")
+        count = 0
         with self.storage.env.begin() as txn:
-            cursor = txn.cursor(db=self.storage.tagview)
-            if not cursor.set_range(SEARCH):
-                return 0, []
-            skip = len(SEARCH)
-            # The hot loop of every search (100k tracks: every step costs): plain strings, a
-            # substring test before anything is split, fields taken by position.
-            for key, raw in cursor:
-                if not key.startswith(SEARCH):
-                    break
-                text = raw.decode()
-                path = key[skip:].decode(errors="replace") if with_path else ""
-                if words and not query.may_match(text.casefold() + "\x1f" + path.casefold()):
-                    continue   # (a term's text is nowhere in the track: no need to look closer)
-                values = text.split("\x1f")
-                added = 0
-                if query.uses_added:
-                    stamp = txn.get(key[skip:], db=self.storage.first_seen)
-                    added = FIRST_SEEN.unpack(stamp)[0] if stamp is not None else 0
-                values[SEARCHED:] = (path, added)   # (Track's fields, in its order)
-                if not query.matches(values, now):
-                    continue
-                placed = txn.get(placed_key(key[skip:]), db=self.storage.tagview)
+            def matches():
+                nonlocal count
+                for relpath, values, raw in self._matching(txn, query):
+                    count += 1
+                    yield (values[1].casefold(), values[2].casefold(), _int(values[DISC]), _int(values[TRACK]),
+                           relpath), raw
+            kept = heapq.nsmallest(limit, matches(), key=_first) if limit is not None else sorted(matches(), key=_first)
+            found = []
+            for (*_, relpath), raw in kept:
+                placed = txn.get(placed_key(relpath), db=self.storage.tagview)
                 final = decode_placement(placed).final if placed is not None else b""
                 if final:
                     found.append(Found(final, decode_search(raw)))
-        found.sort(key=Found.order)
-        return len(found), found[:limit] if limit is not None else found
+        return count, found
+
+    def _matching(self, txn, query: Query):
+        """(relpath, fields, record) of each track `query` matches, in the catalog's order."""
+        now = time.time_ns()
+        words = query.required_text()
+        with_path = query.looks_at("path")
+        cursor = txn.cursor(db=self.storage.tagview)
+        if not cursor.set_range(SEARCH):
+            return
+        skip = len(SEARCH)
+        # The hot loop of every search (100k tracks: every step costs): plain strings, a
+        # substring test before anything is split, fields taken by position.
+        for key, raw in cursor:
+            if not key.startswith(SEARCH):
+                break
+            text = raw.decode()
+            path = key[skip:].decode(errors="replace") if with_path else ""
+            if words and not query.may_match(text.casefold() + "\x1f" + path.casefold()):
+                continue   # (a term's text is nowhere in the track: no need to look closer)
+            values = text.split("\x1f")
+            order = values[:SEARCHED + 4]
+            added = 0
+            if query.uses_added:
+                stamp = txn.get(key[skip:], db=self.storage.first_seen)
+                added = FIRST_SEEN.unpack(stamp)[0] if stamp is not None else 0
+            values[SEARCHED:] = (path, added)   # (Track's fields, in its order)
+            if query.matches(values, now):
+                yield bytes(key[skip:]), order, raw
 
     def generation(self) -> int:
         """A number that changes whenever the tag view changes (what search results depend on)."""

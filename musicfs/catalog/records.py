@@ -18,7 +18,9 @@ from ..storage import U64
 
 ENTRY_HEAD = struct.Struct(">BQQB")        # kind, size, mtime_ns, number of sources
 ORIGIN_RECORD = struct.Struct(">BQQQ")     # kind, size, mtime_ns, scan generation; then the token
-SLICE = struct.Struct(">QQ")               # offset in the source, the source's size
+# A piece of the source: offset, the source's size, and for a picture stored encoded (an Ogg
+# comment's base64) the length of the head it is decoded from and the XXH3-64 of the picture.
+SLICE = struct.Struct(">QQQQ")
 LEN16 = struct.Struct(">H")
 ROOT = b"/"
 
@@ -72,9 +74,13 @@ class CatalogEntry:
     sources: tuple[tuple[str, bytes], ...]   # (origin name, path on the origin), preferred first
     token: bytes = b""                       # the content's version (see content_version)
     # A file shown as a piece of its sources (a cover picture embedded in a track): its bytes
-    # are the source's from `offset`, `size` of them; the sources are `source_size` long.
+    # are the source's from `offset`, `size` of them; the sources are `source_size` long. With a
+    # `window`, they are the picture decoded from the source's first `window` bytes, whose
+    # XXH3-64 is `digest`.
     offset: int = 0
     source_size: int | None = None
+    window: int = 0
+    digest: int = 0
 
     @property
     def is_dir(self) -> bool:
@@ -86,8 +92,9 @@ class CatalogEntry:
 
 
 def encode_entry(kind: int, size: int, mtime_ns: int, sources, token: bytes = b"",
-                 piece: tuple[int, int] | None = None) -> bytes:
-    """`piece`: (offset, source size) for an entry that shows a piece of its sources."""
+                 piece: tuple[int, int, int, int] | None = None) -> bytes:
+    """`piece`: (offset, source size, window, digest) for an entry that shows a piece of its
+    sources (see CatalogEntry)."""
     parts = [ENTRY_HEAD.pack(kind, size, mtime_ns, len(sources))]
     for origin, relpath in sources:
         name = origin.encode()
@@ -114,8 +121,8 @@ def decode_entry(raw: bytes) -> CatalogEntry:
     token = bytes(raw[pos + 2:pos + 2 + n])
     pos += 2 + n
     if len(raw) >= pos + SLICE.size:
-        offset, source_size = SLICE.unpack_from(raw, pos)
-        return CatalogEntry(kind, size, mtime_ns, tuple(sources), token, offset, source_size)
+        offset, source_size, window, digest = SLICE.unpack_from(raw, pos)
+        return CatalogEntry(kind, size, mtime_ns, tuple(sources), token, offset, source_size, window, digest)
     return CatalogEntry(kind, size, mtime_ns, tuple(sources), token)
 
 
@@ -317,6 +324,7 @@ SEARCH_FIELDS = ("artist", "albumartist", "album", "title", "genre", "year", "fo
                  "track", "ext", "length")
 # The first SEARCHED of them are query.Track's fields, in its order (the rest: path, added).
 SEARCHED = 9
+DISC, TRACK = SEARCH_FIELDS.index("disc"), SEARCH_FIELDS.index("track")
 
 
 def search_key(relpath: bytes) -> bytes:

@@ -11,10 +11,13 @@ here: it gets ``None`` and is placed by the layout with its fallbacks.
 """
 from __future__ import annotations
 
+import base64
 import io
 import logging
 import os
 import unicodedata
+
+import xxhash
 
 from ..origins.base import KIND_FILE, OriginEntry
 
@@ -75,6 +78,14 @@ class OriginFile(io.RawIOBase):
             self.bytes_read += len(block)
             self.blocks[index] = block
         return block
+
+    def head(self) -> bytes:
+        """The file's bytes from its start as far as the blocks read so far reach (the parser
+        has been through its headers; the file object itself is closed once parsed)."""
+        run = []
+        while len(run) in self.blocks:
+            run.append(self.blocks[len(run)])
+        return b"".join(run)
 
     def find(self, data: bytes) -> int | None:
         """The offset where `data` lies in the blocks read so far, or None. Compares block by
@@ -246,24 +257,94 @@ def _pictures(parsed) -> list[tuple[int, str, bytes]]:
     for cover in covers or ():                                                # MP4: no types; first is the front
         found.append((FRONT_COVER if not found else 0,
                       "image/png" if getattr(cover, "imageformat", 13) == 14 else "image/jpeg", bytes(cover)))
+    if type(parsed).__name__.startswith("Ogg"):                              # METADATA_BLOCK_PICTURE
+        found += _block_pictures(value for key, value in tags.items() if key.lower() == "metadata_block_picture")
     return found
 
 
+def _block_pictures(values) -> list[tuple[int, str, bytes]]:
+    """The pictures of Vorbis comments' METADATA_BLOCK_PICTURE values (base64 FLAC pictures)."""
+    from mutagen.flac import Picture
+    found = []
+    for value in values:
+        for text in (value if isinstance(value, list) else [value]):
+            try:
+                picture = Picture(base64.b64decode(text))
+            except Exception:  # noqa: BLE001 - a broken value is no picture
+                continue
+            found.append((picture.type, picture.mime, picture.data))
+    return found
+
+
+def front_picture(pictures) -> tuple[int, str, bytes] | None:
+    """The front cover (APIC/PICTURE type 3), else the first picture."""
+    return next((p for p in pictures if p[0] == FRONT_COVER), pictures[0]) if pictures else None
+
+
 def _picture(parsed, source: "OriginFile") -> dict | None:
-    """Where the front cover (else the first picture) lies in the file, when its bytes lie there
-    as they are: {"offset", "length", "mime"}. The tag view shows it as cover.jpg by reading that
-    piece of the file, so it is found among the blocks the parser read, never copied anywhere.
-    Pictures stored transformed (base64 in Ogg comments, ID3 unsynchronisation) have none."""
-    pictures = _pictures(parsed)
-    if not pictures:
+    """Where the front cover (else the first picture) lies in the file: {"offset", "length",
+    "mime", "ext"}. The tag view shows it as cover.jpg by reading that piece of the file, so it
+    is found among the blocks the parser read, never copied anywhere. A picture stored encoded
+    (base64 in an Ogg Vorbis or Opus comment) is the piece of the file holding the comment
+    header ({"offset": 0, "window": its end}) decoded again at each read, checked against the
+    length and "digest" (XXH3-64) of the picture read here. Others stored transformed (ID3
+    unsynchronisation, compression) give none."""
+    chosen = front_picture(_pictures(parsed))
+    if chosen is None or not chosen[2]:
         return None
-    _, mime, data = next((p for p in pictures if p[0] == FRONT_COVER), pictures[0])
-    if not data:
-        return None
+    _, mime, data = chosen
+    picture = {"length": len(data), "mime": (mime or "image/jpeg").lower(), "ext": _image_ext(data)}
     offset = source.find(data)
-    if offset is None:
+    if offset is not None:
+        return dict(picture, offset=offset)
+    if type(parsed).__name__.startswith("Ogg"):
+        head = _ogg_comment_header(io.BytesIO(source.head()))
+        if head is not None:
+            return dict(picture, offset=0, window=head, digest=xxhash.xxh3_64_hexdigest(data))
+    return None
+
+
+def _ogg_comment_header(fileobj) -> int | None:
+    """Where the Ogg pages holding a file's comment header (its second packet) end, or None."""
+    from mutagen.ogg import OggPage
+    pages = []
+    try:
+        while True:
+            page = OggPage(fileobj)
+            if pages and page.serial != pages[0].serial:
+                continue
+            pages.append(page)
+            packets = OggPage.to_packets(pages, strict=False)
+            if len(packets) > 2 or (len(packets) == 2 and page.complete):
+                return fileobj.tell()
+    except Exception:  # noqa: BLE001 - not the pages expected: no cover from it
         return None
-    return {"offset": offset, "length": len(data), "mime": (mime or "image/jpeg").lower(), "ext": _image_ext(data)}
+
+
+def ogg_picture(head: bytes) -> bytes | None:
+    """The picture a cover made from an Ogg comment header shows: `head` is the file's bytes
+    up to that header's end (see _picture); None when it holds none."""
+    from mutagen._vorbis import VComment
+    from mutagen.ogg import OggPage
+    fileobj = io.BytesIO(head)
+    pages = []
+    try:
+        while fileobj.tell() < len(head):
+            page = OggPage(fileobj)
+            if not pages or page.serial == pages[0].serial:
+                pages.append(page)
+        comment = OggPage.to_packets(pages, strict=False)[1]
+    except Exception:  # noqa: BLE001
+        return None
+    for magic in (b"\x03vorbis", b"OpusTags"):
+        if comment.startswith(magic):
+            try:
+                values = VComment(comment[len(magic):], framing=False)
+            except Exception:  # noqa: BLE001
+                return None
+            chosen = front_picture(_block_pictures(v for k, v in values if k.lower() == "metadata_block_picture"))
+            return chosen[2] if chosen is not None else None
+    return None
 
 
 # What a picture's first bytes say it is (its mime type may say image/x-png, png, or nothing).

@@ -705,8 +705,10 @@ class TagView(View):
                 name = b"cover." + picture.get("ext", "jpg").encode()
                 wanted = directory.rstrip(b"/") + b"/" + name
                 source_size = file.copies[0][1][1]
-                if picture["offset"] + picture["length"] <= source_size:
-                    work.tree.put(wanted, file.entry((picture["offset"], source_size), picture["length"]))
+                window = picture.get("window", 0)
+                if max(picture["offset"] + picture["length"] * (not window), window) <= source_size:
+                    piece = (picture["offset"], source_size, window, int(picture.get("digest", "0"), 16))
+                    work.tree.put(wanted, file.entry(piece, picture["length"]))
                 else:
                     wanted = None
         if current is not None and current != wanted and self._is_made_cover(txn, current):
