@@ -10,7 +10,6 @@ import collections
 import heapq
 import threading
 import time
-from dataclasses import dataclass
 
 import xxhash
 
@@ -22,11 +21,18 @@ from .records import (DISC, FIRST_SEEN, GENERATION, ROOT, SEARCH, SEARCHED, TRAC
                       origin_key, record_version, split, version_tag)
 
 
-@dataclass(frozen=True, slots=True)
 class Found:
-    """A track a query matched: its path in the tag view and the fields it was matched on."""
-    path: bytes
-    fields: dict
+    """A track a query matched: its path in the tag view and the fields it was matched on
+    (kept as its record, ~200 bytes, and decoded when asked for: a collection of 100k tracks
+    is kept while it is listed)."""
+    __slots__ = ("path", "record")
+
+    def __init__(self, path: bytes, record: bytes):
+        self.path, self.record = path, record
+
+    @property
+    def fields(self) -> dict:
+        return decode_search(self.record)
 
 
 def _int(text: str) -> int:
@@ -289,7 +295,7 @@ class Catalog:
                 placed = txn.get(placed_key(relpath), db=self.storage.tagview)
                 final = decode_placement(placed).final if placed is not None else b""
                 if final:
-                    found.append(Found(final, decode_search(raw)))
+                    found.append(Found(final, bytes(raw)))
         return count, found
 
     def _matching(self, txn, query: Query):

@@ -29,8 +29,10 @@ KIND_LINK = 3
 SEARCH_DIR = b"/.search"
 COLLECTIONS_DIR = b"/.collections"
 PLAYLIST_EXT = ".m3u8"
-# Results kept for listings that come back (an `ls -l` asks for each entry in turn).
+# Results kept for listings that come back (an `ls -l` asks for each entry in turn): this many
+# listings, of this many tracks in all (the last one whatever its size).
 KEPT_RESULTS = 32
+KEPT_TRACKS = 100_000
 
 
 @dataclass(frozen=True)
@@ -178,7 +180,8 @@ class SmartFolders:
         with self._lock:
             self._kept[cache_key] = (generation, listing)
             self._kept.move_to_end(cache_key)
-            while len(self._kept) > KEPT_RESULTS:
+            while len(self._kept) > 1 and (len(self._kept) > KEPT_RESULTS or
+                                           sum(len(kept.found) for _, kept in self._kept.values()) > KEPT_TRACKS):
                 self._kept.popitem(last=False)
         return listing
 
