@@ -323,8 +323,10 @@ def rescan(mountpoint: Path = typer.Argument(..., help="The mount whose origins 
 # (a query may start with "-": a negated term is not an option)
 @app.command(context_settings={"ignore_unknown_options": True})
 def search(mountpoint: Path = typer.Argument(..., help="The mount to search."),
-           query: str = typer.Argument(..., help='A query, e.g. \'miles year:1955..1965 -genre:fusion\' '
-                                                 '(see the README, "Search and collections").'),
+           words: List[str] = typer.Argument(..., metavar="QUERY...",
+                                             help='A query, e.g. miles year:1955..1965 -genre:fusion (one argument '
+                                                  'or several, joined with spaces; see the README, "Search and '
+                                                  'collections").'),
            limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Print at most N tracks."),
            as_json: bool = typer.Option(False, "--json", help="One JSON object: count and the tracks' fields.")):
     """The tracks of a mount a query matches, their paths in the mount one a line, in album
@@ -333,6 +335,7 @@ def search(mountpoint: Path = typer.Argument(..., help="The mount to search."),
     from . import operations
     from .catalog.query import QueryError, parse
 
+    query = " ".join(words)
     try:
         parse(query)
     except QueryError as e:

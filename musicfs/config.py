@@ -339,6 +339,8 @@ def _parse_collections(raw) -> tuple[tuple[str, str], ...]:
             if not isinstance(table.get(key), str) or not table[key].strip():
                 raise ConfigError(f"{prefix}.{key}: missing; a collection needs a name and a query")
         prefix = f"{prefix} ({table['name']})"
+        if safe_segment(table["name"]).lower().endswith(".m3u8"):
+            raise ConfigError(f"{prefix}.name: may not end in .m3u8 (each collection has a NAME.m3u8 beside its folder)")
         try:
             parse_query(table["query"])
         except QueryError as e:

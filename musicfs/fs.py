@@ -294,8 +294,7 @@ class MusicFS(Operations):
         which would keep them whenever size and mtime are unchanged). A collection's playlist
         is made anew as the library changes: direct I/O, no pages kept."""
         if self.smart.serves(path):
-            self.smart.playlist(path)   # NotFound/EISDIR as for any file
-            return 0, True, False
+            return self.smart.open_playlist(path), True, False
         return self.catalog.open_version(path)
 
     # release is deliberately not implemented: libfuse then completes it in C, without a round
@@ -307,9 +306,8 @@ class MusicFS(Operations):
     @translated
     def read(self, path: bytes, size, offset, fh):
         """(buffer, start, length): MusicFuse.read copies buffer[start:start+length] out."""
-        if not fh and self.smart.serves(path):
-            content = self.smart.playlist(path)
-            return content, min(offset, len(content)), max(0, min(size, len(content) - offset))
+        if self.smart.serves(path):
+            return self.smart.read_playlist(fh, offset, size)
         return self.reader.read_span(path, offset, size, fh)
 
     # -- everything that would modify: read-only filesystem ------------------------------------

@@ -62,3 +62,12 @@ def test_collections_are_checked_at_configuration():
         config_module.parse({"collections": [{"name": "A", "query": "a"}, {"name": "A", "query": "b"}]})
     with pytest.raises(ConfigError, match="search.limit: must be at least 1"):
         config_module.parse({"search": {"limit": 0}})
+
+
+def test_queries_are_nfc_like_the_tags():
+    assert parse("bjo\u0308rk").matches(track(artist="Bj\u00f6rk"), NOW)          # NFD typed, NFC tagged
+
+
+def test_a_collection_cannot_be_named_like_a_playlist():
+    with pytest.raises(ConfigError, match=r"collections\[0\] \(80s.m3u8\)\.name: may not end in .m3u8"):
+        config_module.parse({"collections": [{"name": "80s.m3u8", "query": "year:1980..1989"}]})

@@ -187,3 +187,45 @@ def test_a_bad_query_folder_is_enoent_and_the_paths_layout_has_no_smart_folders(
         assert sorted(tree(mnt)) == sorted(relpath for relpath, _ in LIBRARY)
     finally:
         daemon.stop()
+
+
+def test_a_playlist_line_is_one_line_whatever_the_tags_say(tmp_path, library, collection):
+    library("nas", "evil/1.ogg", {"artist": "Aaa\nBand", "album": "X", "title": "First\n../../etc/passwd\r\n#EXTINF:1,x"})
+    daemon = Daemon(tmp_path, [("nas", collection)], **TAGS)
+    try:
+        mnt = daemon.mount().mountpoint
+        lines = (mnt / ".collections" / "Recently Added.m3u8").read_text().split("\n")
+        assert "#EXTINF:0,Aaa Band - First ../../etc/passwd  #EXTINF:1,x" in lines
+        assert not any(line.startswith("../../etc") for line in lines)
+        assert all(line.startswith(("#EXTINF:", "#EXTM3U", "../")) for line in lines if line)
+    finally:
+        daemon.stop()
+
+
+def test_an_open_playlist_reads_as_it_was_opened(daemon, collection, library):
+    mnt = daemon.mount().mountpoint
+    playlist = mnt / ".collections" / "Recently Added.m3u8"
+    fd = os.open(playlist, os.O_RDONLY)
+    try:
+        before = os.pread(fd, 40, 0)
+        library("nas", "rock/x/1.ogg.tmp", {**LIBRARY[3][1], "title": "A much longer title than before"}, ext="ogg")
+        os.replace(collection / "rock/x/1.ogg.tmp", collection / "rock/x/1.ogg")
+        assert run_musicfs("rescan", mnt).returncode == 0
+        whole = before + os.pread(fd, 100_000, 40)
+    finally:
+        os.close(fd)
+    assert "Sleeping" in whole.decode() and "A much longer title" not in whole.decode()
+    assert "A much longer title than before" in playlist.read_text()        # a new open: the new one
+
+
+def test_recently_added_keeps_the_newest_when_over_the_limit(tmp_path, collection, library):
+    daemon = Daemon(tmp_path, [("nas", collection)], search={"limit": 3}, **TAGS)
+    try:
+        mnt = daemon.mount().mountpoint
+        library("nas", "zz/1.flac", {"artist": "ZZ Top", "album": "Eliminator", "title": "Legs", "date": "1983"})
+        assert run_musicfs("rescan", mnt).returncode == 0
+        listed = sorted(os.listdir(mnt / ".collections" / "Recently Added"))
+        assert len(listed) == 3 and any("ZZ Top - Legs" in name for name in listed)
+        assert len(search(mnt, "added:1h")[1]) == len(LIBRARY) + 1              # (the command has no limit)
+    finally:
+        daemon.stop()

@@ -275,23 +275,29 @@ class Catalog:
         return count, found
 
     def search(self, query: Query, limit: int | None = None) -> tuple[int, list[Found]]:
-        """(how many tracks of the tag view match, the first `limit` of them in album artist,
-        album, disc, track order), from the tag view's search records, in one read transaction.
-        Only `limit` matches are held at a time (a query that matches a million tracks, like
-        Recently Added after a first scan, must not hold a million)."""
+        """(how many tracks of the tag view match, `limit` of them in album artist, album, disc,
+        track order), from the tag view's search records, in one read transaction. The first
+        `limit` in that order; for a query on added:, the `limit` added last (Recently Added
+        shows what came last, not the first artists of the alphabet). Only `limit` matches are
+        held at a time (a query that matches a million tracks must not hold a million)."""
         if self.storage.tagview is None:
             return 0, []
         count = 0
         with self.storage.env.begin() as txn:
             def matches():
                 nonlocal count
-                for relpath, values, raw in self._matching(txn, query):
+                for relpath, values, raw, added in self._matching(txn, query):
                     count += 1
                     yield (values[1].casefold(), values[2].casefold(), _int(values[DISC]), _int(values[TRACK]),
-                           relpath), raw
-            kept = heapq.nsmallest(limit, matches(), key=_first) if limit is not None else sorted(matches(), key=_first)
+                           relpath), raw, added
+            if limit is None:
+                kept = sorted(matches(), key=_first)
+            elif query.uses_added:
+                kept = sorted(heapq.nlargest(limit, matches(), key=lambda match: match[2]), key=_first)
+            else:
+                kept = heapq.nsmallest(limit, matches(), key=_first)
             found = []
-            for (*_, relpath), raw in kept:
+            for (*_, relpath), raw, _ in kept:
                 placed = txn.get(placed_key(relpath), db=self.storage.tagview)
                 final = decode_placement(placed).final if placed is not None else b""
                 if final:
@@ -299,7 +305,7 @@ class Catalog:
         return count, found
 
     def _matching(self, txn, query: Query):
-        """(relpath, fields, record) of each track `query` matches, in the catalog's order."""
+        """(relpath, fields, record, added) of each track `query` matches, in the catalog's order."""
         now = time.time_ns()
         words = query.required_text()
         with_path = query.looks_at("path")
@@ -324,7 +330,7 @@ class Catalog:
                 added = FIRST_SEEN.unpack(stamp)[0] if stamp is not None else 0
             values[SEARCHED:] = (path, added)   # (Track's fields, in its order)
             if query.matches(values, now):
-                yield bytes(key[skip:]), order, raw
+                yield bytes(key[skip:]), order, raw, added
 
     def generation(self) -> int:
         """A number that changes whenever the tag view changes (what search results depend on)."""

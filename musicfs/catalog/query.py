@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 import time
+import unicodedata
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -117,7 +118,7 @@ def parse(text: str) -> Query:
     """The query `text` says; QueryError naming what is wrong otherwise."""
     terms = []
     position = 0
-    stripped = text.rstrip()
+    stripped = unicodedata.normalize("NFC", text).rstrip()   # (tags are NFC; macOS and Samba send NFD)
     while position < len(stripped):
         match = _TOKEN.match(stripped, position)
         if match is None or match.end() == position:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import collections
 import functools
+import itertools
+import re
 import threading
 from dataclasses import dataclass
 
@@ -33,6 +35,8 @@ PLAYLIST_EXT = ".m3u8"
 # listings, of this many tracks in all (the last one whatever its size).
 KEPT_RESULTS = 32
 KEPT_TRACKS = 100_000
+# Playlists open at once whose content is kept for their reads.
+OPEN_PLAYLISTS = 64
 
 
 @dataclass(frozen=True)
@@ -60,7 +64,7 @@ class Listing:
         for track in self.found:
             length = track.fields.get("length")
             lines.append(f"#EXTINF:{round(float(length)) if length else -1},"
-                         f"{track.fields['artist']} - {track.fields['title']}")
+                         + _one_line(f"{track.fields['artist']} - {track.fields['title']}"))
             lines.append("../" + track.path.lstrip(b"/").decode())
         return ("\n".join(lines) + "\n").encode()
 
@@ -72,6 +76,9 @@ class SmartFolders:
         self.catalog = catalog
         self._kept: collections.OrderedDict[tuple, tuple[int, Listing]] = collections.OrderedDict()
         self._lock = threading.Lock()
+        # playlists as they were opened, by handle (the kernel does not say when they are closed)
+        self._opened: collections.OrderedDict[int, bytes] = collections.OrderedDict()
+        self._handles = itertools.count(1 << 62)   # (apart from the version tags of files)
         self.configure(collections_, limit, enabled)
 
     def configure(self, collections_: list[Collection], limit: int, enabled: bool = True) -> None:
@@ -144,6 +151,24 @@ class SmartFolders:
         query = self._query(parts[0]) if top == SEARCH_DIR else self.collections[parts[0]].query
         return self._listing(("search" if top == SEARCH_DIR else "collection", query)).links[parts[1]]
 
+    def open_playlist(self, path: bytes) -> int:
+        """A handle for reading a playlist as it is now, whatever changes while it is open (a
+        playlist made again in the middle of a read would mix two versions)."""
+        content = self.playlist(path)
+        with self._lock:
+            handle = next(self._handles)
+            self._opened[handle] = content
+            while len(self._opened) > OPEN_PLAYLISTS:
+                self._opened.popitem(last=False)
+        return handle
+
+    def read_playlist(self, handle: int, offset: int, size: int) -> tuple[bytes, int, int]:
+        with self._lock:
+            content = self._opened.get(handle)
+        if content is None:   # (opened long ago, and many opened since: open it again)
+            raise OSError(5, "this playlist changed since it was opened; open it again")
+        return content, min(offset, len(content)), max(0, min(size, len(content) - offset))
+
     def playlist(self, path: bytes) -> bytes:
         """The .m3u8 of a collection (its whole content: a playlist is small)."""
         _, parts = self._split(path)
@@ -190,6 +215,14 @@ def link_name(position: int, width: int, found: Found) -> bytes:
     """``NNN. Artist - Title.ext``, made safe like any name of the tag view."""
     fields = found.fields
     return file_name(f"{position:0{width}d}. {fields['artist']} - {fields['title']}", fields["ext"]).encode()
+
+
+def _one_line(text: str) -> str:
+    """A tag's text fit for one line of a playlist: a newline in a tag must not add entries."""
+    return _CONTROL.sub(" ", text)
+
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def collections_of(configured) -> list[Collection]:
