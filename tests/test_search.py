@@ -63,6 +63,7 @@ def test_every_query_form_through_the_command(daemon):
     kob = ["Miles Davis/Kind of Blue (1959)/01 So What.flac", "Miles Davis/Kind of Blue (1959)/02 Freddie Freeloader.mp3"]
     assert search(mnt, "miles kind")[:2] == (0, kob)                              # bare words, AND
     assert search(mnt, "artist:MILES year:1950..1960")[:2] == (0, kob)             # case, range
+    assert search(mnt, "artist:MILES", "year:1950..1960")[:2] == (0, kob)          # several arguments
     assert search(mnt, "year:1980..")[1] == ["Miles Davis/Tutu (1986)/01 Tutu.m4a",      # album artist (then
                                              "Compilations/Hits of 1984 (1984)/1-03 Other.flac",  # Various Artists),
                                              "Compilations/Hits of 1984 (1984)/2-01 Blue Song.flac"]  # disc, track
