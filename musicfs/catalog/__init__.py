@@ -7,8 +7,11 @@ One owner per concern:
 * :mod:`.scanner` - walks origins and folds what they hold into the records (write side);
 * :mod:`.views` - what makes the shown tree out of the records: the paths view and the tag view,
   behind one interface;
+* :mod:`.tree` - the shown tree's files and folders as a view changes them;
 * :mod:`.layout` - the tag view's templates, fields and safe names (pure);
-* :mod:`.tags` - reading audio tags with mutagen through an origin.
+* :mod:`.tags` - reading audio tags with mutagen through an origin;
+* :mod:`.query` - the search language (pure); :mod:`.smart` - the ``.search`` and
+  ``.collections`` folders made from the tag view's records.
 
 This module exports the read side only; import the scanner and views from their modules (they
 depend on the chunk store, which itself keys manifests by :func:`.records.origin_key`).
