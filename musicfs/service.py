@@ -78,6 +78,7 @@ class Service:
         self.started_at = time.time()
         self.reloads = {"count": 0, "last": None, "error": None}   # published: did the last SIGHUP work?
         self.pinner = Pinner(catalog, store, reader)
+        self._not_placed: tuple[int | None, dict] = (None, {})   # (view generation, status)
         self.smart = SmartFolders(catalog, collections_of(config.collections), config.search.limit,
                                   enabled=config.layout.mode == "tags")
         self.on_stop: list = []   # called once when the stop begins (systemd's STOPPING=1, the control socket)
@@ -324,9 +325,14 @@ class Service:
         layout = self.config.layout
         status = {"mode": layout.mode, "template": layout.template}
         if layout.mode == "tags":
-            count, files = self.catalog.unplaced(NOT_PLACED_LISTED)
-            status["not_placed"] = {"count": count, "files": [{"origin": origin, "path": os.fsdecode(path)}
-                                                              for origin, path in files]}
+            # (the status file is written every second: the list is read again only when the
+            # view's records changed, not by every write)
+            generation = self.catalog.generation()
+            if self._not_placed[0] != generation:
+                count, files = self.catalog.unplaced(NOT_PLACED_LISTED)
+                self._not_placed = (generation, {"count": count, "files": [
+                    {"origin": origin, "path": os.fsdecode(path)} for origin, path in files]})
+            status["not_placed"] = self._not_placed[1]
         return status
 
     # -- reload (SIGHUP) --------------------------------------------------------------------------

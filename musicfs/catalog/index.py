@@ -333,7 +333,8 @@ class Catalog:
                 yield bytes(key[skip:]), order, raw, added
 
     def generation(self) -> int:
-        """A number that changes whenever the tag view changes (what search results depend on)."""
+        """A number that changes whenever the tag view's records change (what search results
+        and the files not placed depend on)."""
         if self.storage.tagview is None:
             return 0
         with self.storage.env.begin(db=self.storage.tagview) as txn:

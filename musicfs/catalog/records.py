@@ -218,21 +218,24 @@ def encode_tags(tag_version: int, entry: OriginEntry, tags: dict | None, encoded
             + (tags_json(tags) if encoded is None else encoded))
 
 
+def _tags_read(raw: bytes) -> tuple[int, int, int, bytes]:
+    """(tag reader version, size, mtime_ns, token) a tag record was read with and from."""
+    version, size, mtime_ns, length = TAG_RECORD.unpack_from(raw)
+    return version, size, mtime_ns, bytes(raw[TAG_RECORD.size:TAG_RECORD.size + length])
+
+
 def tags_are_current(raw: bytes | None, tag_version: int, entry: OriginEntry) -> bool:
     """True if a stored tag record was read from this version of the file by this tag reader."""
     if raw is None:
         return False
-    version, size, mtime_ns, length = TAG_RECORD.unpack_from(raw)
-    token = bytes(raw[TAG_RECORD.size:TAG_RECORD.size + length])
+    version, size, mtime_ns, token = _tags_read(raw)
     return version == tag_version and entry.same_version(size, mtime_ns, token)
 
 
 def tags_read_from(raw: bytes, record: tuple) -> bool:
     """Whether a tag record was read from the version of the file an origin record (as
     decode_record gives it) describes."""
-    _, size, mtime_ns, length = TAG_RECORD.unpack_from(raw)
-    token = bytes(raw[TAG_RECORD.size:TAG_RECORD.size + length])
-    return (size, mtime_ns, token) == (record[1], record[2], record[4])
+    return _tags_read(raw)[1:] == (record[1], record[2], record[4])
 
 
 def decode_tags(raw: bytes) -> dict | None:
@@ -339,4 +342,4 @@ def decode_search(raw: bytes) -> dict[str, str]:
     return dict(zip(SEARCH_FIELDS, bytes(raw).decode().split("\x1f")))
 
 
-FIRST_SEEN = U64
+FIRST_SEEN = U64   # (first_seen values, and the GENERATION record: u64 time_ns)

@@ -86,6 +86,10 @@ class ScanResult:
                 "unreadable": [f"{path.decode(errors='replace') or '/'}: {reason}" for path, reason in self.unreadable]}
 
 
+def _no_tags() -> dict[bytes, bytes]:
+    return {}
+
+
 class _Cancelled(Exception):
     pass
 
@@ -283,7 +287,7 @@ class Scanner:
         transaction: a function returning {relpath: record}. A local origin's are read in
         worker processes, and that function waits for them: the scan goes on meanwhile."""
         if not self.view.tag_version:
-            return dict
+            return _no_tags
         prefix = origin_prefix(origin_name)
         with self.storage.begin() as txn:
             todo = [(relpath, entry) for relpath, entry in batch
@@ -291,7 +295,7 @@ class Scanner:
                     and not self.view.ignored(relpath)
                     and not tags_are_current(txn.get(prefix + relpath, db=self.storage.tags), TAG_VERSION, entry)]
         if not todo:
-            return dict
+            return _no_tags
         origin = self.by_name[origin_name]
         result.tags_read += len(todo)
         if worker is not None and isinstance(origin, LocalOrigin) and len(todo) >= PROCESS_MIN_FILES \

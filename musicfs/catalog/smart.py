@@ -109,19 +109,9 @@ class SmartFolders:
         top, parts = self._split(path)
         if not parts:
             return KIND_DIR, 0
-        if top == SEARCH_DIR:
-            listing = self._listing(("search", self._query(parts[0])))
-        else:
-            name = parts[0]
-            if len(parts) == 1 and name.endswith(PLAYLIST_EXT.encode()):
-                collection = self.collections.get(name[:-len(PLAYLIST_EXT)])
-                if collection is None:
-                    raise NotFound(path.decode(errors="replace"))
-                return KIND_FILE, len(self._listing(("collection", collection.query)).playlist)
-            collection = self.collections.get(name)
-            if collection is None:
-                raise NotFound(path.decode(errors="replace"))
-            listing = self._listing(("collection", collection.query))
+        if top == COLLECTIONS_DIR and len(parts) == 1 and parts[0].endswith(PLAYLIST_EXT.encode()):
+            return KIND_FILE, len(self.playlist(path))
+        listing = self._folder(top, parts[0])
         if len(parts) == 1:
             return KIND_DIR, 0
         target = listing.links.get(parts[1]) if len(parts) == 2 else None
@@ -139,17 +129,14 @@ class SmartFolders:
         kind, _ = self.kind(path)
         if kind != KIND_DIR:
             raise NotADirectoryError(20, "not a directory")
-        query = self._query(parts[0]) if top == SEARCH_DIR else self.collections[parts[0]].query
-        return [(name, KIND_LINK) for name in self._listing(("search" if top == SEARCH_DIR else "collection",
-                                                               query)).links]
+        return [(name, KIND_LINK) for name in self._folder(top, parts[0]).links]
 
     def readlink(self, path: bytes) -> bytes:
         kind, _ = self.kind(path)
         if kind != KIND_LINK:
             raise OSError(22, "not a symlink")
         top, parts = self._split(path)
-        query = self._query(parts[0]) if top == SEARCH_DIR else self.collections[parts[0]].query
-        return self._listing(("search" if top == SEARCH_DIR else "collection", query)).links[parts[1]]
+        return self._folder(top, parts[0]).links[parts[1]]
 
     def open_playlist(self, path: bytes) -> int:
         """A handle for reading a playlist as it is now, whatever changes while it is open (a
@@ -184,6 +171,15 @@ class SmartFolders:
         top = SEARCH_DIR if path == SEARCH_DIR or path.startswith(SEARCH_DIR + b"/") else COLLECTIONS_DIR
         rest = path[len(top):].strip(b"/")
         return top, rest.split(b"/") if rest else []
+
+    def _folder(self, top: bytes, name: bytes) -> Listing:
+        """The listing of .search/NAME (NAME the query) or .collections/NAME; NotFound if none."""
+        if top == SEARCH_DIR:
+            return self._listing(("search", self._query(name)))
+        collection = self.collections.get(name)
+        if collection is None:
+            raise NotFound(name.decode(errors="replace"))
+        return self._listing(("collection", collection.query))
 
     @staticmethod
     def _query(name: bytes) -> Query:

@@ -384,9 +384,10 @@ class TagView(View):
         for directory in work.tree.touched_dirs:
             self._place_cover(work, directory)
         work.tree.apply()
-        if work.tree.changed or work.albums:
-            # (a time, not a count: a rebuild starts the view's records afresh, and a count
-            # could come back to a number a cached search was made at)
+        if relpaths:
+            # Whatever depends on the view's records (search listings, the files not placed)
+            # may be kept until this changes. A time, not a count: a rebuild starts the view's
+            # records afresh, and a count could come back to a number something was kept at.
             raw = txn.get(GENERATION, db=work.db)
             before = FIRST_SEEN.unpack(raw)[0] if raw is not None else 0
             txn.put(GENERATION, FIRST_SEEN.pack(max(before + 1, time.time_ns())), db=work.db)
