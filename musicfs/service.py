@@ -27,7 +27,7 @@ from .live import config_summary, process_started_at, status_path, write_status
 from .origins import LocalOrigin
 from .pinning import Pinner
 from .pool import CACHE_DISK, CHECK_LANE, LOAD_LANE, LOAD_WORKERS, PRELOAD_WORKERS, OriginPool, finished_within
-from .reader import Reader
+from .read import Reader
 from .storage import ENV_NAME, Storage
 from .catalog.smart import SmartFolders, collections_of
 from .catalog.views import view_for

@@ -249,7 +249,7 @@ def test_a_span_nobody_reads_any_more_stops(tmp_path):
 
 def test_sequential_read_of_a_cached_file_loads_the_next_chunks_in_background(tmp_path, service_factory):
     from musicfs.pool import CACHE_DISK, PRELOAD_LANE
-    from musicfs.reader import READAHEAD_CHUNKS
+    from musicfs.read import READAHEAD_CHUNKS
     chunk = 1 << 20
     data = os.urandom(5 * chunk)
     (tmp_path / "o").mkdir()

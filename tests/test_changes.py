@@ -249,9 +249,9 @@ def test_pages_of_an_unchanged_file_stay_in_the_kernel(tmp_path, mounted):
     service, mount = mounted([("nas", origin)], fuse_options=KERNEL_CACHING)
     shown = mount.mountpoint / "b.flac"
     first = read_all(shown)
-    hits = service.store.hits
+    hits = service.store.hits.value
     assert read_all(shown) == first
-    assert service.store.hits == hits      # nothing asked of the daemon's cache: the kernel had it
+    assert service.store.hits.value == hits      # nothing asked of the daemon's cache: the kernel had it
 
 
 def test_the_preferred_copy_deleted_under_an_open_file_never_mixes_in_a_different_replica(tmp_path, mounted):

@@ -12,7 +12,7 @@ import pytest
 
 from musicfs.cas import CacheChecker
 from musicfs.live import CacheLock
-from musicfs.reader import OPEN_FILES
+from musicfs.read import OPEN_FILES
 
 from .helpers import (DT_DIR, DT_REG, Daemon, chunk_bytes_on_disk, chunk_files, dirent_types, read_file,
                       read_outcome, run_musicfs, wait_until)

@@ -274,7 +274,7 @@ def test_a_local_origin_fetches_nothing_but_what_is_read(tmp_path, mounted):
         (album / f"{n:02} Track.flac").write_bytes(os.urandom(4000 + n))
     service, mount = mounted([("local", tmp_path / "local")])
     assert (mount.mountpoint / "Album" / "01 Track.flac").read_bytes() == (album / "01 Track.flac").read_bytes()
-    assert not service.reader._inflight
+    assert not service.reader.fetcher.in_flight()
     for n in range(2, 6):
         source = service.reader.sources_of(service.catalog.lookup(f"/Album/{n:02} Track.flac".encode()))[0]
         assert service.store.manifest(source.key, source.size, source.mtime_ns) == [None]

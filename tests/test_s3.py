@@ -12,7 +12,7 @@ from musicfs import config as config_module
 from musicfs.errors import OriginChanged, OriginMissing, OriginTransient, OriginUnavailable
 from musicfs.origins import build
 from musicfs.origins.s3 import S3Origin
-from musicfs.reader import TAG_READER_EXTRA_CHUNKS
+from musicfs.read import TAG_READER_EXTRA_CHUNKS
 from musicfs.service import Service
 
 from .helpers import (FIXTURES, ROOT, BadServer, Daemon, FaultyProxy, is_mounted, moto_require_credentials, origin_toml,

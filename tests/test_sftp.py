@@ -142,7 +142,7 @@ def test_a_header_read_fetches_only_the_chunk_it_reads(sftp_mount, remote_librar
     with open(mount.mountpoint / "big.flac", "rb", buffering=0) as f:
         assert f.read(4096) == big[:4096]
     source = service.reader.sources_of(service.catalog.lookup(b"/big.flac"))[0]
-    assert not [key for key in service.reader._inflight if key[0] == source.version]
+    assert not [key for key in service.reader.fetcher.in_flight() if key[0] == source.version]
     digests = service.store.manifest(source.key, source.size, source.mtime_ns)
     assert digests[0] is not None and digests[1:] == [None] * (len(digests) - 1)
     assert (mount.mountpoint / "big.flac").read_bytes() == big

@@ -59,6 +59,29 @@ def digest_of(data: bytes | memoryview) -> bytes:
     return xxhash.xxh3_128_digest(data)
 
 
+class Tally:
+    """A counter many threads add to, read and emptied without losing a count."""
+    __slots__ = ("_count", "_lock")
+
+    def __init__(self):
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def add(self, n: int = 1) -> None:
+        with self._lock:
+            self._count += n
+
+    @property
+    def value(self) -> int:
+        return self._count
+
+    def take(self) -> int:
+        """The count so far, leaving zero."""
+        with self._lock:
+            count, self._count = self._count, 0
+        return count
+
+
 def chunk_count(file_size: int, chunk_size: int) -> int:
     return (file_size + chunk_size - 1) // chunk_size
 
@@ -206,8 +229,11 @@ class ChunkStore:
         self._touched: dict[bytes, int] = {}
         self._tmp_seq = 0
         self.verified = VerifiedChunks()
-        self.hits = 0
-        self.misses = 0
+        # Chunks served from the cache, and fetched from origins, since the last save_counters:
+        # counted from FUSE and pool threads at once, so under a lock (`n += 1` on an attribute
+        # is a read and a write, and two threads can lose one of their counts between them).
+        self.hits = Tally()
+        self.misses = Tally()
         # Passthrough: the cache disk refused a write, so reads go straight to origins until
         # probe_writable() sees the disk take writes again.
         self.passthrough = False
@@ -257,7 +283,7 @@ class ChunkStore:
         data = self.verified.get(digest)
         if data is not None:
             self._touched[digest] = time.time_ns()
-            self.hits += 1
+            self.hits.add()
         return data
 
     def get(self, digest: bytes, size: int) -> bytes:
@@ -266,8 +292,12 @@ class ChunkStore:
         if data is None:
             data = self._load_once(digest, size)
         self._touched[digest] = time.time_ns()
-        self.hits += 1
+        self.hits.add()
         return data
+
+    def count_miss(self) -> None:
+        """A chunk was fetched from an origin (the cache did not have it)."""
+        self.misses.add()
 
     def preload(self, digest: bytes, size: int) -> None:
         """Load and verify a chunk into memory ahead of its read (run by a background worker:
@@ -628,12 +658,12 @@ class ChunkStore:
                 "pinned_bytes": self.storage.get_u64(txn, b"pinned"),
                 "max_bytes": self.max_size,
                 "chunk_size": self.chunk_size,
-                "hits": self.storage.get_u64(txn, b"hits") + self.hits,
-                "misses": self.storage.get_u64(txn, b"misses") + self.misses,
+                "hits": self.storage.get_u64(txn, b"hits") + self.hits.value,
+                "misses": self.storage.get_u64(txn, b"misses") + self.misses.value,
             }
 
     def save_counters(self) -> None:
-        hits, misses, self.hits, self.misses = self.hits, self.misses, 0, 0
+        hits, misses = self.hits.take(), self.misses.take()
         with self.storage.begin(write=True) as txn:
             self.storage.put_u64(txn, b"hits", self.storage.get_u64(txn, b"hits") + hits)
             self.storage.put_u64(txn, b"misses", self.storage.get_u64(txn, b"misses") + misses)

@@ -40,7 +40,7 @@ class Origin(ABC):
 
     # Chunks a sequential reader fetches ahead from this origin, concurrently (within the
     # origin's worker budget): a local disk needs few; a remote origin hides its latency so.
-    # (While the reader may be a tag reader, fewer: see reader.TAG_READER_EXTRA_CHUNKS.)
+    # (While the reader may be a tag reader, fewer: see read.readahead.TAG_READER_EXTRA_CHUNKS.)
     readahead_chunks = 2
     # Consecutive chunks a sequential reader's readahead asks for in one request (split and
     # verified into chunks by the reader): worth it where each request costs much more than
