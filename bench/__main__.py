@@ -2,14 +2,17 @@
 
 Peers: direct (page cache, the physical limit), bindfs (a C FUSE passthrough), a minimal fusepy
 passthrough (bench/passthrough.py: the ceiling of our stack), rclone mount --vfs-cache-mode
-full, and musicfs (its paths layout, comparable with the others). A peer that is not installed
-and cannot be installed is skipped with a line. Every timing is repeated; the table shows best
-and median. Nothing here asserts anything.
+full, musicfs in its default layout (tags), and with BENCH_BASELINE=REV musicfs as of REV
+("musicfs@REV", the same workloads in the same run). A peer that is not installed and cannot be
+installed is skipped with a line. Every timing is repeated; the table shows best and median.
+Nothing here asserts anything.
 
-The tag view is measured beside it ("musicfs-tags"): the small library's header scan, find and
-ls -lR and the mount times in tags mode, its first scan (reading every file's tags) against a
-plain single-threaded mutagen.File() loop over the same files (page cache dropped before each),
-and how many tags an unchanged rescan reads.
+The small-file workloads (header scans, find, ls -lR) run on libraries of every size in
+BENCH_SMALL_FILES (default 20000,100000; keys end in the size, e.g. d_scan_cold_s_100k).
+musicfs in its paths layout ("musicfs-paths") runs them beside, for the tag view's own cost;
+the tag view's first scan (reading every file's tags) is timed against a plain single-threaded
+mutagen.File() loop over the same files (page cache dropped before each), with how many tags an
+unchanged rescan reads.
 
 Remote origins (bench/remote.py): musicfs's sftp and s3 origins against sshfs and rclone on the
 same loopback servers.
@@ -17,10 +20,10 @@ same loopback servers.
 The tag view at library scale (bench/catalog.py): building it, one-file changes, mount, find and
 memory on synthetic catalogs of BENCH_TAGVIEW_TRACKS tracks (default 100000,1000000).
 
-Environment: BENCH_BIG_MB (default 512), BENCH_SMALL_FILES (20000), BENCH_REPEAT (3),
-BENCH_CATALOG_FILES (100000), BENCH_REMOTE (1; 0 skips the remote origins), BENCH_REMOTE_BASELINE
-(a git revision to run beside this tree), BENCH_REMOTE_DELAY_MS (0; a delay each way in front of
-the remote servers).
+Environment: BENCH_BIG_MB (default 512), BENCH_SMALL_FILES (20000,100000), BENCH_REPEAT (3),
+BENCH_CATALOG_FILES (100000), BENCH_BASELINE (a git revision to run beside this tree, local and
+remote), BENCH_REMOTE (1; 0 skips the remote origins), BENCH_REMOTE_DELAY_MS (0; a delay each way
+in front of the remote servers), BENCH_TAGVIEW_TRACKS (100000,1000000; empty skips it).
 """
 from __future__ import annotations
 
@@ -42,7 +45,7 @@ from tests.helpers import chunk_bytes_on_disk, chunk_files, make_library, toml_c
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / ".bench"
 BIG_MB = int(os.environ.get("BENCH_BIG_MB", "512"))
-SMALL_FILES = int(os.environ.get("BENCH_SMALL_FILES", "20000"))
+SMALL_FILES = [int(n) for n in os.environ.get("BENCH_SMALL_FILES", "20000,100000").split(",") if n]
 CATALOG_FILES = int(os.environ.get("BENCH_CATALOG_FILES", "100000"))
 REPEAT = int(os.environ.get("BENCH_REPEAT", "3"))
 MUSICFS = [sys.executable, "-m", "musicfs.cli"]
@@ -167,7 +170,8 @@ class Rclone(Peer):
 
 class Musicfs(Peer):
     name = "musicfs"
-    layout = "paths"
+    layout = "tags"
+    tree = ROOT   # the source tree whose musicfs runs (`python -m` imports from its cwd)
 
     def config(self):
         cache = WORK / "cache" / f"{self.name}-{self.origin.parent.name}"
@@ -181,11 +185,11 @@ class Musicfs(Peer):
         config, cache = self.config()
         if fresh_cache:
             shutil.rmtree(cache, ignore_errors=True)
-        sh(*MUSICFS, self.mnt, "-c", config, cwd=ROOT)
+        sh(*MUSICFS, self.mnt, "-c", config, cwd=self.tree)
         return self.mnt
 
     def unmount(self):
-        sh(*MUSICFS, "unmount", self.mnt, cwd=ROOT, check=False)
+        sh(*MUSICFS, "unmount", self.mnt, cwd=self.tree, check=False)
 
     def pid(self):
         _, cache = self.config()
@@ -204,9 +208,19 @@ def read_tree(root: Path, block=1 << 20) -> int:
     return total
 
 
-class MusicfsTags(Musicfs):
-    name = "musicfs-tags"
-    layout = "tags"
+class MusicfsPaths(Musicfs):
+    name = "musicfs-paths"
+    layout = "paths"
+
+
+def baseline_peer():
+    """musicfs as of BENCH_BASELINE (a Musicfs peer running that revision's tree), or None."""
+    from bench.remote import baseline_tree
+    baseline = baseline_tree(WORK)
+    if baseline is None:
+        return None
+    revision, tree = baseline
+    return type("MusicfsBaseline", (Musicfs,), {"name": f"musicfs@{revision}", "tree": tree})
 
 
 def first_scan(peer: Musicfs) -> tuple[float, float, tuple[int, int]]:
@@ -244,11 +258,20 @@ def read_chunk_files(chunks_dir: Path, threads: int) -> int:
         return sum(pool.map(read, chunk_files(chunks_dir)))
 
 
-def read_without_fuse(service, origin: Path, piece=128 << 10) -> int:
-    """Every file through musicfs's Reader in this process, in the kernel's 128 KiB pieces."""
+def shown_files(catalog, folder=b"/"):
+    """The shown tree's files, in order, from the catalog (no mount needed)."""
+    for name, kind in catalog.children(folder) or ():
+        path = folder.rstrip(b"/") + b"/" + name
+        if catalog.children(path) is not None:
+            yield from shown_files(catalog, path)
+        elif name.endswith(b".flac"):
+            yield path
+
+
+def read_without_fuse(service, piece=128 << 10) -> int:
+    """Every track through musicfs's Reader in this process, in the kernel's 128 KiB pieces."""
     total = 0
-    for path in sorted(origin.rglob("*.flac")):
-        name = b"/" + os.fsencode(path.relative_to(origin))
+    for name in list(shown_files(service.catalog)):
         offset = 0
         while data := service.reader.read_path(name, offset, piece):
             offset += len(data)
@@ -318,39 +341,51 @@ def prepare():
         print(f"writing {BIG_MB} MB of large files ...")
         make_library(big / "tmp", BIG_MB // BIG_FILE_MB, size=BIG_FILE_MB << 20, per_album=8, seed=2)
         (big / "tmp").rename(big / "lib")
-    small = WORK / f"small-{SMALL_FILES}"
-    if not small.exists():
-        print(f"writing a {SMALL_FILES}-file library ...")
-        make_library(small / "tmp", SMALL_FILES, size=8192, seed=3)
-        (small / "tmp").rename(small / "lib")
-    return big / "lib", small / "lib"
+    smalls = {}
+    for files in SMALL_FILES:
+        small = WORK / f"small-{files}"
+        if not small.exists():
+            print(f"writing a {files}-file library ...")
+            make_library(small / "tmp", files, size=8192, seed=3)
+            (small / "tmp").rename(small / "lib")
+        smalls[files] = small / "lib"
+    return big / "lib", smalls
 
 
-def small_library_workloads(peer, r: dict) -> None:
+def size_key(files: int) -> str:
+    return f"{files // 1000}k" if files % 1000 == 0 else str(files)
+
+
+def small_library_workloads(peer, r: dict, files: int) -> None:
     """(d) header scans cold and warm, (e) find and ls -lR, and the RSS after them."""
+    n = size_key(files)
     root = peer.mount(fresh_cache=True)
     header_scan(root)  # first pass fills the peer's cache
     best, med, _ = timed(lambda: header_scan(root), before=drop_caches)
-    r["d_scan_cold_s"] = (best, med)
+    r[f"d_scan_cold_s_{n}"] = (best, med)
     best, med, _ = timed(lambda: header_scan(root))
-    r["d_scan_warm_s"] = (best, med)
+    r[f"d_scan_warm_s_{n}"] = (best, med)
     best, med, _ = timed(lambda: sh("find", root, check=True))
-    r["e_find_s"] = (best, med)
+    r[f"e_find_s_{n}"] = (best, med)
     best, med, _ = timed(lambda: sh("ls", "-lR", root, check=True))
-    r["e_lsR_s"] = (best, med)
-    r["rss_MB_20k"] = (rss_mb(peer.pid()),) * 2
+    r[f"e_lsR_s_{n}"] = (best, med)
+    r[f"rss_MB_{n}"] = (rss_mb(peer.pid()),) * 2
     peer.unmount()
 
 
 def main():
     if os.geteuid() == 0:
         sh("apt-get", "update", "-qq", check=False)
-    big, small = prepare()
+    big, smalls = prepare()
+    small = smalls[SMALL_FILES[0]]
     peers = [Direct, FusepyPassthrough, Musicfs]
     if ensure_installed("bindfs", "bindfs"):
         peers.insert(1, BindFS)
     if ensure_installed("rclone", "rclone"):
         peers.insert(-1, Rclone)
+    baseline = baseline_peer()
+    if baseline is not None:
+        peers.append(baseline)
     rows = {}
     mb = sum(p.stat().st_size for p in big.rglob("*.flac")) / 1e6
 
@@ -373,7 +408,7 @@ def main():
         read_tree(root)  # make sure everything is in the peer's cache
         best, med, _ = timed(lambda: read_tree(root), before=drop_caches)
         r["b_cached_cold_MBps"] = (mb / best, mb / med)
-        if isinstance(peer, Musicfs):
+        if type(peer) is Musicfs:
             # The floor under (b): the same chunk files read by plain Python, no FUSE, with as
             # many threads as musicfs preloads with.
             chunks_dir = peer.config()[1] / "chunks"
@@ -387,32 +422,34 @@ def main():
         r["g_8readers_MBps"] = (total / 1e6 / best, total / 1e6 / med)
         r["g_slowest_reader_s"] = (max(times), max(times))
         peer.unmount()
-        if isinstance(peer, Musicfs):
+        if type(peer) is Musicfs:
             # The same cached read path called directly, without FUSE: what (b) could reach if
             # FUSE cost nothing.
             service = Service.open(load_config(peer.config()[0]))
             try:
-                best, med, _ = timed(lambda: read_without_fuse(service, big), before=drop_caches)
+                best, med, _ = timed(lambda: read_without_fuse(service), before=drop_caches)
             finally:
                 service.stop()
             r["b_without_fuse_MBps"] = (mb / best, mb / med)
 
-        peer = cls(small)
-        small_library_workloads(peer, r)
+        for files, library in smalls.items():
+            small_library_workloads(cls(library), r, files)
 
-    # the tag view: the same small library, workloads (d) and (e), and its first scan
-    print("== musicfs-tags")
-    peer = MusicfsTags(small)
-    r = rows.setdefault(peer.name, {})
-    small_library_workloads(peer, r)
+    # the paths layout: the same small-file workloads, for the tag view's own cost
+    print("== musicfs-paths")
+    r = rows.setdefault(MusicfsPaths.name, {})
+    for files, library in smalls.items():
+        small_library_workloads(MusicfsPaths(library), r, files)
+    # the tag view's first scan of the smallest library, against a plain mutagen loop
+    r = rows["musicfs"]
     best, med, count = timed(lambda: mutagen_loop(small), before=drop_caches)
     r["t_mutagen_loop_s"] = (best, med)
-    best, med, (tags_first, tags_rescan) = first_scan(peer)
+    best, med, (tags_first, tags_rescan) = first_scan(Musicfs(small))
     r["t_first_scan_tags_s"] = (best, med)
     r["t_tags_read_first"] = (tags_first, tags_first)
     r["t_tags_read_rescan"] = (tags_rescan, tags_rescan)
-    best, med, _ = first_scan(Musicfs(small))
-    rows["musicfs"]["t_first_scan_paths_s"] = (best, med)
+    best, med, _ = first_scan(MusicfsPaths(small))
+    rows[MusicfsPaths.name]["t_first_scan_paths_s"] = (best, med)
 
     # (f) musicfs mount time with the catalog stored, and RSS, in both layouts
     for files in (1000, CATALOG_FILES):
@@ -421,7 +458,7 @@ def main():
             print(f"writing a {files}-file library for the mount-time run ...")
             make_library(lib / "tmp", files, size=16, seed=4)
             (lib / "tmp").rename(lib / "lib")
-        for cls in (Musicfs, MusicfsTags):
+        for cls in (Musicfs, MusicfsPaths):
             peer = cls(lib / "lib")
             peer.mount(fresh_cache=True)   # the first mount scans and stores the catalog
             peer.unmount()
@@ -461,34 +498,51 @@ def report(rows, mb):
         print(f"{key:24}" + "".join(cells))
 
     def ratio(metric, a, b, higher_is_better=True):
-        if metric not in rows.get(a, {}) or metric not in rows.get(b, {}):
-            return
+        if metric not in rows.get(a, {}) or metric not in rows.get(b, {}) or None in (rows[a][metric][0], rows[b][metric][0]):
+            return None
         x, y = rows[a][metric][0], rows[b][metric][0]
-        value = x / y if higher_is_better else y / x
-        print(f"  {metric:22} musicfs vs {b:8}: {value:6.2f}x {'(faster)' if value >= 1 else '(slower)'}")
+        return x / y if higher_is_better else y / x
+
+    sizes = [size_key(files) for files in SMALL_FILES]
+    throughput = ("a_first_MBps", "b_cached_cold_MBps", "c_cached_warm_MBps", "g_8readers_MBps")
+    times = [f"{m}_{n}" for n in sizes for m in ("d_scan_cold_s", "d_scan_warm_s", "e_find_s", "e_lsR_s")]
     print("\nratios (best of each; >1 means musicfs is better):")
-    for peer in ("rclone", "fusepy", "bindfs", "direct"):
-        for metric in ("a_first_MBps", "b_cached_cold_MBps", "c_cached_warm_MBps", "g_8readers_MBps"):
-            ratio(metric, "musicfs", peer)
-        for metric in ("d_scan_cold_s", "d_scan_warm_s", "e_find_s", "e_lsR_s"):
-            ratio(metric, "musicfs", peer, higher_is_better=False)
+    for peer in [n for n in names if n != "musicfs" and n != "musicfs-paths"]:
+        for metric in (*throughput, *times):
+            value = ratio(metric, "musicfs", peer, higher_is_better=metric in throughput)
+            if value is not None:
+                print(f"  {metric:22} musicfs vs {peer:14}: {value:6.2f}x {'(faster)' if value >= 1 else '(slower)'}")
+    # The goals of issue 18, each as (metric, peer, the least ratio musicfs must reach).
+    goals = [("a_first_MBps", "rclone", 3.0), ("b_cached_cold_MBps", "rclone", 1.5),
+             ("b_cached_cold_MBps", "fusepy", 1.0), ("c_cached_warm_MBps", "bindfs", 1.0)]
+    for n in sizes:
+        goals += [(f"d_scan_cold_s_{n}", "bindfs", 1 / 2.0), (f"d_scan_warm_s_{n}", "bindfs", 1.0),
+                  (f"e_find_s_{n}", "bindfs", 1 / 1.2), (f"e_lsR_s_{n}", "bindfs", 1.0)]
+    print("\ngoals (musicfs against a peer, best of each):")
+    for metric, peer, least in goals:
+        value = ratio(metric, "musicfs", peer, higher_is_better=metric in throughput)
+        if value is None:
+            continue
+        if metric in throughput:
+            goal, shown = f">= {least:g}x {peer}", f"{value:.2f}x"
+        else:   # times: musicfs's time as a multiple of the peer's
+            goal, shown = f"<= {1 / least:.1f}x {peer}'s time", f"{1 / value:.2f}x"
+        print(f"  {metric:22} {goal:24} {shown:>7}  {'met' if value >= least else 'NOT MET'}")
     m = rows["musicfs"]
-    if "b_without_fuse_MBps" in m:
-        print(f"  b_cached_cold_MBps     musicfs vs its own read path called without FUSE: "
-              f"{m['b_cached_cold_MBps'][0] / m['b_without_fuse_MBps'][0]:.2f}x")
-    if "b_chunk_files_raw_MBps" in m:
-        print(f"  b_cached_cold_MBps     musicfs vs its chunk files read without FUSE "
-              f"({PRELOAD_WORKERS} threads): {m['b_cached_cold_MBps'][0] / m['b_chunk_files_raw_MBps'][0]:.2f}x")
+    for metric, most in ((f"f_mount_{CATALOG_FILES}_s", 0.5), (f"f_rss_{CATALOG_FILES}_MB", 64),
+                         (f"rss_MB_{size_key(SMALL_FILES[-1])}", 100)):
+        if m.get(metric, (None,))[0] is not None:
+            print(f"  {metric:22} {'<= ' + format(most, 'g'):24} {m[metric][0]:>7.2f}  "
+                  f"{'met' if m[metric][0] <= most else 'NOT MET'}")
     from bench import remote
     remote.report(rows)
     if f"f_mount_{CATALOG_FILES}_s" in m:
         print(f"  mount {CATALOG_FILES} / mount 1000 files: "
               f"{m[f'f_mount_{CATALOG_FILES}_s'][0] / m['f_mount_1000_s'][0]:.2f}x")
-    t = rows.get("musicfs-tags", {})
-    if t:
-        print("\nthe tag view (musicfs-tags against musicfs in its paths layout; <= 1.1x is the target):")
-        for metric in ("d_scan_cold_s", "d_scan_warm_s", "e_find_s", "e_lsR_s", "f_mount_1000_s",
-                       f"f_mount_{CATALOG_FILES}_s"):
+    t, m = rows["musicfs"], rows.get("musicfs-paths", {})
+    if m:
+        print("\nthe tag view (musicfs in its default tags layout against its paths layout; <= 1.1x is the target):")
+        for metric in (*times, "f_mount_1000_s", f"f_mount_{CATALOG_FILES}_s"):
             if metric in t and metric in m:
                 print(f"  {metric:22} tags / paths time: {t[metric][0] / m[metric][0]:6.2f}x")
         if "t_first_scan_tags_s" in t:

@@ -9,7 +9,7 @@ own, so these figures compare the stacks' own costs, not a real network's: with
 BENCH_REMOTE_DELAY_MS=D every peer reaches both servers through a proxy that delays each
 direction by D milliseconds (bench/latency.py; D=0.5 is a 1 ms round trip, a LAN).
 
-BENCH_REMOTE_BASELINE=REV (a git revision, e.g. main) also runs musicfs as of REV, side by side
+BENCH_BASELINE=REV (a git revision, e.g. main) also runs musicfs as of REV, side by side
 on the same servers in the same run ("musicfs-sftp@REV"): before/after figures of a change
 that a shared, noisy machine cannot give from two separate runs.
 """
@@ -111,8 +111,9 @@ class MusicfsRemote(Remote):
 
 
 def baseline_tree(work: Path) -> tuple[str, Path] | None:
-    """(revision, its source tree) when BENCH_REMOTE_BASELINE names one, exported once."""
-    revision = os.environ.get("BENCH_REMOTE_BASELINE")
+    """(revision, its source tree) when BENCH_BASELINE (or the older name BENCH_REMOTE_BASELINE)
+    names one, exported once."""
+    revision = os.environ.get("BENCH_BASELINE") or os.environ.get("BENCH_REMOTE_BASELINE")
     if not revision:
         return None
     from bench.__main__ import ROOT, sh

@@ -20,7 +20,7 @@ CHECK_LANE = "check"
 # origin's so a slow or hung cache disk can hold at most this many workers.
 PRELOAD_LANE = "preload"
 CACHE_DISK = "(cache disk)"
-PRELOAD_WORKERS = 2
+PRELOAD_WORKERS = 4
 # Loads of cached chunks a read waits for, and probes of the cache disk: cache-disk work that
 # must be bounded by a timeout like origin I/O (a hung cache disk holds at most these workers).
 LOAD_LANE = "load"

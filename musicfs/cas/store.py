@@ -306,6 +306,10 @@ class ChunkStore:
             with contextlib.suppress(ChunkMissing, ChunkCorrupt):
                 self._load_once(digest, size)
 
+    def loading(self, digest: bytes) -> Future | None:
+        """The load of this chunk under way now (a preload), if any: its result is the chunk."""
+        return self._loading.get(digest)
+
     def _load_once(self, digest: bytes, size: int) -> bytes:
         """Single flight for loads: the kernel sends several 128 KiB reads of one chunk at once,
         and a preload may be under way; only one of them reads and hashes the chunk file, the

@@ -96,11 +96,15 @@ class Fetcher:
             return data
         if self.store.loads_suspended:
             raise ChunkMissing("the cache disk does not answer")
-        future = self.pool.submit(CACHE_DISK, self.store.get, digest, length, lane=LOAD_LANE)
+        # A preload of it under way (the usual case for a sequential reader) is waited for
+        # itself: one thread handoff instead of two (a load task that would wait for it too).
+        preloading = self.store.loading(digest)
+        future = preloading or self.pool.submit(CACHE_DISK, self.store.get, digest, length, lane=LOAD_LANE)
         try:
             return future.result(timeout=max(min(deadline - time.monotonic(), self.cache_timeout), 0))
         except FutureTimeout:
-            future.cancel()
+            if preloading is None:   # (the store's own load is not ours to drop)
+                future.cancel()
             self.store.suspend_loads(f"loading a chunk took more than {self.cache_timeout:g}s")
             raise ChunkMissing("the cache disk did not answer") from None
 
