@@ -225,9 +225,11 @@ def health(mountpoint: Optional[Path] = typer.Argument(None, metavar="MOUNTPOINT
            config: Optional[Path] = ConfigOption,
            as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the plugin line."),
            prometheus: Optional[Path] = typer.Option(None, "--prometheus", metavar="FILE", help="Also write the verdict as Prometheus metrics to FILE (node_exporter's textfile collector reads *.prom), atomically, whatever the verdict; a failure to write it is one line on stderr and leaves the exit code alone.")):
-    """The cron probe: check the daemon and its mount, the origins (the daemon's view and the
-    probe's own check, bounded by [health].timeout) and the cache. Exit 0 OK, 1 WARNING,
-    2 CRITICAL, 3 UNKNOWN (Nagios plugin convention). Always finishes within the timeout."""
+    """The cron probe: check the daemon and its mount, the origins and the cache. With a live
+    daemon, each origin's verdict is the daemon's own (at most two health rounds old): the
+    probe needs no origin credentials; it checks origins itself (bounded by [health].timeout)
+    only without a daemon or a recent verdict. Exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN
+    (Nagios plugin convention). Always finishes within the timeout."""
     import logging
     import os
 
@@ -318,6 +320,23 @@ def rescan(mountpoint: Path = typer.Argument(..., help="The mount whose origins 
     typer.echo("\n".join(operations.format_rescan(result)))
     if not all(origin.get("complete") for origin in result.get("origins", [])):
         raise typer.Exit(1)
+
+
+@app.command()
+def reload(mountpoint: Path = typer.Argument(..., help="The mount whose daemon reads its config file again.")):
+    """Read the mount's config file again and apply it without unmounting; print what changed.
+    A config that is wrong or cannot be applied is refused (exit 1, naming the file and key)
+    and the mount keeps the configuration it runs with. (kill -HUP on the daemon does the same,
+    with the outcome in its log.)"""
+    from . import operations
+
+    try:
+        result = operations.reload(operations.mount_for(mountpoint, None))
+    except CommandError as e:
+        _fail(f"reload refused, {mountpoint} keeps its configuration: {e}", 1)
+    typer.echo(result["summary"])
+    for change in result["changes"] or ["(no setting changed)"]:
+        typer.echo(f"  {change}")
 
 
 # (a query may start with "-": a negated term is not an option)
@@ -486,9 +505,15 @@ def main(argv: list[str] | None = None) -> None:
     except click_errors.UsageError as e:
         if isinstance(e, getattr(click_errors, "NoArgsIsHelpError", ())):
             e.show()   # `musicfs` or `musicfs cache` alone: the help
+            code = 2
+        elif e.ctx is not None and e.ctx.command.name == "health":
+            # The probe speaks the Nagios plugin convention even when misused: a status line on
+            # stdout and 3 (UNKNOWN), which monitoring tells from CRITICAL (2).
+            typer.echo(f"MUSICFS UNKNOWN - usage: {usage_line(e)}")
+            code = 3
         else:
             typer.echo(f"musicfs: {usage_line(e)}", err=True)
-        code = 2
+            code = 2
     except click_errors.ClickException as e:
         typer.echo(f"musicfs: {_one_line(e.format_message())}", err=True)
         code = e.exit_code

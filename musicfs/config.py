@@ -183,6 +183,44 @@ class Config:
     source: Path | None = None  # the file this came from, None for the embedded default
 
 
+def config_differences(old: Config, new: Config) -> list[str]:
+    """One line per setting that differs between two configs, in the config file's terms:
+    "[fuse] read_timeout: 30 -> 10", "origin nas2 added", "origin nas: path /a -> /b"."""
+    lines = []
+    before, after = {o.name: o for o in old.origins}, {o.name: o for o in new.origins}
+    for name in after.keys() - before.keys():
+        lines.append(f"origin {name} added ({after[name].type})")
+    for name in before.keys() - after.keys():
+        lines.append(f"origin {name} removed")
+    for name in before.keys() & after.keys():
+        a, b = dataclasses.asdict(before[name]), dataclasses.asdict(after[name])
+        a.update(a.pop("options")), b.update(b.pop("options"))
+        for key in sorted(a.keys() | b.keys()):
+            if a.get(key) != b.get(key):
+                if any(word in key for word in ("secret", "password", "token")):
+                    lines.append(f"origin {name}: {key} changed")   # (not printed: a credential)
+                else:
+                    lines.append(f"origin {name}: {key} {_shown(a.get(key))} -> {_shown(b.get(key))}")
+    if [o.name for o in old.origins] != [o.name for o in new.origins] and not lines:
+        lines.append(f"origins reordered: {', '.join(o.name for o in new.origins)}")
+    for section in ("cache", "fuse", "health", "catalog", "layout", "search", "log"):
+        a, b = dataclasses.asdict(getattr(old, section)), dataclasses.asdict(getattr(new, section))
+        for key in a:
+            if a[key] != b[key]:
+                lines.append(f"[{section}] {key}: {_shown(a[key])} -> {_shown(b[key])}")
+    if old.collections != new.collections:
+        lines.append(f"collections: {', '.join(name for name, _ in new.collections) or 'none'}")
+    return lines
+
+
+def _shown(value) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(map(str, value)) + "]"
+    return "(none)" if value is None else str(value)
+
+
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 # "tags": the tree comes from audio tags through the template; "paths": the origins' folders merged.
 LAYOUT_MODES = ("tags", "paths")
@@ -288,7 +326,7 @@ def _a(kind: str) -> str:
     return ("an " if kind[0] in "aeiosx" else "a ") + kind   # an s3 / an sftp / a local
 
 
-def _parse_origins(raw, where: str) -> tuple[OriginConfig, ...]:
+def _parse_origins(raw) -> tuple[OriginConfig, ...]:
     if not isinstance(raw, list):
         raise ConfigError(f"origins: expected [[origins]] tables, got {raw!r}")
     origins = []
@@ -296,6 +334,8 @@ def _parse_origins(raw, where: str) -> tuple[OriginConfig, ...]:
         prefix = f"origins[{index}]"
         if not isinstance(table, dict):
             raise ConfigError(f"{prefix}: expected a table")
+        if isinstance(table.get("name"), str):
+            prefix += f" ({table['name']})"   # which origin, without counting tables
         kind = table.get("type", "local")
         if kind not in _ORIGIN_TYPES:
             raise ConfigError(f"{prefix}.type: unknown origin type {kind!r} (known: {', '.join(ORIGIN_TYPES)})")
@@ -318,7 +358,7 @@ def _parse_origins(raw, where: str) -> tuple[OriginConfig, ...]:
     names = [o.name for o in origins]
     duplicate = next((n for n in names if names.count(n) > 1), None)
     if duplicate:
-        raise ConfigError(f"origins: the name {duplicate!r} is used twice in {where}; names must be unique")
+        raise ConfigError(f"origins: the name {duplicate!r} is used twice; names must be unique")
     return tuple(origins)
 
 
@@ -354,13 +394,23 @@ def _parse_collections(raw) -> tuple[tuple[str, str], ...]:
 
 
 def parse(document: dict, source: Path | None = None) -> Config:
-    """Turn a parsed TOML document into a Config, rejecting unknown keys and wrong types."""
+    """Turn a parsed TOML document into a Config, rejecting unknown keys and wrong types. An
+    error names the file it is in (`source`), then the key."""
+    try:
+        return _parse(document, source)
+    except ConfigError as e:
+        if source is None:
+            raise
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def _parse(document: dict, source: Path | None) -> Config:
     sections = {}
     origins = None
     collections = DEFAULT_COLLECTIONS
     for section, body in document.items():
         if section == "origins":
-            origins = _parse_origins(body, str(source or "the config"))
+            origins = _parse_origins(body)
             continue
         if section == "collections":
             collections = _parse_collections(body)

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from . import logs
-from .config import Config
+from .config import Config, config_differences
 from .errors import CommandError, ConfigError, MusicfsError, StartupError
 from .control import ControlServer
 from .terminal import StatusLine
@@ -186,6 +186,7 @@ def _daemonize(config, mountpoint, lock: CacheLock, fuse_options, verbose, load_
             code = 1
         finally:
             logging.shutdown()
+            _remove_if_empty(stderr_path(mountpoint))
             os._exit(code)
     # the parent: wait for "ready" or an error line, then exit accordingly
     os.close(write_end)
@@ -267,8 +268,9 @@ def _run(config: Config, mountpoint: Path, fuse_options: dict, lock: CacheLock, 
     service.mountpoint = str(mountpoint)
     service.config_file = str(config.source) if config.source else None
     service.lock = lock
-    control = ControlServer(config.cache.dir, control_handlers(service))
     to_systemd = SystemdReporter.from_environment(mountpoint, service)   # no-op without $NOTIFY_SOCKET
+    reloader = Reloader(service, load_config, warn, to_systemd)
+    control = ControlServer(config.cache.dir, control_handlers(service, reloader))
     try:
         answered = check_new_origins(service, warn) + service.untagged()
         started = time.monotonic()
@@ -294,7 +296,7 @@ def _run(config: Config, mountpoint: Path, fuse_options: dict, lock: CacheLock, 
         service.in_progress = lambda: len(filesystem._in_progress)
         # However the stop comes (unmount, signal): systemd hears STOPPING=1, requests stop.
         service.on_stop += [to_systemd.stopping, control.stop]
-        _handle_signals(filesystem, service, mountpoint, lock, reloader(service, load_config, warn, to_systemd))
+        _handle_signals(filesystem, service, mountpoint, lock, reloader.on_signal)
         try:
             MusicFuse(filesystem, str(mountpoint), foreground=True, nothreads=False, encoding=FS_ENCODING,
                       **options)
@@ -321,6 +323,17 @@ def _run(config: Config, mountpoint: Path, fuse_options: dict, lock: CacheLock, 
 def stderr_path(mountpoint: Path) -> Path:
     """Where a daemonized musicfs's stderr goes (libfuse writes its own errors there)."""
     return runtime_dir() / f"{runtime_name(mountpoint)}.stderr"
+
+
+def _remove_if_empty(path: Path) -> None:
+    """The daemon's stderr file on its way out: kept if something was written to it (libfuse's
+    complaint, a fatal error), else removed, so that mounts leave no litter behind."""
+    try:
+        ours, there = os.fstat(2), os.stat(path)
+        if (ours.st_dev, ours.st_ino) == (there.st_dev, there.st_ino) and there.st_size == 0:
+            os.unlink(path)
+    except OSError:
+        pass
 
 
 def libfuse_complaint(mountpoint: Path) -> str | None:
@@ -372,41 +385,53 @@ def _handle_signals(filesystem, service, mountpoint: Path, lock: CacheLock, relo
     threading.Thread(target=watch, name="signals", daemon=True).start()
 
 
-def reloader(service, load_config, warn, to_systemd=None):
-    """SIGHUP: read the config again and apply it; a config that is wrong or cannot be applied
-    is refused with one log line, and the running one stays."""
-    lock = threading.Lock()   # one reload at a time, in the order the signals came
+class Reloader:
+    """Reading the config again and applying it (SIGHUP, `musicfs reload`), one at a time in
+    the order asked. A config that is wrong or cannot be applied is refused, and the running
+    one stays."""
 
-    def reload() -> None:
-        with lock:
-            if to_systemd is not None:
-                to_systemd.reloading()
-            try:
-                apply()
-            finally:
-                if to_systemd is not None:
-                    to_systemd.reloaded()
+    def __init__(self, service, load_config, warn, to_systemd=None):
+        self.service = service
+        self.load_config = load_config   # None: started without a config file (-O only)
+        self.warn = warn
+        self.to_systemd = to_systemd
+        self._lock = threading.Lock()
 
-    def apply() -> None:
-        if load_config is None:
-            log.warning("reload ignored: this daemon was started without a way to read its config again")
-            return
+    def on_signal(self) -> None:
+        """SIGHUP: the outcome goes to the log (and the status file)."""
         log.info("received SIGHUP: reloading the configuration")
         try:
-            service.reload(load_config(), warn)
+            self.now()
         except MusicfsError as e:
             log.error("reload refused, still running with the previous configuration: %s", e)
-            service.note_reload(str(e))
-        except Exception as e:  # noqa: BLE001 - a bug must not take the mount down
+        except Exception:  # noqa: BLE001 - a bug must not take the mount down
             log.exception("reload failed, still running with the previous configuration")
-            service.note_reload(f"{type(e).__name__}: {e}")
-        else:
-            service.note_reload(None)
-    return reload
+
+    def now(self) -> dict:
+        """Reload and return {"summary", "changes": one line per changed setting}; raises
+        (ConfigError naming the file and key, CommandError...) when refused."""
+        if self.load_config is None:
+            raise CommandError("this daemon was started without a config file (origins given with -O): "
+                               "there is nothing to read again; unmount and mount with -c CONFIG")
+        with self._lock:
+            if self.to_systemd is not None:
+                self.to_systemd.reloading()
+            try:
+                old = self.service.config
+                summary = self.service.reload(self.load_config(), self.warn)
+            except Exception as e:
+                self.service.note_reload(str(e) if isinstance(e, MusicfsError) else f"{type(e).__name__}: {e}")
+                raise
+            finally:
+                if self.to_systemd is not None:
+                    self.to_systemd.reloaded()
+            self.service.note_reload(None)
+            return {"summary": summary, "changes": config_differences(old, self.service.config)}
 
 
-def control_handlers(service) -> dict:
-    """What `musicfs rescan` and `musicfs pin` may ask of this daemon (see musicfs.control)."""
+def control_handlers(service, reloader: Reloader | None = None) -> dict:
+    """What `musicfs rescan`, `search`, `pin` and `reload` may ask of this daemon (see
+    musicfs.control)."""
     pinner = service.pinner
 
     def paths(request) -> list[bytes]:
@@ -433,9 +458,12 @@ def control_handlers(service) -> dict:
         count, found = service.catalog.search(query, limit)
         return {"count": count, "tracks": [dict(track.fields, path=os.fsdecode(track.path)) for track in found]}
 
-    return {"rescan": rescan, "search": search,
-            "pin": lambda request, progress: pinner.pin(paths(request), progress),
-            "unpin": lambda request, progress: pinner.unpin(paths(request))}
+    handlers = {"rescan": rescan, "search": search,
+                "pin": lambda request, progress: pinner.pin(paths(request), progress),
+                "unpin": lambda request, progress: pinner.unpin(paths(request))}
+    if reloader is not None:
+        handlers["reload"] = lambda request, progress: reloader.now()
+    return handlers
 
 
 def kernel_cache_window(options: dict) -> float:

@@ -261,12 +261,17 @@ class MusicFS(Operations):
 
     @translated
     def statfs(self, path):
-        # The cache disk's figures as last measured by the health loop: asking the disk here
-        # would hang `df` with a hung cache disk, and fail while the cache dir is being made anew.
-        st = self.service.cache_disk_stats
-        return {"f_bsize": st.f_bsize, "f_frsize": st.f_frsize, "f_blocks": st.f_blocks,
-                "f_bfree": 0, "f_bavail": 0, "f_files": st.f_files, "f_ffree": 0,
-                "f_namemax": 255}
+        # `df` shows the cache: its size is [cache].max_size, its free space what is left of it.
+        # A read-only mount reporting 0 free (the usual answer) sets off every "disk full" alert
+        # (node_exporter does not skip FUSE mounts). The figures are the last ones the daemon
+        # measured: asking the cache disk here would hang `df` with a hung cache disk.
+        service = self.service
+        block = service.cache_disk_stats.f_frsize or 4096
+        size = service.store.max_size
+        return {"f_bsize": block, "f_frsize": block, "f_blocks": size // block,
+                "f_bfree": max(size - service.cached_bytes, 0) // block,
+                "f_bavail": max(size - service.cached_bytes, 0) // block,
+                "f_files": 0, "f_ffree": 0, "f_namemax": 255}
 
     # Extended attributes are deliberately not implemented: libfuse answers ENOSYS, after which
     # the kernel stops asking. Otherwise `ls -l` costs two extra round trips into Python per

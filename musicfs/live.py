@@ -216,7 +216,8 @@ def config_summary(config: Config) -> dict:
                          "timeout": o.timeout, "options": {k: str(v) if isinstance(v, Path) else v
                                                            for k, v in o.options.items()}}
                         for o in config.origins],
-            "health_timeout": config.health.timeout, "cache_max_size": config.cache.max_size,
+            "health_timeout": config.health.timeout, "health_interval": config.health.interval,
+            "cache_max_size": config.cache.max_size,
             "log_file": str(config.log.file), "log_level": config.log.level}
 
 
@@ -229,7 +230,8 @@ def config_from_status(status: dict) -> Config | None:
         return Config(
             origins=tuple(_origin_from_summary(o) for o in summary["origins"]),
             cache=CacheConfig(dir=Path(status["cache_dir"]), max_size=int(summary["cache_max_size"])),
-            health=HealthConfig(timeout=float(summary["health_timeout"])),
+            health=HealthConfig(timeout=float(summary["health_timeout"]),
+                                interval=float(summary.get("health_interval") or HealthConfig.interval)),
             log=LogConfig(file=Path(summary["log_file"]), level=summary.get("log_level", "info")))
     except (KeyError, TypeError, ValueError):
         return None

@@ -305,6 +305,11 @@ def rescan(mount: Mount) -> dict:
     return control.ask(mount.cache_dir, {"op": "rescan"})
 
 
+def reload(mount: Mount) -> dict:
+    """{"summary", "changes"} once the live daemon has applied its config file again."""
+    return control.ask(mount.cache_dir, {"op": "reload"})
+
+
 def search(mount: Mount, query: str, limit: int | None) -> dict:
     """{"count", "tracks": [fields with "path" in the mount]} from the live daemon's catalog."""
     result = control.ask(mount.cache_dir, {"op": "search", "query": query, "limit": limit})

@@ -69,12 +69,19 @@ class Service:
         self._probing = threading.Lock()   # held while a probe of the cache disk runs (probe_cache)
         # statvfs of the cache disk (what `df` on the mount shows), refreshed by probe_cache
         self.cache_disk_stats = os.statvfs(config.cache.dir)
+        # Bytes in the cache as of the last status write (each second): what `df` on the mount
+        # reports as used, without asking the cache's index from a statfs (see MusicFuse.statfs).
+        self.cached_bytes = store.total() if not storage.index_gone() else 0
         self._rescanning = False
         # Set after each pass of the background rescan (the first runs right after mount).
         self.rescanned = threading.Event()
         # One rescan at a time: the background loop, `musicfs rescan` and SIGUSR1 take turns.
         self._scan_lock = threading.Lock()
         self._rescan_wanted = threading.Event()
+        # What the next rescan covers: every origin, or the names asked for (see request_rescan).
+        self._rescan_everything = True
+        self._rescan_names: set[str] = set()
+        self._rescan_request_lock = threading.Lock()
         self.started_at = time.time()
         self.reloads = {"count": 0, "last": None, "error": None}   # published: did the last SIGHUP work?
         self.pinner = Pinner(catalog, store, reader)
@@ -131,6 +138,7 @@ class Service:
         health.cache_probe = service.probe_cache
         health.on_recovered.append(service.refresh_pins_soon)
         health.on_recovered.append(service._scan_if_never_scanned)
+        health.on_answered.append(service._scan_again_if_it_failed)
         return service
 
     @staticmethod
@@ -418,24 +426,38 @@ class Service:
         if self.storage.index_gone():
             return {}
         stats = self.store.stats()
+        self.cached_bytes = stats["bytes"]
         return {key: stats[key] for key in ("chunks", "bytes", "pinned_bytes", "max_bytes", "hits", "misses")}
 
     def _rescan_loop(self) -> None:
         # The first pass refreshes the stored catalog right after mount; later passes run every
         # [catalog].rescan_interval, or sooner when asked (SIGUSR1).
         while not self._stopping.is_set():
+            with self._rescan_request_lock:
+                everything, names = self._rescan_everything, self._rescan_names
+                self._rescan_everything, self._rescan_names = False, set()
             try:
-                self._rescan()
-                self.pinner.refresh(stopping=lambda: self._stopping.is_set())
+                if everything or names:
+                    self._rescan(None if everything else [o for o in self.origins.values() if o.name in names])
+                    self.pinner.refresh(stopping=lambda: self._stopping.is_set())
             except Exception:
                 log.exception("rescan failed")
             self.rescanned.set()
-            self._rescan_wanted.wait(self.config.catalog.rescan_interval)
+            if not self._rescan_wanted.wait(self.config.catalog.rescan_interval):
+                with self._rescan_request_lock:
+                    self._rescan_everything = True   # the periodic rescan
+            # Cleared before the requests are taken: one made after this wakes the next wait.
             self._rescan_wanted.clear()
 
-    def request_rescan(self) -> None:
-        """Rescan every origin soon, in the background (SIGUSR1)."""
-        log.info("rescan requested")
+    def request_rescan(self, origin: str | None = None) -> None:
+        """Rescan every origin (or just `origin`) soon, in the background (SIGUSR1)."""
+        with self._rescan_request_lock:
+            if origin is None:
+                self._rescan_everything = True
+            else:
+                self._rescan_names.add(origin)
+        if origin is None:
+            log.info("rescan requested")
         self._rescan_wanted.set()
 
     def rescan_now(self) -> list:
@@ -448,10 +470,11 @@ class Service:
         self.refresh_pins_soon()
         return results
 
-    def _rescan(self) -> list:
-        """One rescan of every origin, the background loop's and `musicfs rescan`'s alike."""
+    def _rescan(self, origins: list | None = None) -> list:
+        """One rescan of every origin (or of `origins`), the background loop's and `musicfs
+        rescan`'s alike."""
         with self._scan_lock:
-            results = self.scanner.scan()
+            results = self.scanner.scan(origins)
         for result in results:
             if result.complete:
                 self.health.answered(result.origin)   # a complete scan proves the origin answers
@@ -463,7 +486,21 @@ class Service:
         answers now: its files appear with a rescan now, not at the next rescan interval."""
         if not self.storage.readonly and not self.catalog.last_scan(origin):
             log.info("origin %s answers for the first time: rescanning", origin)
-            self.request_rescan()
+            self.request_rescan(origin)
+
+    def _scan_again_if_it_failed(self, origin: str) -> None:
+        """An origin whose last scan failed (it went away during the scan) answers a health
+        check: scan it again now rather than at the next rescan interval, which may be an hour
+        of `musicfs health` warning about a blip long over."""
+        result = self.scanner.last_results.get(origin)
+        if self.storage.readonly or result is None or result.complete or self._scan_lock.locked():
+            return
+        with self._rescan_request_lock:
+            if origin in self._rescan_names:
+                return
+        log.info("origin %s answers again after its last scan failed (%s): rescanning it", origin,
+                 result.error or "incomplete")
+        self.request_rescan(origin)
 
     def refresh_pins_soon(self, origin: str | None = None) -> None:
         """Fetch what pinned files lack, in the background: after a rescan, and when an origin

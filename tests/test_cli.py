@@ -100,13 +100,22 @@ def test_top_level_help_mentions_the_mountpoint_shorthand():
     (["mount"], "musicfs: missing MOUNTPOINT (see musicfs mount --help)"),
     (["unmount"], "musicfs: missing MOUNTPOINT (see musicfs unmount --help)"),
     (["/tmp", "--foregruond"], "musicfs: no option --foregruond; did you mean --foreground?"),
-    (["health", "--frobnicate"], "musicfs: no option --frobnicate (see musicfs health --help)"),
     (["cache", "stats", "--json=yes"], "musicfs: option '--json' does not take a value (see musicfs cache stats --help)"),
     (["--frobnicate"], "musicfs: no option --frobnicate (see musicfs mount --help)"),   # options first: a mount
 ])
 def test_a_usage_error_is_one_line_and_exit_2(args, line):
     result = musicfs(*args)
     assert (result.returncode, result.stdout, result.stderr) == (2, "", line + "\n")
+
+
+@pytest.mark.parametrize("args, line", [
+    (["health", "--frobnicate"], "MUSICFS UNKNOWN - usage: no option --frobnicate (see musicfs health --help)"),
+    (["health", "/mnt/a", "/mnt/b"], "MUSICFS UNKNOWN - usage: Got unexpected extra argument (/mnt/b)"),
+])
+def test_a_usage_error_of_the_probe_is_unknown_in_the_plugin_convention(args, line):
+    # cron and Nagios run the probe: misused, it says UNKNOWN (3), not CRITICAL (2), on stdout.
+    result = musicfs(*args)
+    assert (result.returncode, result.stdout, result.stderr) == (3, line + "\n", "")
 
 
 def test_a_bad_value_the_config_rejects_is_one_line_too():
@@ -182,6 +191,23 @@ def test_an_option_libfuse_does_not_know_is_named_and_a_usage_error(tmp_path):
         assert not is_mounted(mountpoint)
     finally:
         unmount(mountpoint, env)
+
+
+def test_a_mount_and_unmount_leave_nothing_behind_in_the_runtime_dir(tmp_path):
+    origin, mountpoint = tmp_path / "music", tmp_path / "mnt"
+    origin.mkdir()
+    (origin / "a.flac").write_bytes(b"a" * 100)
+    mountpoint.mkdir()
+    env = isolated_env(tmp_path)
+    try:
+        result = musicfs(mountpoint, "-O", origin, "--cache-dir", tmp_path / "cache", env=env)
+        assert result.returncode == 0, result.stderr
+        assert (mountpoint / "a.flac").read_bytes() == b"a" * 100
+        assert musicfs("unmount", mountpoint, env=env).returncode == 0
+    finally:
+        unmount(mountpoint, env)
+    # (no empty musicfs-*.stderr for each mount; the status file and lock go with the daemon)
+    assert sorted(p.name for p in (tmp_path / "xdg-run").iterdir()) == []
 
 
 def test_unmount_of_a_path_that_does_not_exist_and_an_origin_given_twice(tmp_path):

@@ -55,7 +55,7 @@ def test_wrong_types_are_rejected_by_name():
 
 
 def test_origin_errors():
-    with pytest.raises(ConfigError, match=r"origins\[0\]\.path: missing"):
+    with pytest.raises(ConfigError, match=r"origins\[0\] \(nas\)\.path: missing"):
         c.parse({"origins": [{"name": "nas"}]})
     with pytest.raises(ConfigError, match=r"used twice"):
         c.parse({"origins": [{"name": "a", "path": "/x"}, {"name": "a", "path": "/y"}]})
@@ -104,6 +104,16 @@ def test_read_ahead_is_a_size_and_survives_a_read_timeout_override(tmp_path):
     path = tmp_path / "config.toml"
     path.write_text('[fuse]\nread_ahead = "2M"\n')
     assert c.load(path, read_timeout=3).fuse.read_ahead == 2 << 20
+
+
+def test_an_error_in_a_config_file_names_the_file_then_the_origin_and_key(tmp_path):
+    path = tmp_path / "musicfs.toml"
+    path.write_text('[[origins]]\nname = "nas"\npath = "/x"\n\n[[origins]]\nname = "cloud"\ntype = "s3"\n'
+                    'bucket = "music"\n\n[[origins]]\nname = "bucket"\ntype = "s3"\nbukket = "music"\n')
+    with pytest.raises(ConfigError) as raised:
+        c.load(path)
+    assert str(raised.value).startswith(f"{path}: origins[2] (bucket).bukket: unknown key for an s3 origin"), \
+        raised.value
 
 
 def test_missing_and_invalid_files(tmp_path):

@@ -165,3 +165,26 @@ def test_probe_finishes_within_timeout_plus_one_second_with_hung_origins(tmp_pat
     assert elapsed < 2 + 1.0, f"probe took {elapsed:.2f}s"
     assert result.returncode == 1 and "1/3 origins healthy" in result.stdout
     assert nas.held() >= 1, "the checks never reached the hung server"
+
+
+def test_an_origin_whose_last_scan_failed_is_scanned_again_once_it_answers(tmp_path, service_factory):
+    # A blip during a rescan (the NAS or S3 server away for seconds) must not leave `musicfs
+    # health` warning "the last scan failed" until the next periodic rescan, an hour later.
+    origin_dir = tmp_path / "o"
+    origin_dir.mkdir()
+    (origin_dir / "a.flac").write_bytes(b"a" * 1000)
+    service = service_factory([("o", origin_dir)], faulty={"o"}, catalog={"rescan_interval": 3600},
+                              health={"interval": 3600})
+    service.initial_scan()
+    service.start()
+    assert service.rescanned.wait(30), "the first background rescan did not finish"
+    origin = service.origins["o"]
+    origin.fail(only={"list_dir"})              # away while the rescan lists it...
+    (origin_dir / "b.flac").write_bytes(b"b" * 1000)
+    result, = service.rescan_now()
+    assert not result.complete
+    origin.healthy()                            # ...and back: its next health check passes
+    service.health.check_all()
+    wait_until(lambda: service.scanner.last_results["o"].complete, timeout=20,
+               message="a rescan of the origin once it answered")
+    assert service.catalog.lookup(b"/b.flac") is not None

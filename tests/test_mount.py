@@ -278,3 +278,19 @@ def test_a_local_origin_fetches_nothing_but_what_is_read(tmp_path, mounted):
     for n in range(2, 6):
         source = service.reader.sources_of(service.catalog.lookup(f"/Album/{n:02} Track.flac".encode()))[0]
         assert service.store.manifest(source.key, source.size, source.mtime_ns) == [None]
+
+
+def test_df_shows_the_cache_size_and_what_is_left_of_it_not_a_full_disk(tmp_path, mounted):
+    # A read-only mount with 0 free sets off every "disk full" alert (node_exporter reads FUSE
+    # mounts too): df shows the cache instead, [cache].max_size and what is left of it.
+    (tmp_path / "o").mkdir()
+    data = os.urandom(3 << 20)
+    (tmp_path / "o" / "f.flac").write_bytes(data)
+    service, mount = mounted([("o", tmp_path / "o")], max_size="64M")
+    before = os.statvfs(mount.mountpoint)
+    assert before.f_blocks * before.f_frsize == 64 << 20
+    assert before.f_bavail * before.f_frsize == 64 << 20 and before.f_bfree == before.f_bavail
+    assert (mount.mountpoint / "f.flac").read_bytes() == data       # 3 MiB now cached
+    wait_until(lambda: os.statvfs(mount.mountpoint).f_bavail * before.f_frsize == (64 << 20) - service.store.total(),
+               timeout=10, message="df to count the cached chunks")
+    assert service.store.total() == len(data)

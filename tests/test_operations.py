@@ -269,6 +269,37 @@ def test_sighup_reload_adds_an_origin_and_refuses_a_broken_config(tmp_path, daem
         (first / "Artist 0000/Album 00/01 Track.flac").read_bytes()
 
 
+def test_reload_command_applies_the_config_and_says_what_changed_or_refuses_naming_the_key(tmp_path, daemons):
+    first, second = tmp_path / "a", tmp_path / "b"
+    make_library(first, 2, 16 * KIB)
+    (second / "Other").mkdir(parents=True)
+    (second / "Other/extra.flac").write_bytes(b"z" * 1000)
+    daemon = daemons(tmp_path, [("a", first)])
+
+    daemon.config.write_text(toml_config([("a", first), ("b", second)], daemon.cache_dir, daemon.log_file,
+                                         fuse={"read_timeout": 12}))
+    result = run_musicfs("reload", daemon.mountpoint)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("configuration reloaded: 1 origins added"), result.stdout
+    assert sorted(lines[1:]) == ["  [fuse] read_timeout: 30 -> 12", "  origin b added (local)"], result.stdout
+    assert read_file(daemon.path("Other/extra.flac")) == b"z" * 1000      # applied before it answered
+
+    good = daemon.config.read_text()
+    daemon.config.write_text(good.replace("[fuse]", "[fuse]\nread_timout = 5"))
+    result = run_musicfs("reload", daemon.mountpoint)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"musicfs: reload refused, {daemon.mountpoint} keeps its configuration: "), \
+        result.stderr
+    assert str(daemon.config) in result.stderr and "read_timout" in result.stderr, result.stderr
+    assert read_file(daemon.path("Other/extra.flac")) == b"z" * 1000
+
+    daemon.config.write_text(good)     # the running config stayed: nothing differs from it
+    result = run_musicfs("reload", daemon.mountpoint)
+    assert result.returncode == 0 and result.stdout.splitlines()[1:] == ["  (no setting changed)"], result.stdout
+
+
 def test_sighup_reload_removes_an_origin_and_switches_the_layout(tmp_path, daemons):
     first, second = tmp_path / "a", tmp_path / "b"
     make_library(first, 2, 16 * KIB)

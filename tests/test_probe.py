@@ -151,9 +151,9 @@ def test_daemon_view_of_an_unhealthy_origin_is_reported_and_not_touched(tmp_path
         verdict = json.loads(result.stdout)
         b = verdict["origins"]["b"]
         assert b["status"] == "unhealthy" and b["daemon"]["status"] == "unhealthy"
-        assert b["probe"] is None and b["not_checked"] == "the daemon holds it unhealthy"
+        assert b["probe"] is None and b["not_checked"].startswith("the daemon holds it unhealthy (its check ")
         a = verdict["origins"]["a"]
-        assert a["daemon"]["status"] == "healthy" and a["probe"]["status"] == "healthy"
+        assert a["daemon"]["status"] == "healthy" and a["probe"] is None
         result = health(daemon.mountpoint)
         assert result.returncode == 1 and result.stdout.startswith("MUSICFS WARNING - 1/2 origins healthy; "
                                                                    "origin b unhealthy (daemon: "), result.stdout
@@ -233,6 +233,30 @@ def test_hung_origin_without_daemon_leaves_at_most_one_stuck_check(tmp_path, hun
     result = health("-c", config)
     assert result.returncode == 0 and result.stdout.startswith("MUSICFS OK - 2/2 origins healthy"), result.stdout
     assert not record_path(tmp_path / "probe-cache", "origin-nas").exists()
+
+
+def test_with_a_live_daemon_the_probe_takes_its_recent_verdict_and_needs_no_access_to_the_origins(tmp_path):
+    # cron's environment rarely holds the remote origins' credentials: the probe must not need
+    # them while the daemon checks its origins itself. Here cron's config names a path the probe
+    # cannot reach; the daemon's recent verdict on the origin stands.
+    one_file_origins(tmp_path, "a")
+    daemon = Daemon(tmp_path, [("a", tmp_path / "a")], health={"timeout": TIMEOUT, "interval": 0.5}).mount()
+    cron_config = tmp_path / "cron.toml"
+    cron_config.write_text(toml_config([("a", tmp_path / "not-reachable-from-cron")], daemon.cache_dir,
+                                       tmp_path / "cron.log", health={"timeout": TIMEOUT, "interval": 0.5}))
+    try:
+        wait_until(lambda: (status_of(daemon.cache_dir).get("origins", {}).get("a") or {}).get("decided_at"),
+                   message="the daemon's first verdict on origin a")
+        result = health("-c", cron_config, "--json")
+        assert result.returncode == 0, result.stdout + result.stderr
+        a = json.loads(result.stdout)["origins"]["a"]
+        assert a["status"] == "healthy" and a["probe"] is None, a
+        assert a["not_checked"].startswith("the daemon holds it healthy (its check "), a
+    finally:
+        daemon.stop()
+    # without a daemon the probe checks the origins itself, and says what it found
+    result = health("-c", cron_config)
+    assert result.returncode == 2 and "origin a unhealthy (probe: " in result.stdout, result.stdout
 
 
 @pytest.mark.mount

@@ -13,12 +13,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
 from musicfs.systemd import Notifier, Watchdog, watchdog_interval
 
-from .helpers import MUSICFS, ROOT, Daemon, alive, daemon_pid, is_mounted, read_file, run_bounded, wait_until
+from .helpers import (MUSICFS, ROOT, Daemon, alive, daemon_pid, force_unmount, is_mounted, read_file, run_bounded,
+                      toml_config, wait_until)
 
 
 class NotifyListener:
@@ -273,3 +275,48 @@ def test_the_contrib_units_pass_systemd_analyze_verify(tmp_path, unit, scope):
     env = dict(os.environ, HOME=str(tmp_path), XDG_RUNTIME_DIR=str(tmp_path / "run"))
     result = run_bounded(["systemd-analyze", *scope, "verify", str(tmp_path / "musicfs.service")], 60, env=env)
     assert result.returncode == 0 and not result.stderr.strip(), result.stderr
+
+
+def test_the_system_unit_started_by_systemd_is_ready_once_mounted_pinged_and_unmounted_by_stop(tmp_path):
+    """The contrib unit under a real systemd: `systemctl start` returns once the mount serves
+    (Type=notify: READY=1), the watchdog hears from it, `systemctl stop` unmounts."""
+    if not os.path.isdir("/run/systemd/system") or shutil.which("systemctl") is None:
+        pytest.skip("systemd is not this machine's init (no /run/systemd/system): no manager to start a unit; "
+                    "the units are still checked by systemd-analyze verify")
+    if os.geteuid() != 0:
+        pytest.skip("installing a system unit needs root")
+    musicfs = os.path.join(os.path.dirname(sys.executable), "musicfs")
+    origin, mountpoint = tmp_path / "music", tmp_path / "mnt"
+    origin.mkdir()
+    (origin / "a.flac").write_bytes(b"a" * 1000)
+    mountpoint.mkdir()
+    config = tmp_path / "config.toml"
+    config.write_text(toml_config([("music", origin)], tmp_path / "cache", tmp_path / "musicfs.log"))
+    unit = f"musicfs-test-{os.getpid()}.service"
+    text = (ROOT / "contrib" / "musicfs.service").read_text()
+    text = (text.replace("/usr/local/bin/musicfs", musicfs).replace("/mnt/music", str(mountpoint))
+            .replace("/etc/musicfs/config.toml", str(config)).replace("WatchdogSec=60", "WatchdogSec=4"))
+    unit_path = Path("/run/systemd/system") / unit
+    unit_path.write_text(text)
+    try:
+        run_bounded(["systemctl", "daemon-reload"], 60)
+        started = run_bounded(["systemctl", "start", unit], 60)
+        assert started.returncode == 0, started.stderr
+        # start returned: READY=1 came, which the daemon sends only once the mount serves
+        assert (mountpoint / "a.flac").read_bytes() == b"a" * 1000
+
+        def watchdog_ping() -> str:
+            shown = run_bounded(["systemctl", "show", "-p", "WatchdogTimestampMonotonic", unit], 10).stdout
+            return shown.strip().partition("=")[2]
+        first = watchdog_ping()
+        wait_until(lambda: watchdog_ping() not in ("", "0", first), timeout=10, message="a watchdog ping")
+        assert run_bounded(["systemctl", "is-active", unit], 10).stdout.strip() == "active"
+        stopped = run_bounded(["systemctl", "stop", unit], 60)
+        assert stopped.returncode == 0, stopped.stderr
+        assert not is_mounted(mountpoint)
+    finally:
+        run_bounded(["systemctl", "stop", unit], 60)
+        unit_path.unlink()
+        run_bounded(["systemctl", "daemon-reload"], 60)
+        if is_mounted(mountpoint):
+            force_unmount(mountpoint)

@@ -40,13 +40,15 @@ class OriginHealth:
     error: str = ""
     checked_at: float = 0.0
     answered: bool = False   # any verdict yet (a check, or a read's failure)
+    decided_at: float = 0.0  # time.time() of the last verdict: how current it is, for the cron probe
     pending: concurrent.futures.Future | None = field(default=None, repr=False)
 
     def as_dict(self) -> dict:
         # "unknown" until the first verdict: reads treat it as healthy, but nobody has asked yet.
         return {"status": self.state if self.answered else "unknown", "latency": self.latency,
                 "error": self.error or None,
-                "consecutive_failures": self.consecutive_failures}
+                "consecutive_failures": self.consecutive_failures,
+                "decided_at": self.decided_at or None}
 
 
 def _timed_check(origin) -> float:
@@ -67,6 +69,8 @@ class HealthMonitor:
         self.cache_probe = cache_probe
         # Called with an origin's name when it answers for the first time or is healthy again.
         self.on_recovered: list = []
+        # Called with an origin's name after every check it passed (cheap callbacks only).
+        self.on_answered: list = []
         self.status = {name: OriginHealth(name) for name in self.names}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -142,6 +146,7 @@ class HealthMonitor:
             st.consecutive_failures += 1
             st.error = error
             st.answered = True
+            st.decided_at = time.time()
             old = st.state
             st.state = UNHEALTHY if st.consecutive_failures >= UNHEALTHY_AFTER else DEGRADED
         if st.state != old:
@@ -154,17 +159,20 @@ class HealthMonitor:
                 return
             old, first = st.state, not st.answered
             st.state, st.consecutive_failures, st.error, st.answered = HEALTHY, 0, "", True
+            st.decided_at = time.time()
             if latency is not None:
                 st.latency = latency
         if old != HEALTHY:
             log.info("origin %s is healthy again (%s)", name,
                      f"answered in {latency:.3f}s" if latency is not None else "a complete scan of it succeeded")
+        callbacks = list(self.on_answered)
         if old != HEALTHY or first:   # the first answer too: nothing was known of it before
-            for callback in self.on_recovered:
-                try:
-                    callback(name)
-                except Exception:  # noqa: BLE001 - a follow-up must not break the health loop
-                    log.exception("after origin %s recovered", name)
+            callbacks += self.on_recovered
+        for callback in callbacks:
+            try:
+                callback(name)
+            except Exception:  # noqa: BLE001 - a follow-up must not break the health loop
+                log.exception("after origin %s answered", name)
 
     def answered(self, name: str) -> None:
         """Something other than a check proved the origin works (a complete scan of it)."""

@@ -8,10 +8,11 @@ What it looks at:
   than ``FRESH_SECONDS`` is wedged somewhere: WARNING, and its view is not trusted.
 * Its mount: statvfs of the mountpoint must answer (ENOTCONN = a dead mount; no answer within
   ``[health].timeout`` = a hung one; both CRITICAL).
-* Each origin, from two sides: the daemon's view (when it is live and fresh) and the probe's
-  own check. Either finding it not healthy is a problem. An origin the daemon already holds
-  degraded or unhealthy is not touched again: the daemon's verdict is reported, and a hung NAS
-  costs the probe nothing.
+* Each origin: with a live daemon, its own verdict, when it is at most two health rounds old
+  (``VERDICT_INTERVALS``): the probe then needs no credentials of remote origins (cron rarely
+  has them), and a hung NAS costs it nothing. The probe checks an origin itself only when no
+  daemon runs, the daemon is stale, or it has no recent verdict for that origin; then either
+  view finding it not healthy is a problem.
 * The cache dir: writable, free space against ``max_size``, index total, lock holder.
 
 Everything that can hang (an origin, the mount, the cache dir) is checked in a forked child
@@ -44,6 +45,25 @@ STATUS_NAMES = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UN
 # The daemon rewrites its status file every second; older than this, its view is not current.
 FRESH_SECONDS = 10.0
 _RANK = {HEALTHY: 0, DEGRADED: 1, UNHEALTHY: 2}
+# A live daemon's verdict on an origin stands for the probe's own check while it is at most this
+# many health rounds old: a round is [health].interval plus the check's own time (up to
+# [health].timeout), and the status file that carries it is rewritten every STATUS_LAG seconds.
+VERDICT_INTERVALS = 2
+STATUS_LAG = 1.0
+
+
+def _standing_verdict(view, now: float, health) -> str | None:
+    """Why the daemon's verdict on an origin stands in for the probe's check, or None."""
+    if not isinstance(view, dict) or view.get("status") not in _RANK:
+        return None
+    decided = view.get("decided_at")
+    if not isinstance(decided, (int, float)):
+        # (a daemon from before verdicts were dated: trusted only when it found a problem)
+        return f"the daemon holds it {view['status']}" if view["status"] != HEALTHY else None
+    age = max(now - decided, 0.0)
+    if age > VERDICT_INTERVALS * (health.interval + health.timeout) + STATUS_LAG:
+        return None
+    return f"the daemon holds it {view['status']} (its check {age:.0f}s ago)"
 
 
 @dataclass
@@ -251,10 +271,12 @@ def probe(config: Config | None, mountpoint=None) -> Verdict:
     if status is not None and watched_mount:
         checks.start("mount", partial(_check_mount, watched_mount))
     checks.start("cache", partial(_check_cache, config.cache.dir))
+    standing = {}
     for origin_config in config.origins:
-        view = fresh_views.get(origin_config.name)
-        if isinstance(view, dict) and view.get("status") in (DEGRADED, UNHEALTHY):
-            continue   # the daemon already says so; touching a hung NAS again only adds a stuck process
+        reason = _standing_verdict(fresh_views.get(origin_config.name), now, config.health)
+        if reason is not None:
+            standing[origin_config.name] = reason
+            continue
         checks.start(f"origin-{origin_config.name}", partial(_check_origin, origin_config))
     outcomes = checks.collect(started + timeout)
 
@@ -288,7 +310,7 @@ def probe(config: Config | None, mountpoint=None) -> Verdict:
             verdict.daemon = view
         outcome = outcomes.get(f"origin-{origin_config.name}")
         if outcome is None:
-            verdict.not_checked = f"the daemon holds it {view.get('status')}"
+            verdict.not_checked = standing[origin_config.name]
         else:
             verdict.probe = _probe_view(outcome, timeout)
         seen = [v for v in (verdict.daemon, verdict.probe) if v is not None]
