@@ -36,8 +36,8 @@ from musicfs.catalog.tags import TAG_VERSION
 from musicfs.catalog.views import TagView
 from musicfs.config import load as load_config
 from musicfs.origins.base import KIND_DIR, KIND_FILE, OriginEntry
-from musicfs.service import Service
-from tests.helpers import toml_config
+from musicfs.daemon.service import Service
+from testkit.configs import toml_config
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / ".bench"

@@ -1,6 +1,6 @@
 """Remote origins in `make bench`: musicfs's sftp and s3 origins against the tools a user would
 mount the same servers with, in one run: sshfs and rclone (sftp) on one OpenSSH sshd on
-loopback, rclone (s3) on one moto S3 server. The servers are the test suite's (tests/helpers).
+loopback, rclone (s3) on one SeaweedFS S3 server. The servers are the test suite's (testkit.servers).
 
 Workloads: first read of the large files (empty caches), the same read again with the page
 cache dropped (musicfs and rclone from their disk caches, sshfs from the server again), and a
@@ -21,8 +21,13 @@ import subprocess
 import time
 from pathlib import Path
 
-from bench.latency import DelayProxy
-from tests.helpers import MotoServer, SshServer, toml_config
+from testkit.configs import toml_config
+from testkit.library import make_library
+from testkit.servers import SeaweedServer, SshServer
+
+from .common import (MUSICFS, ROOT, baseline_tree, drop_caches, ensure_installed, header_scan, read_tree, sh, timed,
+                     unmount, wait_mounted)
+from .latency import DelayProxy
 
 REMOTE_FILES = 2000
 
@@ -40,7 +45,6 @@ class Remote:
         raise NotImplementedError
 
     def unmount(self):
-        from bench.__main__ import unmount
         unmount(self.mnt)
         if self.proc:
             self.proc.wait(30)
@@ -55,7 +59,6 @@ class Sshfs(Remote):
         self.sshd, self.path = sshd, path
 
     def mount(self, fresh_cache=False):
-        from bench.__main__ import sh, wait_mounted
         self.mnt.mkdir(parents=True, exist_ok=True)
         sh("sshfs", "-o", f"ro,port={self.sshd.port},IdentityFile={self.sshd.key_file},"
            f"UserKnownHostsFile={self.sshd.known_hosts},StrictHostKeyChecking=yes",
@@ -70,7 +73,6 @@ class RcloneRemote(Remote):
         self.name, self.remote, self.flags = name, remote, flags
 
     def mount(self, fresh_cache=False):
-        from bench.__main__ import wait_mounted
         self.mnt.mkdir(parents=True, exist_ok=True)
         cache = self.work / "cache" / self.name
         if fresh_cache:
@@ -91,7 +93,6 @@ class MusicfsRemote(Remote):
         self.tree = tree    # a source tree of musicfs to run instead of this one (a baseline)
 
     def mount(self, fresh_cache=False):
-        from bench.__main__ import MUSICFS, ROOT, sh
         self.mnt.mkdir(parents=True, exist_ok=True)
         cache = self.work / "cache" / self.name
         if fresh_cache:
@@ -106,29 +107,11 @@ class MusicfsRemote(Remote):
         return self.mnt
 
     def unmount(self):
-        from bench.__main__ import MUSICFS, ROOT, sh
         sh(*MUSICFS, "unmount", self.mnt, cwd=self.tree or ROOT, check=False)
-
-
-def baseline_tree(work: Path) -> tuple[str, Path] | None:
-    """(revision, its source tree) when BENCH_BASELINE (or the older name BENCH_REMOTE_BASELINE)
-    names one, exported once."""
-    revision = os.environ.get("BENCH_BASELINE") or os.environ.get("BENCH_REMOTE_BASELINE")
-    if not revision:
-        return None
-    from bench.__main__ import ROOT, sh
-    commit = sh("git", "rev-parse", "--short", revision, cwd=ROOT).stdout.strip()
-    tree = work / f"baseline-{commit}"
-    if not tree.exists():
-        tree.mkdir(parents=True)
-        archive = subprocess.run(["git", "archive", commit, "musicfs"], cwd=ROOT, check=True, capture_output=True)
-        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
-    return revision, tree
 
 
 def run(rows: dict, big: Path, work: Path) -> None:
     """Add the remote rows (keys r_*) to `rows`."""
-    from bench.__main__ import drop_caches, ensure_installed, header_scan, make_library, read_tree, timed
     if not (ensure_installed("rclone", "rclone") and ensure_installed("sshd", "openssh-server")):
         print("skipping remote origins: needs sshd (openssh-server) and rclone")
         return
@@ -139,27 +122,29 @@ def run(rows: dict, big: Path, work: Path) -> None:
         (small / "tmp").rename(small / "lib")
     mb = sum(p.stat().st_size for p in big.rglob("*.flac")) / 1e6
     sshd = SshServer(work / "servers").start()
-    moto = MotoServer(work / "servers")
-    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
-    moto.start()
+    shutil.rmtree(work / "servers" / "seaweedfs", ignore_errors=True)   # (a bench starts empty)
+    s3 = SeaweedServer(work / "servers")
+    os.environ.update(AWS_ACCESS_KEY_ID=s3.IDENTITY[0], AWS_SECRET_ACCESS_KEY=s3.IDENTITY[1],
+                      AWS_DEFAULT_REGION="us-east-1")
+    s3.start()
     proxies = []
     try:
-        client = moto.client()
+        client = s3.client()
         for bucket, root in (("big", big), ("small", small / "lib")):
             client.create_bucket(Bucket=bucket)
-            moto.upload(bucket, "", root)
+            s3.upload(bucket, "", root)
         delay_ms = float(os.environ.get("BENCH_REMOTE_DELAY_MS", "0"))
         if delay_ms:
             print(f"(remote peers reach the servers through a {delay_ms:g} ms delay each way)")
-            proxies = [DelayProxy(sshd.port, delay_ms / 1000).start(), DelayProxy(moto.port, delay_ms / 1000).start()]
+            proxies = [DelayProxy(sshd.port, delay_ms / 1000).start(), DelayProxy(s3.port, delay_ms / 1000).start()]
             # every peer below is given the proxies' addresses; the host key is the server's
             host_key = Path(f"{sshd.host_key}.pub").read_text().split()
             with open(sshd.known_hosts, "a") as f:
                 f.write(f"[127.0.0.1]:{proxies[0].port} {host_key[0]} {host_key[1]}\n")
-            sshd.port, moto.url = proxies[0].port, f"http://127.0.0.1:{proxies[1].port}"
+            sshd.port, s3.url = proxies[0].port, f"http://127.0.0.1:{proxies[1].port}"
         sftp_flags = ["--sftp-host", "127.0.0.1", "--sftp-port", str(sshd.port), "--sftp-user", "root",
                       "--sftp-key-file", str(sshd.key_file), "--sftp-known-hosts-file", str(sshd.known_hosts)]
-        s3_flags = ["--s3-provider", "Other", "--s3-endpoint", moto.url, "--s3-access-key-id", "testing",
+        s3_flags = ["--s3-provider", "Other", "--s3-endpoint", s3.url, "--s3-access-key-id", "testing",
                     "--s3-secret-access-key", "testing", "--s3-region", "us-east-1"]
         baseline = baseline_tree(work)
 
@@ -178,7 +163,7 @@ def run(rows: dict, big: Path, work: Path) -> None:
                 *musicfs("sftp", tag, {**sshd.origin_table("ssh", root), "timeout": 30})]),
             ("s3", lambda root, tag: [
                 RcloneRemote(work, work / "mnt" / f"rclone-s3-{tag}", f"rclone-s3-{tag}", f":s3:{tag}", s3_flags),
-                *musicfs("s3", tag, {**moto.origin_table("bucket", tag), "timeout": 30})]),
+                *musicfs("s3", tag, {**s3.origin_table("bucket", tag), "timeout": 30})]),
         ):
             print(f"== remote: {kind}")
             for peer in peers(big, "big"):
@@ -203,7 +188,7 @@ def run(rows: dict, big: Path, work: Path) -> None:
     finally:
         for proxy in proxies:
             proxy.stop()
-        moto.stop()
+        s3.stop()
         sshd.stop()
 
 

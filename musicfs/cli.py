@@ -193,7 +193,7 @@ def mount(
     verbose: int = typer.Option(0, "-v", "--verbose", count=True, show_default=False, help="Debug logging."),
 ):
     """Mount the library at MOUNTPOINT."""
-    from . import daemon
+    from .daemon import process as daemon
 
     def load_config():   # again on SIGHUP: the same file, the same command-line overrides
         return config_module.load(config, origins=origin, cache_dir=cache_dir, cache_size=cache_size,
@@ -210,7 +210,7 @@ def mount(
 @app.command()
 def unmount(mountpoint: Path = typer.Argument(..., metavar="MOUNTPOINT", help="The mountpoint to unmount.")):
     """Unmount MOUNTPOINT and wait for its daemon to finish."""
-    from . import daemon
+    from .daemon import process as daemon
 
     try:
         note = daemon.unmount(mountpoint)
@@ -235,7 +235,7 @@ def health(mountpoint: Optional[Path] = typer.Argument(None, metavar="MOUNTPOINT
 
     from . import logs
     from .health.probe import UNKNOWN, probe
-    from .live import read_status
+    from .status import read_status
     from .metrics import write_textfile_or_warn
 
     try:
@@ -281,7 +281,7 @@ def status(targets: Optional[List[Path]] = typer.Argument(None, metavar="[MOUNTP
            as_json: bool = typer.Option(False, "--json", help="Print JSON (exact integers) instead of text.")):
     """The live daemon (origins, cache, scans, uptime), or per file of a mount: the origin
     serving it, its path there, replicas and how much of it is cached."""
-    from . import operations
+    from .commands import mounts as operations
 
     try:
         if not targets or (len(targets) == 1 and operations.live_mount(targets[0]) is not None):
@@ -311,7 +311,7 @@ def status(targets: Optional[List[Path]] = typer.Argument(None, metavar="[MOUNTP
 def rescan(mountpoint: Path = typer.Argument(..., help="The mount whose origins to rescan.")):
     """Rescan the origins now and print what changed (kill -USR1 on the daemon starts one
     without waiting)."""
-    from . import operations
+    from .commands import mounts as operations
 
     try:
         result = operations.rescan(operations.mount_for(mountpoint, None))
@@ -328,7 +328,7 @@ def reload(mountpoint: Path = typer.Argument(..., help="The mount whose daemon r
     A config that is wrong or cannot be applied is refused (exit 1, naming the file and key)
     and the mount keeps the configuration it runs with. (kill -HUP on the daemon does the same,
     with the outcome in its log.)"""
-    from . import operations
+    from .commands import mounts as operations
 
     try:
         result = operations.reload(operations.mount_for(mountpoint, None))
@@ -351,7 +351,7 @@ def search(mountpoint: Path = typer.Argument(..., help="The mount to search."),
     """The tracks of a mount a query matches, their paths in the mount one a line, in album
     artist, album, disc, track order. Exit 1 when nothing matched, 2 when the query does not
     parse."""
-    from . import operations
+    from .commands import mounts as operations
     from .catalog.query import QueryError, parse
 
     query = " ".join(words)
@@ -378,7 +378,7 @@ def pin(paths: List[Path] = typer.Argument(..., metavar="PATH...", help="Files o
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON.")):
     """Fetch files or folders of a mount into the cache and keep them there (they play with
     every origin gone); --unpin releases them. Exit 1 if something did not fit or failed."""
-    from . import operations
+    from .commands import mounts as operations
 
     bar = operations.ProgressBar()
     try:
@@ -402,8 +402,8 @@ def pin(paths: List[Path] = typer.Argument(..., metavar="PATH...", help="Files o
 def cache_stats(config: Optional[Path] = ConfigOption, cache_dir: Optional[Path] = CacheDirOption,
                 as_json: bool = typer.Option(False, "--json", help="Print one JSON object (sizes in bytes).")):
     """Print the index's view of the cache: chunks, size, limit, hits, misses, passthrough."""
-    from .inspect import cache_stats as collect
-    from .live import read_status
+    from .commands.cache import cache_stats as collect
+    from .status import read_status
 
     cfg = _load(config, cache_dir=cache_dir)
     try:
@@ -442,7 +442,7 @@ def cache_verify(config: Optional[Path] = ConfigOption, cache_dir: Optional[Path
                  repair: bool = typer.Option(False, "--repair", help="Fix what is found."),
                  as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")):
     """Check every cache invariant (exit 0 when consistent); --repair fixes what it finds."""
-    from .inspect import verify_cache
+    from .commands.cache import verify_cache
 
     cfg = _load(config, cache_dir=cache_dir)
     try:

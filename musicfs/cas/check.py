@@ -12,7 +12,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from ..storage import Storage
+from ..database import Storage
 from .store import CHUNK_RECORD, DIGEST_SIZE, PIN_COUNT, digest_of, forget_chunk, lru_key, manifest_digests
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """The content-addressed chunk store: verified chunk files plus their LMDB index.
 
-Format and invariants: see :mod:`musicfs.storage`. The rules this class keeps:
+Format and invariants: see :mod:`musicfs.database`. The rules this class keeps:
 
 * A chunk file is written to chunks/.tmp/ and renamed; only then is it recorded, and its size added to
   ``meta.total``, in ONE write transaction (together with the manifest slot that uses it).
@@ -33,7 +33,8 @@ import xxhash
 
 from ..catalog.records import origin_key
 from ..errors import ChunkCorrupt, ChunkMissing
-from ..storage import U64, Storage
+from ..database import U64, Storage
+from .disk import CacheDisk
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +216,8 @@ class CacheWriteError(OSError):
 
 
 class ChunkStore:
-    def __init__(self, storage: Storage, max_size: int, *, chunk_size: int = DEFAULT_CHUNK_SIZE):
+    def __init__(self, storage: Storage, max_size: int, *, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                 disk: CacheDisk | None = None):
         self.storage = storage
         self.max_size = max_size
         self._chunks_dir = os.fsencode(storage.chunks_dir)
@@ -234,13 +236,8 @@ class ChunkStore:
         # is a read and a write, and two threads can lose one of their counts between them).
         self.hits = Tally()
         self.misses = Tally()
-        # Passthrough: the cache disk refused a write, so reads go straight to origins until
-        # probe_writable() sees the disk take writes again.
-        self.passthrough = False
-        self.passthrough_reason = ""
-        # Set when a chunk load did not answer in time (a hung cache disk): cached chunks are
-        # then read from origins instead, until a probe sees the disk answer again.
-        self.loads_suspended = False
+        # Whether the cache disk takes writes and answers loads (passthrough, suspended loads).
+        self.disk = disk if disk is not None else CacheDisk()
         self.chunk_size = self._init_chunk_size(chunk_size)
 
     def _init_chunk_size(self, wanted: int) -> int:
@@ -470,8 +467,8 @@ class ChunkStore:
         `record_if(txn)`, asked in that transaction, may refuse: then nothing is stored and None
         is returned (the caller's file version is no longer the current one, say).
         Raises CacheWriteError if the cache disk refuses the write; nothing is recorded then."""
-        if self.passthrough:
-            raise CacheWriteError(errno.EIO, f"cache in passthrough: {self.passthrough_reason}")
+        if self.disk.passthrough:
+            raise CacheWriteError(errno.EIO, f"cache in passthrough: {self.disk.reason}")
         try:
             return self._put(data, manifest, record_if)
         except CacheWriteError as e:
@@ -480,7 +477,7 @@ class ChunkStore:
                     return self._put(data, manifest, record_if)
                 except CacheWriteError as again:
                     e = again
-            self._enter_passthrough(e)
+            self.disk.refuses_writes(e.strerror or str(e))
             raise
 
     def _put(self, data: bytes, manifest, record_if=None) -> bytes | None:
@@ -515,20 +512,6 @@ class ChunkStore:
             self.evict()
         return digest
 
-    def _enter_passthrough(self, error: OSError) -> None:
-        if not self.passthrough:
-            self.passthrough_reason = error.strerror or str(error)
-            self.passthrough = True
-            log.warning("cache disk refuses writes (%s): serving straight from origins (passthrough) "
-                        "until it works again", self.passthrough_reason)
-
-    def suspend_loads(self, reason: str) -> None:
-        """The cache disk does not answer: stop loading from it and writing to it."""
-        if not self.loads_suspended:
-            self.loads_suspended = True
-            log.warning("cache disk does not answer (%s): reading from origins instead until it does", reason)
-        self._enter_passthrough(OSError(errno.EIO, reason))
-
     def probe_writable(self) -> bool:
         """Try a real write (a temp file and an index transaction); leave passthrough if it works."""
         probe = b"%s/probe.%d" % (self._tmp_dir, os.getpid())
@@ -543,12 +526,9 @@ class ChunkStore:
             with self.storage.begin(write=True) as txn:
                 self.storage.put_u64(txn, b"probed", time.time_ns())
         except Exception as e:
-            self.passthrough_reason = getattr(e, "strerror", None) or str(e)
+            self.disk.still_refusing(getattr(e, "strerror", None) or str(e))
             return False
-        if self.passthrough:
-            self.passthrough = False
-            self.loads_suspended = False
-            log.info("cache disk takes writes again: caching resumed")
+        self.disk.works_again()
         return True
 
     def _write_file(self, digest: bytes, data: bytes) -> None:

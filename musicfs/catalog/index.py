@@ -15,7 +15,7 @@ import xxhash
 
 from ..errors import NotFound
 from ..origins.base import KIND_DIR
-from ..storage import Storage
+from ..database import Storage
 from .query import Query
 from .records import (DISC, FIRST_SEEN, GENERATION, ROOT, SEARCH, SEARCHED, TRACK, UNPLACED, CatalogEntry, decode_placement, decode_search, placed_key, children_prefix, decode_entry, entry_attrs, entry_kind,
                       origin_key, record_version, split, version_tag)

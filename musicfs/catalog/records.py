@@ -1,6 +1,6 @@
 """The catalog's records: the only code that knows their byte layout and key formats.
 
-The layout of every database is specified in :mod:`musicfs.storage`; this module encodes and
+The layout of every database is specified in :mod:`musicfs.database`; this module encodes and
 decodes the catalog's part of it (``origin_files``, ``tags``, ``entries``, ``children`` and the
 derived tag-view databases). Everything else asks through these functions or through
 :class:`musicfs.catalog.index.Catalog`, never slicing a value itself.
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import xxhash
 
 from ..origins.base import KIND_DIR, KIND_FILE, OriginEntry
-from ..storage import U64
+from ..database import U64
 
 ENTRY_HEAD = struct.Struct(">BQQB")        # kind, size, mtime_ns, number of sources
 ORIGIN_RECORD = struct.Struct(">BQQQ")     # kind, size, mtime_ns, scan generation; then the token

@@ -1,6 +1,6 @@
 """The persistent catalog: what the library looks like, stored in LMDB, served without origins.
 
-Two layers (format: :mod:`musicfs.storage`):
+Two layers (format: :mod:`musicfs.database`):
 
 * ``origin_files`` is what each origin had at its last scan, keyed by (origin, path on origin).
 * ``entries``/``children`` is the merged tree users see. Each shown path carries its sources:
@@ -36,7 +36,7 @@ from ..cas.store import ChunkStore
 from ..errors import OriginChanged, OriginUnavailable
 from ..origins.base import KIND_DIR, KIND_FILE, Origin, OriginEntry, join
 from ..origins.local import LocalOrigin
-from ..storage import Storage
+from ..database import Storage
 from .index import RecentChanges
 from .layout import PATH_MAX, split_ext
 from .records import (encode_record, encode_tags, entry_version, origin_prefix, record_generation,

@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..live import process_start_ticks, runtime_dir, runtime_name
+from ..status import process_start_ticks, runtime_dir, runtime_name
 
 
 @dataclass

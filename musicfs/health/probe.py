@@ -34,9 +34,10 @@ from functools import partial
 
 from .. import origins as origin_factory
 from ..config import DEFAULT_HEALTH_TIMEOUT, Config, OriginConfig
-from ..live import (CacheLock, config_from_status, read_status_file, runtime_dir, status_path, status_pid_alive,
+from ..cache_lock import CacheLock
+from ..status import (config_from_status, read_status_file, runtime_dir, status_path, status_pid_alive,
                        statuses_of_mountpoint)
-from ..storage import ENV_NAME, TMP_DIR, U64, Storage
+from ..database import ENV_NAME, TMP_DIR, U64, Storage
 from .isolated import Checks, Outcome, is_enotconn
 from .monitor import DEGRADED, HEALTHY, UNHEALTHY
 

@@ -94,7 +94,7 @@ class Fetcher:
         data = self.store.get_verified(digest)
         if data is not None:
             return data
-        if self.store.loads_suspended:
+        if self.store.disk.loads_suspended:
             raise ChunkMissing("the cache disk does not answer")
         # A preload of it under way (the usual case for a sequential reader) is waited for
         # itself: one thread handoff instead of two (a load task that would wait for it too).
@@ -105,7 +105,7 @@ class Fetcher:
         except FutureTimeout:
             if preloading is None:   # (the store's own load is not ours to drop)
                 future.cancel()
-            self.store.suspend_loads(f"loading a chunk took more than {self.cache_timeout:g}s")
+            self.store.disk.stops_answering(f"loading a chunk took more than {self.cache_timeout:g}s")
             raise ChunkMissing("the cache disk did not answer") from None
 
     def passed_through_digest(self, source: Source, index: int) -> bytes | None:
@@ -191,7 +191,7 @@ class Fetcher:
         """Runs in the pool: one range read of one chunk, stored if the cache takes it."""
         length = self.chunk_length(source.size, index)
         known = self.store.manifest(source.key, source.size, source.mtime_ns)[index]
-        if known is not None and not self.store.loads_suspended:  # cached meanwhile (a readahead, or a read that waited elsewhere)
+        if known is not None and not self.store.disk.loads_suspended:  # cached meanwhile (a readahead, or a read that waited elsewhere)
             try:
                 return known, self.cached(known, length, time.monotonic() + self.cache_timeout)
             except (ChunkMissing, ChunkCorrupt):
@@ -283,7 +283,7 @@ class Fetcher:
         return digest
 
     def _cache(self, source: Source, index: int, data: bytes) -> bytes | None:
-        if self.store.passthrough:
+        if self.store.disk.passthrough:
             return None
         put = functools.partial(self.store.put, data, manifest=(source.key, source.size, source.mtime_ns, index),
                                 record_if=functools.partial(self._still_catalogued, source))
@@ -293,7 +293,7 @@ class Fetcher:
         except CacheWriteError:
             return None   # the store logged the transition to passthrough
         except FutureTimeout:
-            self.store.suspend_loads(f"writing a chunk took more than {self.cache_timeout:g}s")
+            self.store.disk.stops_answering(f"writing a chunk took more than {self.cache_timeout:g}s")
             return None
 
     def _still_catalogued(self, source: Source, txn) -> bool:

@@ -71,17 +71,17 @@ class ReadAhead:
             # Maybe a tag reader going on to the cover art, which stops soon; past this point,
             # a player or a copy, which reads to the end.
             depth = min(depth, self.tag_reader_chunks + TAG_READER_EXTRA_CHUNKS + 1 - index)
-        if self.store.passthrough:
+        if self.store.disk.passthrough:
             # What is read ahead now waits in memory for its read (the store's memory of
             # verified chunks): no further ahead than it holds, with room for the reader.
             held = max(self.store.verified.capacity // self.chunk_size // 2, 1)
             depth, span = min(depth, held), min(span, held)
         # Chunks kept in memory only matter while the cache disk does not serve them.
-        in_memory = self._in_memory if self.store.passthrough or self.store.loads_suspended else _never
+        in_memory = self._in_memory if self.store.disk.passthrough or self.store.disk.loads_suspended else _never
         missing = []
         for ahead in range(index, min(index + depth, count)):
             digest = handle.digests[ahead]
-            if digest is not None and not self.store.loads_suspended:
+            if digest is not None and not self.store.disk.loads_suspended:
                 # Cached: load and verify it in the background, so the reader does not wait
                 # for one chunk file after another (the kernel reads ahead only within a file).
                 if handle.preloaded < ahead < index + PRELOAD_AHEAD:

@@ -1,0 +1,54 @@
+"""Applying an edited config file to the running daemon: SIGHUP and `musicfs reload`."""
+from __future__ import annotations
+
+import logging
+import threading
+
+from ..config import config_differences
+from ..errors import CommandError, MusicfsError
+
+log = logging.getLogger(__name__)
+
+
+class Reloader:
+    """Reading the config again and applying it (SIGHUP, `musicfs reload`), one at a time in
+    the order asked. A config that is wrong or cannot be applied is refused, and the running
+    one stays."""
+
+    def __init__(self, service, load_config, warn, to_systemd=None):
+        self.service = service
+        self.load_config = load_config   # None: started without a config file (-O only)
+        self.warn = warn
+        self.to_systemd = to_systemd
+        self._lock = threading.Lock()
+
+    def on_signal(self) -> None:
+        """SIGHUP: the outcome goes to the log (and the status file)."""
+        log.info("received SIGHUP: reloading the configuration")
+        try:
+            self.now()
+        except MusicfsError as e:
+            log.error("reload refused, still running with the previous configuration: %s", e)
+        except Exception:  # noqa: BLE001 - a bug must not take the mount down
+            log.exception("reload failed, still running with the previous configuration")
+
+    def now(self) -> dict:
+        """Reload and return {"summary", "changes": one line per changed setting}; raises
+        (ConfigError naming the file and key, CommandError...) when refused."""
+        if self.load_config is None:
+            raise CommandError("this daemon was started without a config file (origins given with -O): "
+                               "there is nothing to read again; unmount and mount with -c CONFIG")
+        with self._lock:
+            if self.to_systemd is not None:
+                self.to_systemd.reloading()
+            try:
+                old = self.service.config
+                summary = self.service.reload(self.load_config(), self.warn)
+            except Exception as e:
+                self.service.note_reload(str(e) if isinstance(e, MusicfsError) else f"{type(e).__name__}: {e}")
+                raise
+            finally:
+                if self.to_systemd is not None:
+                    self.to_systemd.reloaded()
+            self.service.note_reload(None)
+            return {"summary": summary, "changes": config_differences(old, self.service.config)}

@@ -1,0 +1,1 @@
+"""What tests and benchmarks share: synthetic libraries, configs, real servers, waiting."""

@@ -1,0 +1,1 @@
+"""Real FUSE mounts: what users and media servers see, and the commands around a mount."""

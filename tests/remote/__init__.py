@@ -1,0 +1,1 @@
+"""Remote origins against real servers on loopback (OpenSSH, S3)."""

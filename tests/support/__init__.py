@@ -1,0 +1,1 @@
+"""What the tests share, by concern: mounts, origins that fail, real audio, beets as reference."""

@@ -1,0 +1,1 @@
+"""Logic without FUSE: catalog, config, layout, query, the chunk store, retries."""
