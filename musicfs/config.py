@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError
+from .origins.options import OPTIONS as ORIGIN_OPTIONS
+from .origins.options import LocalOptions, required as required_options, schema as option_schema
 from .catalog.layout import (DEFAULT_COMP_TEMPLATE, DEFAULT_IGNORE, DEFAULT_SINGLETON_TEMPLATE, DEFAULT_TEMPLATE,
                              IgnoreRules, Layout, Template)
 
@@ -109,13 +111,13 @@ def _cache_size(value, key: str) -> int:
 class OriginConfig:
     """One [[origins]] table. `path`: a local directory, or the directory on an SFTP server
     ("" for S3, whose place is `bucket` + `prefix`). `options`: the type's own keys (host,
-    bucket...), validated by _ORIGIN_TYPES."""
+    bucket...) as its frozen options class (musicfs.origins.options), read by attribute."""
     name: str
     path: Path | str
     type: str = "local"
     connections: int = DEFAULT_CONNECTIONS
     timeout: float = DEFAULT_ORIGIN_TIMEOUT
-    options: dict = field(default_factory=dict)
+    options: object = None   # the type's own frozen options (origins.options), None for a bare local one
 
 
 @dataclass(frozen=True)
@@ -194,7 +196,7 @@ def config_differences(old: Config, new: Config) -> list[str]:
         lines.append(f"origin {name} removed")
     for name in before.keys() & after.keys():
         a, b = dataclasses.asdict(before[name]), dataclasses.asdict(after[name])
-        a.update(a.pop("options")), b.update(b.pop("options"))
+        a.update(a.pop("options") or {}), b.update(b.pop("options") or {})
         for key in sorted(a.keys() | b.keys()):
             if a.get(key) != b.get(key):
                 if any(word in key for word in ("secret", "password", "token")):
@@ -279,31 +281,13 @@ _SCHEMA = {
     "log": {"file": ((str,), _path), "level": ((str,), _level)},
     "search": {"limit": ((int,), _positive_int)},
 }
-def _url(value, key):
-    if not re.fullmatch(r"https?://[^/\s]+(/.*)?", value):
-        raise ConfigError(f"{key}: must be a URL such as http://127.0.0.1:9000, got {value!r}")
-    return value
-
-
-def _port(value, key):
-    if not 0 < value < 65536:
-        raise ConfigError(f"{key}: must be a TCP port (1-65535), got {value}")
-    return value
-
-
-# Keys every origin takes, then each type's own: (accepted TOML types, converter), and which
-# of them a table must have.
+# Keys every origin takes (each type's own are its options class's fields: origins.options).
 _ORIGIN_COMMON = {"name": ((str,), None), "type": ((str,), None), "connections": ((int,), _positive_int),
                   "timeout": (_Number, _seconds)}
-_ORIGIN_TYPES = {
-    "local": {"path": ((str,), _path)},
-    "sftp": {"host": ((str,), None), "port": ((int,), _port), "user": ((str,), None), "path": ((str,), None),
-             "key_file": ((str,), _path), "known_hosts": ((str,), _path)},
-    "s3": {"bucket": ((str,), None), "prefix": ((str,), None), "endpoint_url": ((str,), _url),
-           "region": ((str,), None), "profile": ((str,), None)},
-}
-_ORIGIN_REQUIRED = {"local": ("path",), "sftp": ("host", "path"), "s3": ("bucket",)}
-ORIGIN_TYPES = tuple(_ORIGIN_TYPES)
+# Where each type's files are: a local directory, a directory on the SFTP server (S3: bucket
+# and prefix, no path).
+_ORIGIN_PATH = {"local": ((str,), _path), "sftp": ((str,), None)}
+ORIGIN_TYPES = tuple(ORIGIN_OPTIONS)
 # Secrets that users may try to put in the file: never accepted there.
 _SECRETS = {"password": "use a key file or ssh-agent", "passphrase": "use ssh-agent for a key with a passphrase",
             "secret_access_key": "use the standard AWS credential chain (environment, ~/.aws, profile)",
@@ -337,24 +321,28 @@ def _parse_origins(raw) -> tuple[OriginConfig, ...]:
         if isinstance(table.get("name"), str):
             prefix += f" ({table['name']})"   # which origin, without counting tables
         kind = table.get("type", "local")
-        if kind not in _ORIGIN_TYPES:
+        if kind not in ORIGIN_OPTIONS:
             raise ConfigError(f"{prefix}.type: unknown origin type {kind!r} (known: {', '.join(ORIGIN_TYPES)})")
-        schema = {**_ORIGIN_COMMON, **_ORIGIN_TYPES[kind]}
+        own = option_schema(kind)
+        schema = {**_ORIGIN_COMMON, **({"path": _ORIGIN_PATH[kind]} if kind in _ORIGIN_PATH else {}), **own}
+        needed = ("path",) * (kind in _ORIGIN_PATH) + required_options(kind)
         for key in table:
             if key in _SECRETS:
                 raise ConfigError(f"{prefix}.{key}: secrets never go in the config file; {_SECRETS[key]}")
             if key not in schema:
                 raise ConfigError(f"{prefix}.{key}: unknown key for {_a(kind)} origin (known: {', '.join(schema)})")
-        for key in _ORIGIN_REQUIRED[kind]:
+        for key in needed:
             if key not in table:
-                raise ConfigError(f"{prefix}.{key}: missing; {_a(kind)} origin needs {' and '.join(_ORIGIN_REQUIRED[kind])}")
+                raise ConfigError(f"{prefix}.{key}: missing; {_a(kind)} origin needs {' and '.join(needed)}")
         values = {k: _convert(f"{prefix}.{k}", v, *schema[k]) for k, v in table.items()}
         name = values.pop("name", f"origin{index + 1}")
         if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
             raise ConfigError(f"{prefix}.name: {name!r} must be 1-64 letters, digits, '.', '_' or '-'")
         values.pop("type", None)
         common = {k: values.pop(k) for k in ("connections", "timeout") if k in values}
-        origins.append(OriginConfig(name=name, path=values.pop("path", ""), type=kind, options=values, **common))
+        path = values.pop("path", "")
+        options = ORIGIN_OPTIONS[kind](**values)   # (what is left: the type's own keys, all checked)
+        origins.append(OriginConfig(name=name, path=path, type=kind, options=options, **common))
     names = [o.name for o in origins]
     duplicate = next((n for n in names if names.count(n) > 1), None)
     if duplicate:
@@ -426,7 +414,7 @@ def _parse(document: dict, source: Path | None) -> Config:
             values[key] = _convert(f"{section}.{key}", value, *_SCHEMA[section][key])
         sections[section] = values
     if origins is None:
-        origins = (OriginConfig(name="music", path=xdg_music_dir()),)
+        origins = (OriginConfig(name="music", path=xdg_music_dir(), options=LocalOptions()),)
     if not origins:
         raise ConfigError("origins: the list is empty; add at least one [[origins]] table")
     return Config(
@@ -471,7 +459,8 @@ def load(path: Path | None = None, *, origins: list[Path] | None = None, cache_d
         if twice is not None:
             raise ConfigError(f"-O {twice} is given twice; give each origin directory once")
         config = dataclasses.replace(config, origins=tuple(
-            OriginConfig(name=f"origin{i + 1}", path=Path(os.path.abspath(os.path.expanduser(p))))
+            OriginConfig(name=f"origin{i + 1}", path=Path(os.path.abspath(os.path.expanduser(p))),
+                         options=LocalOptions())
             for i, p in enumerate(origins)))
     if cache_dir is not None:
         config = dataclasses.replace(config, cache=dataclasses.replace(config.cache, dir=Path(os.path.abspath(cache_dir))))

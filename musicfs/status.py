@@ -9,6 +9,7 @@ is. Every command that looks at or talks to a live daemon goes through here (its
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from .config import CacheConfig, Config, HealthConfig, LogConfig, OriginConfig
 from .cache_lock import CacheLock
+from .origins.options import OPTIONS as ORIGIN_OPTIONS
 
 
 def runtime_dir() -> Path:
@@ -133,8 +135,7 @@ def config_summary(config: Config) -> dict:
     """What the cron probe needs of a daemon's configuration, published in its status file, so
     that `musicfs health MOUNTPOINT` works for a mount started without a config file."""
     return {"origins": [{"name": o.name, "type": o.type, "path": str(o.path), "connections": o.connections,
-                         "timeout": o.timeout, "options": {k: str(v) if isinstance(v, Path) else v
-                                                           for k, v in o.options.items()}}
+                         "timeout": o.timeout, "options": _published_options(o.options)}
                         for o in config.origins],
             "health_timeout": config.health.timeout, "health_interval": config.health.interval,
             "cache_max_size": config.cache.max_size,
@@ -157,15 +158,23 @@ def config_from_status(status: dict) -> Config | None:
         return None
 
 
+def _published_options(options) -> dict:
+    """An origin's options as JSON: the keys set (a None is a default), paths as text."""
+    if options is None:
+        return {}
+    return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(options).items() if v is not None}
+
+
 def _origin_from_summary(o: dict) -> OriginConfig:
     kind = o.get("type", "local")
-    options = dict(o.get("options") or {})
+    known = {f.name: f for f in dataclasses.fields(ORIGIN_OPTIONS[kind])}
+    options = {k: v for k, v in (o.get("options") or {}).items() if k in known}
     for key in ("key_file", "known_hosts"):
-        if key in options:
+        if options.get(key) is not None:
             options[key] = Path(options[key])
     extra = {k: o[k] for k in ("connections", "timeout") if k in o}
     return OriginConfig(name=o["name"], path=Path(o["path"]) if kind == "local" else o["path"], type=kind,
-                        options=options, **extra)
+                        options=ORIGIN_OPTIONS[kind](**options), **extra)
 
 
 def read_status(cache_dir: Path) -> dict | None:

@@ -15,6 +15,9 @@ What it looks at:
   view finding it not healthy is a problem.
 * The cache dir: writable, free space against ``max_size``, index total, lock holder.
 
+Two steps: ``gather`` reads the status file and runs the checks (the only I/O, bounded by the
+timeout) into ``Findings``; ``judge`` turns them into the ``Verdict`` without touching anything.
+
 Everything that can hang (an origin, the mount, the cache dir) is checked in a forked child
 (see ``isolated``), abandoned at the deadline, and never checked twice at once across runs. The
 probe itself touches only local files (the config, the status files, the log), so it finishes
@@ -251,9 +254,30 @@ def probe(config: Config | None, mountpoint=None) -> Verdict:
                            f"give its config file with -c", time.monotonic() - started)
     else:
         status = read_status_file(config.cache.dir)
-    timeout = config.health.timeout
-    now = time.time()
+    return judge(gather(config, status, mountpoint, started))
 
+
+@dataclass
+class Findings:
+    """What the probe saw, before any judgement: the daemon's status file (and what it says of
+    the daemon), the daemon's standing verdicts on origins, and the outcomes of the checks the
+    probe ran itself (each in an abandonable process)."""
+    config: Config
+    started: float                    # time.monotonic() when the probe began
+    status: dict | None               # the daemon's status file, if any
+    daemon: dict                      # running, pid, fresh, died, status_age, mountpoint, started, status_file
+    watched_mount: str | None         # the mountpoint checked, if any
+    views: dict                       # origin -> the daemon's view (live daemon), fresh or not
+    fresh_views: dict                 # the same, only from a fresh status file
+    standing: dict                    # origin -> why the daemon's verdict stands for the probe's check
+    outcomes: dict                    # "mount" / "cache" / "origin-NAME" -> Outcome
+
+
+def gather(config: Config, status: dict | None, mountpoint: str | None, started: float) -> Findings:
+    """Read the daemon's status and run, in parallel and bounded by [health].timeout, the checks
+    it cannot answer for itself: its mount answering, the cache dir, and each origin it has no
+    recent verdict on."""
+    now = time.time()
     daemon = {"running": False, "pid": None, "fresh": False, "died": False, "status_age": None,
               "mountpoint": None, "started": None, "status_file": str(status_path(config.cache.dir))}
     if status is not None:
@@ -279,41 +303,64 @@ def probe(config: Config | None, mountpoint=None) -> Verdict:
             standing[origin_config.name] = reason
             continue
         checks.start(f"origin-{origin_config.name}", partial(_check_origin, origin_config))
-    outcomes = checks.collect(started + timeout)
+    outcomes = checks.collect(started + config.health.timeout)
+    return Findings(config, started, status, daemon, watched_mount, views, fresh_views, standing, outcomes)
 
+
+def judge(findings: Findings) -> Verdict:
+    """The verdict on what was found: no I/O, nothing waited for."""
     critical: list[str] = []
     problems: list[str] = []
-    # the daemon and its mount
-    mount = None
+    mount = _judge_daemon_and_mount(findings, critical, problems)
+    verdicts = _judge_origins(findings, problems)
+    cache = _judge_cache(findings, verdicts, problems)
+    daemon = findings.daemon
+    healthy = sum(o.status == HEALTHY for o in verdicts)
+    code = CRITICAL if critical or healthy == 0 else WARNING if problems else OK
+    parts = [f"{healthy}/{len(verdicts)} origins healthy", *critical, *problems]
+    if not daemon["died"]:
+        parts.append(f"daemon PID {daemon['pid']}" if daemon["running"] else "daemon not running")
+    return Verdict(code, verdicts, cache, daemon, "; ".join(parts), time.monotonic() - findings.started,
+                   critical + problems, mount, findings.config)
+
+
+def _judge_daemon_and_mount(findings: Findings, critical: list, problems: list) -> dict | None:
+    daemon, timeout = findings.daemon, findings.config.health.timeout
     if daemon["died"]:
         critical.append(f"daemon PID {daemon['pid']} died (killed or crashed: it left its status file behind)")
     elif daemon["running"] and not daemon["fresh"]:
         problems.append(f"daemon PID {daemon['pid']} has not refreshed its status for {daemon['status_age']:.0f}s")
-    if "mount" in outcomes:
-        outcome = outcomes["mount"]
-        fstype = mounted_fstype(watched_mount)
-        failure = _failure(outcome, timeout)
-        mount = {"mountpoint": watched_mount, "answers": failure is None, "mounted": fstype is not None,
-                 "fstype": fstype, "error": failure}
-        if is_enotconn(outcome):
-            critical.append(f"mount {watched_mount} is dead ({outcome.error})")
-        elif failure is not None:
-            critical.append(f"mount {watched_mount} does not answer: {failure}")
-        elif fstype is None:
-            critical.append(f"{watched_mount} is {'no longer' if daemon['died'] else 'not'} mounted")
+    outcome = findings.outcomes.get("mount")
+    if outcome is None:
+        return None
+    watched = findings.watched_mount
+    fstype = mounted_fstype(watched)
+    failure = _failure(outcome, timeout)
+    if is_enotconn(outcome):
+        critical.append(f"mount {watched} is dead ({outcome.error})")
+    elif failure is not None:
+        critical.append(f"mount {watched} does not answer: {failure}")
+    elif fstype is None:
+        critical.append(f"{watched} is {'no longer' if daemon['died'] else 'not'} mounted")
+    return {"mountpoint": watched, "answers": failure is None, "mounted": fstype is not None,
+            "fstype": fstype, "error": failure}
 
-    # the origins
+
+def _judge_origins(findings: Findings, problems: list) -> list[OriginVerdict]:
+    """Each origin: the worse of the daemon's view and the probe's own check (either may be
+    missing); a current latency only from a side that finds it healthy."""
     verdicts = []
-    for origin_config in config.origins:
-        verdict = OriginVerdict(origin_config.name)
-        view = fresh_views.get(origin_config.name)
+    for origin_config in findings.config.origins:
+        name = origin_config.name
+        verdict = OriginVerdict(name)
+        view = findings.fresh_views.get(name)
         if isinstance(view, dict) and view.get("status") in _RANK:
             verdict.daemon = view
-        outcome = outcomes.get(f"origin-{origin_config.name}")
+        outcome = findings.outcomes.get(f"origin-{name}")
         if outcome is None:
-            verdict.not_checked = standing[origin_config.name]
+            verdict.not_checked = findings.standing[name]
         else:
-            verdict.probe = _probe_view(outcome, timeout)
+            verdict.probe = _probe_view(outcome, findings.config.health.timeout)
         seen = [v for v in (verdict.daemon, verdict.probe) if v is not None]
         verdict.status = max((v["status"] for v in seen), key=_RANK.__getitem__)
         # A current answer's latency: the daemon keeps its last good one while an origin is down.
@@ -327,16 +374,19 @@ def probe(config: Config | None, mountpoint=None) -> Verdict:
         verdict.error = "; ".join(reasons) or None
         if verdict.status != HEALTHY:
             problems.append(f"origin {verdict.name} {verdict.status} ({verdict.error})")
-        if isinstance(views.get(origin_config.name), dict):
-            problems.extend(scan_problems(origin_config.name, views[origin_config.name].get("scan")))
+        if isinstance(findings.views.get(name), dict):
+            problems.extend(scan_problems(name, findings.views[name].get("scan")))
         verdicts.append(verdict)
+    return verdicts
 
-    # the cache
+
+def _judge_cache(findings: Findings, verdicts: list[OriginVerdict], problems: list) -> dict:
+    config, daemon, status = findings.config, findings.daemon, findings.status
     cache = {"dir": str(config.cache.dir), "writable": False,
              "passthrough": bool(daemon["running"] and status.get("passthrough")),
              "max_bytes": config.cache.max_size, "bytes": None, "free_bytes": None, "error": None,
              "pinned_bytes": None, "hits": None, "misses": None}
-    outcome = outcomes["cache"]
+    outcome = findings.outcomes["cache"]
     if outcome.value is not None:
         holder = outcome.value.pop("holder", None)
         scanned = outcome.value.pop("scanned", {})
@@ -346,7 +396,7 @@ def probe(config: Config | None, mountpoint=None) -> Verdict:
         if holder is not None and not daemon["running"]:
             daemon.update(running=True, pid=holder)   # holds the lock but publishes no status
     else:
-        cache["error"] = _failure(outcome, timeout)
+        cache["error"] = _failure(outcome, config.health.timeout)
     if not cache["writable"]:
         problems.append(f"cache not writable ({cache['error']})")
     if cache["passthrough"]:
@@ -355,14 +405,7 @@ def probe(config: Config | None, mountpoint=None) -> Verdict:
     if cache["free_bytes"] is not None and cache["bytes"] is not None and \
             cache["free_bytes"] < config.cache.max_size - cache["bytes"]:
         problems.append(f"cache disk has {cache['free_bytes'] >> 20} MiB free, less than max_size still needs")
-
-    healthy = sum(o.status == HEALTHY for o in verdicts)
-    code = CRITICAL if critical or healthy == 0 else WARNING if problems else OK
-    parts = [f"{healthy}/{len(verdicts)} origins healthy", *critical, *problems]
-    if not daemon["died"]:
-        parts.append(f"daemon PID {daemon['pid']}" if daemon["running"] else "daemon not running")
-    return Verdict(code, verdicts, cache, daemon, "; ".join(parts), time.monotonic() - started,
-                   critical + problems, mount, config)
+    return cache
 
 
 def _probe_view(outcome: Outcome, timeout: float) -> dict:

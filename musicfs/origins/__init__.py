@@ -2,9 +2,13 @@
 remote types import their transport library (paramiko, boto3) only when one is configured."""
 from __future__ import annotations
 
-from ..config import OriginConfig
+from typing import TYPE_CHECKING
+
 from .base import KIND_DIR, KIND_FILE, Origin, OriginEntry, join
 from .local import LocalOrigin
+
+if TYPE_CHECKING:
+    from ..config import OriginConfig
 
 __all__ = ["KIND_DIR", "KIND_FILE", "Origin", "OriginEntry", "LocalOrigin", "build", "join"]
 

@@ -93,20 +93,20 @@ class S3Origin(Origin):
     def __init__(self, config):
         super().__init__(config.name)
         options = config.options
-        self.bucket = options["bucket"]
-        prefix = options.get("prefix", "").strip("/")
+        self.bucket = options.bucket
+        prefix = options.prefix.strip("/")
         self.prefix = prefix + "/" if prefix else ""
-        self.endpoint_url = options.get("endpoint_url")
+        self.endpoint_url = options.endpoint_url
         self.timeout = config.timeout
         self.attempt_timeout = attempt_timeout(config.timeout)
         try:
-            session = boto3.session.Session(profile_name=options.get("profile")) if options.get("profile") \
+            session = boto3.session.Session(profile_name=options.profile) if options.profile \
                 else boto3.session.Session()
         except botocore.exceptions.ProfileNotFound:
-            raise ConfigError(f"origin {self.name}: profile {options['profile']!r} is not in ~/.aws/config or "
+            raise ConfigError(f"origin {self.name}: profile {options.profile!r} is not in ~/.aws/config or "
                               f"~/.aws/credentials") from None
         self.client = session.client(
-            "s3", endpoint_url=self.endpoint_url, region_name=options.get("region"),
+            "s3", endpoint_url=self.endpoint_url, region_name=options.region,
             config=botocore.config.Config(max_pool_connections=config.connections + BESIDE_READERS,
                                           # one attempt per call: retries are origins/retry.py's
                                           retries={"mode": "standard", "total_max_attempts": 1},

@@ -105,12 +105,12 @@ class SftpOrigin(Origin):
     def __init__(self, config):
         super().__init__(config.name)
         options = config.options
-        self.host = options["host"]
-        self.port = options.get("port", 22)
-        self.user = options.get("user") or getpass.getuser()
+        self.host = options.host
+        self.port = options.port
+        self.user = options.user or getpass.getuser()
         self.root = posixpath.normpath(str(config.path)) if config.path else "."
-        self.key_file = options.get("key_file")
-        self.known_hosts = options.get("known_hosts") or os.path.expanduser("~/.ssh/known_hosts")
+        self.key_file = options.key_file
+        self.known_hosts = options.known_hosts or os.path.expanduser("~/.ssh/known_hosts")
         self.timeout = config.timeout
         self.attempt_timeout = attempt_timeout(config.timeout)
         self._transport: paramiko.Transport | None = None
