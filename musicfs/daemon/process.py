@@ -266,10 +266,7 @@ def _run(config: Config, mountpoint: Path, fuse_options: dict, lock: CacheLock, 
         log.warning("%s", message)
         notify(f"warn {message}")
 
-    service = Service.open(config)
-    service.mountpoint = str(mountpoint)
-    service.config_file = str(config.source) if config.source else None
-    service.lock = lock
+    service = Service.open(config, mountpoint=str(mountpoint), lock=lock)
     to_systemd = SystemdReporter.from_environment(mountpoint, service)   # no-op without $NOTIFY_SOCKET
     reloader = Reloader(service, load_config, warn, to_systemd)
     control = ControlServer(config.cache.dir, control_handlers(service, reloader))

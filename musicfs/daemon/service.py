@@ -48,7 +48,8 @@ MIN_POOL_WORKERS = 16
 
 class Service:
     def __init__(self, config: Config, storage: Storage, store: ChunkStore, catalog: Catalog,
-                 scanner: Scanner, origins: dict, pool: OriginPool, reader: Reader, health: HealthMonitor):
+                 scanner: Scanner, origins: dict, pool: OriginPool, reader: Reader, health: HealthMonitor, *,
+                 mountpoint: str | None = None, lock=None):
         self.config = config
         self.storage = storage
         self.store = store
@@ -62,9 +63,10 @@ class Service:
         self._stopping = threading.Event()
         self._stop_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
-        self.mountpoint: str | None = None  # set by the daemon; published for `musicfs unmount`
-        self.config_file: str | None = None  # the file SIGHUP reloads (None: mounted with -O only)
-        self.lock = None   # the daemon's CacheLock, renewed if the cache dir is made anew
+        self.mountpoint = mountpoint   # published for `musicfs unmount` (None: not mounted, in tests)
+        # the file a reload reads again (None: mounted with -O only)
+        self.config_file: str | None = str(config.source) if config.source else None
+        self.lock = lock   # the daemon's CacheLock, renewed if the cache dir is made anew
         # The chunk directory did not answer at start: its check waits for it (_probe_cache),
         # and a shutdown before then leaves the cache marked unclean, so the next start checks it.
         self.recovery_pending = False
@@ -94,8 +96,10 @@ class Service:
         self.in_progress = lambda: 0   # FUSE calls in progress (set by the FUSE layer)
 
     @classmethod
-    def open(cls, config: Config, origins: dict | None = None) -> "Service":
-        """Build the parts; `origins` replaces the configured ones (tests inject faulty origins)."""
+    def open(cls, config: Config, origins: dict | None = None, *, mountpoint: str | None = None,
+             lock=None) -> "Service":
+        """Build the parts; `origins` replaces the configured ones (tests inject faulty origins);
+        `mountpoint` and the cache's `lock` are the daemon's (None in tests)."""
         storage, refused = cls._open_storage(config)
         silent = None
         if not storage.readonly:
@@ -136,7 +140,8 @@ class Service:
         health = HealthMonitor(list(origins.values()), pool, config.health)
         reader = Reader(catalog, store, origins, pool, config.fuse.read_timeout, health, scanner,
                         cache_timeout=config.health.timeout, kernel_readahead=config.fuse.read_ahead)
-        service = cls(config, storage, store, catalog, scanner, origins, pool, reader, health)
+        service = cls(config, storage, store, catalog, scanner, origins, pool, reader, health,
+                      mountpoint=mountpoint, lock=lock)
         service.recovery_pending = silent is not None
         health.cache_probe = service.probe_cache
         health.on_recovered.append(service.refresh_pins_soon)
