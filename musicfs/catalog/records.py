@@ -212,10 +212,18 @@ def tags_json(tags: dict | None) -> bytes:
     return json.dumps(tags, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode()
 
 
+# A record of a file found not to be audio carries its tag reader's version plus this: such
+# records written before origin failures were told from unreadable files (tag reader 2 took
+# an S3 server gone mid-read for "not audio") are read again once, the others stay current.
+NOT_AUDIO_CHECKED = 100
+
+
 def encode_tags(tag_version: int, entry: OriginEntry, tags: dict | None, encoded: bytes | None = None) -> bytes:
     """A tag record of `tags` (or of their tags_json, `encoded`) read from `entry`'s version."""
-    return (TAG_RECORD.pack(tag_version, entry.size, entry.mtime_ns, len(entry.token)) + entry.token
-            + (tags_json(tags) if encoded is None else encoded))
+    body = tags_json(tags) if encoded is None else encoded
+    if body == b"null":
+        tag_version += NOT_AUDIO_CHECKED
+    return TAG_RECORD.pack(tag_version, entry.size, entry.mtime_ns, len(entry.token)) + entry.token + body
 
 
 def _tags_read(raw: bytes) -> tuple[int, int, int, bytes]:
@@ -229,7 +237,9 @@ def tags_are_current(raw: bytes | None, tag_version: int, entry: OriginEntry) ->
     if raw is None:
         return False
     version, size, mtime_ns, token = _tags_read(raw)
-    return version == tag_version and entry.same_version(size, mtime_ns, token)
+    if version == tag_version and raw[TAG_RECORD.size + len(token):] == b"null":
+        return False   # "not audio" from before origin failures were told apart: read it again
+    return version % NOT_AUDIO_CHECKED == tag_version and entry.same_version(size, mtime_ns, token)
 
 
 def tags_read_from(raw: bytes, record: tuple) -> bool:

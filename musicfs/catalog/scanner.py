@@ -322,6 +322,8 @@ class Scanner:
             for relpath, entry in share:
                 try:
                     tags, _ = read_tags(origin, relpath, entry.size, entry)
+                except OriginUnavailable:
+                    raise   # the origin went away: this scan is incomplete, not its files junk
                 except (OSError, OriginChanged) as e:   # read again at the next scan
                     log.info("origin %s: cannot read the tags of %s (%s)", origin_name,
                              relpath.decode(errors="replace"), getattr(e, "strerror", None) or e)

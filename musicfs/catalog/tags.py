@@ -19,6 +19,7 @@ import unicodedata
 
 import xxhash
 
+from ..errors import MusicfsError
 from ..origins.base import KIND_FILE, OriginEntry
 
 log = logging.getLogger(__name__)
@@ -357,24 +358,31 @@ def _image_ext(data: bytes) -> str:
     return next((ext for magic, ext in _IMAGE_MAGIC if data.startswith(magic)), "jpg")
 
 
+# Errors of the origin, not of the file's contents: a read that failed says nothing about
+# whether the file is audio (an S3 server gone mid-scan raises OriginTransient, not OSError).
+_ORIGIN_ERRORS = (OSError, MusicfsError)
+
+
 def _parse(mutagen, source: OriginFile):
     """What mutagen makes of a file: its parsed object, None (not a format it knows), or the
-    exception that says it is not audio. Errors of the origin itself propagate."""
+    exception that says it is not audio. Errors of the origin itself propagate, also when
+    mutagen wrapped them in one of its own."""
     try:
         # The buffer answers mutagen's many small reads and seeks in C; OriginFile is asked
         # only for whole blocks.
         return mutagen.File(io.BufferedReader(source, BLOCK))
-    except OSError:
+    except _ORIGIN_ERRORS:
         raise
     except Exception as e:  # noqa: BLE001 - mutagen raises many kinds on bad files
-        if isinstance(e.__cause__ or e.__context__, OSError):
+        if isinstance(e.__cause__ or e.__context__, _ORIGIN_ERRORS):
             raise (e.__cause__ or e.__context__) from None
         return e
 
 
 def read_tags(origin, relpath: bytes, size: int, expect: OriginEntry | None = None) -> tuple[dict | None, int]:
     """(tags, bytes read) of one origin file; tags is None when the file cannot be parsed
-    (one log line). Errors of the origin itself (OSError, OriginChanged...) propagate."""
+    (one log line). Errors of the origin itself (OSError, OriginUnavailable, OriginChanged...)
+    propagate."""
     import mutagen   # here, not at the top: a mount with a stored catalog never needs it (~40 ms)
 
     with origin.reading(relpath, expect) as read:

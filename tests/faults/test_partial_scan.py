@@ -4,7 +4,7 @@ import os
 import pytest
 
 from testkit.process import wait_until
-from tests.support.mounts import Daemon, run_musicfs
+from tests.support.mounts import TAGS, Daemon, run_musicfs
 
 pytestmark = [pytest.mark.mount, pytest.mark.slow]
 
@@ -78,3 +78,24 @@ def test_unreadable_folder_at_rescan_keeps_its_entries_and_updates_the_rest(tmp_
     assert catalog.lookup(b"/B/deep/three.flac") is not None
     assert "origin nas: cannot list B (Input/output error)" in caplog.text
     assert service.scanner.last_results["nas"].as_status()["unreadable"] == ["B: Input/output error"]
+
+
+def test_a_remote_origin_gone_while_tags_are_read_leaves_its_files_to_read_again_not_junk(
+        tmp_path, library, service_factory):
+    """An S3 or SFTP server that goes away after the listing fails the tag reads with
+    OriginTransient (not an OSError): that says nothing about the files. They were recorded as
+    "not audio" for good (hidden, never read again); now the scan is incomplete and the next one
+    reads them."""
+    for n in range(3):
+        library("nas", f"{n}.flac", {"artist": "A", "album": "B", "title": f"T{n}"})
+    service = service_factory([("nas", tmp_path / "nas")], faulty={"nas"}, **TAGS)
+    origin = service.origins["nas"]
+    origin.fail(only={"read"}, remote=True)
+    result, = service.scanner.scan()
+    assert not result.complete and "connection refused" in result.error
+    assert service.catalog.unplaced()[0] == 0           # nothing taken for junk
+    origin.healthy()
+    result, = service.scanner.scan()
+    assert result.complete and result.tags_read == 3
+    assert service.catalog.unplaced()[0] == 0
+    assert all(service.catalog.lookup(f"/A/B/T{n}.flac".encode()) is not None for n in range(3))

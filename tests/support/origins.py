@@ -14,6 +14,7 @@ import threading
 import time
 from pathlib import Path
 
+from musicfs.errors import OriginTransient
 from musicfs.origins import Origin
 from testkit.process import wait_until
 
@@ -268,8 +269,11 @@ class FaultyOrigin(Origin):
         self.only = set(only) if only else None
         self.mode = "delay"
 
-    def fail(self, err: int = errno_module.EIO, only=None):
+    def fail(self, err: int = errno_module.EIO, only=None, remote: bool = False):
+        """Calls fail with OSError(err); remote=True: with OriginTransient, as the sftp and s3
+        origins report a server that went away (not an OSError)."""
         self.errno = err
+        self.remote = remote
         self.only = set(only) if only else None
         self.mode = "fail"
 
@@ -302,6 +306,8 @@ class FaultyOrigin(Origin):
         elif mode == "delay":
             time.sleep(self.delay_seconds)
         elif mode == "fail":
+            if getattr(self, "remote", False):
+                raise OriginTransient("connection refused at 127.0.0.1:9 (injected)")
             raise OSError(self.errno, f"injected {errno_module.errorcode.get(self.errno, self.errno)}")
         elif mode == "fail_every" and count % self.every == 0:
             raise OSError(errno_module.EIO, f"injected failure of call {count}")

@@ -246,3 +246,17 @@ def test_every_opened_version_is_remembered_in_bounded_memory():
     assert not opened.same_as_before(paths[123], 8)                             # a new version
     assert opened.same_as_before(paths[123], 8) and not opened.same_as_before(paths[123], 7)
     assert len(opened) == 100_000 and len(opened._keys) * 16 <= 4 << 20        # 16 bytes a slot, 4 MB
+
+
+def test_a_not_audio_record_of_tag_reader_2_is_read_again_once():
+    """Tag reader 2 recorded files as not audio when their origin failed mid-read: such records
+    are read again once; a not-audio record written since, and real tags, stay current."""
+    from musicfs.catalog.records import TAG_RECORD, encode_tags, tags_are_current
+    from musicfs.catalog.tags import TAG_VERSION
+    from musicfs.origins import KIND_FILE, OriginEntry
+    entry = OriginEntry(b"a.flac", KIND_FILE, 10, 5, token=b"etag")
+    before_the_fix = TAG_RECORD.pack(TAG_VERSION, 10, 5, 4) + b"etag" + b"null"
+    assert not tags_are_current(before_the_fix, TAG_VERSION, entry)
+    assert tags_are_current(encode_tags(TAG_VERSION, entry, None), TAG_VERSION, entry)
+    assert tags_are_current(encode_tags(TAG_VERSION, entry, {"title": "x"}), TAG_VERSION, entry)
+    assert not tags_are_current(encode_tags(TAG_VERSION - 1, entry, None), TAG_VERSION, entry)
