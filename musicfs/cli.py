@@ -509,7 +509,9 @@ def main(argv: list[str] | None = None) -> None:
         elif e.ctx is not None and e.ctx.command.name == "health":
             # The probe speaks the Nagios plugin convention even when misused: a status line on
             # stdout and 3 (UNKNOWN), which monitoring tells from CRITICAL (2).
-            typer.echo(f"MUSICFS UNKNOWN - usage: {usage_line(e)}")
+            summary = f"usage: {usage_line(e)}"
+            typer.echo(json.dumps({"status": "UNKNOWN", "exit_code": 3, "summary": summary}) if "--json" in args
+                       else f"MUSICFS UNKNOWN - {summary}")
             code = 3
         else:
             typer.echo(f"musicfs: {usage_line(e)}", err=True)

@@ -209,10 +209,14 @@ def config_differences(old: Config, new: Config) -> list[str]:
         a, b = dataclasses.asdict(getattr(old, section)), dataclasses.asdict(getattr(new, section))
         for key in a:
             if a[key] != b[key]:
-                lines.append(f"[{section}] {key}: {_shown(a[key])} -> {_shown(b[key])}")
+                shown = format_size if key in _SIZES else _shown
+                lines.append(f"[{section}] {key}: {shown(a[key])} -> {shown(b[key])}")
     if old.collections != new.collections:
         lines.append(f"collections: {', '.join(name for name, _ in new.collections) or 'none'}")
     return lines
+
+
+_SIZES = ("max_size", "read_ahead")   # shown as sizes (200.0 MiB), not byte counts
 
 
 def _shown(value) -> str:

@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -192,3 +193,18 @@ def read_status(cache_dir: Path) -> dict | None:
     return status if live else {"pid": pid}
 
 
+def mounted_fstype(mountpoint: str) -> str | None:
+    """The filesystem type mounted at `mountpoint` (from /proc/self/mountinfo, which never
+    touches the mount), or None if nothing is mounted there."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    found = None
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        fields = left.split()
+        if len(fields) >= 5 and re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4]) == mountpoint:
+            found = right.split()[0] if right.split() else "unknown"
+    return found

@@ -18,7 +18,7 @@ from ..cas.store import cached_slots, manifest_key
 from ..catalog import Catalog
 from ..config import format_size
 from ..errors import CommandError
-from ..status import mountpoint_status, read_status
+from ..status import mounted_fstype, mountpoint_status, read_status, runtime_dir
 from ..terminal import StatusLine, bar
 
 # As reads order the copies ("unknown": not checked yet, read like a healthy one).
@@ -64,7 +64,16 @@ def locate(path: Path) -> tuple[Mount, bytes]:
         if mount is not None:
             inside = os.fsencode(absolute.relative_to(candidate))
             return mount, b"/" if inside in (b"", b".") else b"/" + inside
+    musicfs_mount = next((p for p in (absolute, *absolute.parents) if "musicfs" in (mounted_fstype(str(p)) or "")), None)
+    if musicfs_mount is not None:
+        raise CommandError(_unpublished(musicfs_mount))
     raise CommandError(f"{path} is not inside a running musicfs mount")
+
+
+def _unpublished(mountpoint) -> str:
+    """A musicfs mount whose daemon's status file is not where this process looks."""
+    return (f"{mountpoint} is a musicfs mount but no daemon status names it in {runtime_dir()} "
+            f"(started with another XDG_RUNTIME_DIR? run this command with the daemon's)")
 
 
 def mount_for(mountpoint: Path | None, cache_dir: Path | None) -> Mount:
@@ -72,6 +81,8 @@ def mount_for(mountpoint: Path | None, cache_dir: Path | None) -> Mount:
     if mountpoint is not None:
         mount = live_mount(mountpoint)
         if mount is None:
+            if "musicfs" in (mounted_fstype(os.path.abspath(mountpoint)) or ""):
+                raise CommandError(_unpublished(os.path.abspath(mountpoint)))
             raise CommandError(f"no running musicfs serves {os.path.abspath(mountpoint)}")
         return mount
     status = read_status(cache_dir) if cache_dir is not None else None

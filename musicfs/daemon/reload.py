@@ -23,14 +23,12 @@ class Reloader:
         self._lock = threading.Lock()
 
     def on_signal(self) -> None:
-        """SIGHUP: the outcome goes to the log (and the status file)."""
+        """SIGHUP: the outcome goes to the log (and the status file), as now() writes it."""
         log.info("received SIGHUP: reloading the configuration")
         try:
             self.now()
-        except MusicfsError as e:
-            log.error("reload refused, still running with the previous configuration: %s", e)
-        except Exception:  # noqa: BLE001 - a bug must not take the mount down
-            log.exception("reload failed, still running with the previous configuration")
+        except Exception:  # noqa: BLE001 - logged by now(); a bug must not take the mount down
+            pass
 
     def now(self) -> dict:
         """Reload and return {"summary", "changes": one line per changed setting}; raises
@@ -44,11 +42,19 @@ class Reloader:
             try:
                 old = self.service.config
                 summary = self.service.reload(self.load_config(), self.warn)
+            except MusicfsError as e:
+                log.error("reload refused, still running with the previous configuration: %s", e)
+                self.service.note_reload(str(e))
+                raise
             except Exception as e:
-                self.service.note_reload(str(e) if isinstance(e, MusicfsError) else f"{type(e).__name__}: {e}")
+                log.exception("reload failed, still running with the previous configuration")
+                self.service.note_reload(f"{type(e).__name__}: {e}")
                 raise
             finally:
                 if self.to_systemd is not None:
                     self.to_systemd.reloaded()
             self.service.note_reload(None)
-            return {"summary": summary, "changes": config_differences(old, self.service.config)}
+            changes = config_differences(old, self.service.config)
+            for change in changes:   # (SIGHUP's only report: the log)
+                log.info("reload: %s", change)
+            return {"summary": summary, "changes": changes}

@@ -413,7 +413,7 @@ class Service:
             logs.reconfigure(new.log.file, new.log.level)
         summary = (f"configuration reloaded: {len(added)} origins added, {len(changed)} changed, "
                    f"{len(removed)} removed; layout {new.layout.mode}"
-                   + (f" (new files: {sum(r.entries for r in results)})" if results else ""))
+                   + (f"; {sum(r.entries for r in results)} entries scanned in the origins added or changed" if results else ""))
         log.info("%s", summary)
         return summary
 

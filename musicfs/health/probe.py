@@ -30,7 +30,6 @@ daemon), 2 CRITICAL (no origin healthy, the daemon died, the mount is dead or hu
 from __future__ import annotations
 
 import os
-import re
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -38,8 +37,8 @@ from functools import partial
 from .. import origins as origin_factory
 from ..config import DEFAULT_HEALTH_TIMEOUT, Config, OriginConfig
 from ..cache_lock import CacheLock
-from ..status import (config_from_status, read_status_file, runtime_dir, status_path, status_pid_alive,
-                       statuses_of_mountpoint)
+from ..status import (config_from_status, mounted_fstype, read_status_file, runtime_dir, status_path,
+                      status_pid_alive, statuses_of_mountpoint)
 from ..database import ENV_NAME, TMP_DIR, U64, Storage
 from .isolated import Checks, Outcome, is_enotconn
 from .monitor import DEGRADED, HEALTHY, UNHEALTHY
@@ -201,23 +200,6 @@ def _failure(outcome: Outcome, timeout: float) -> str | None:
     if outcome.stuck is not None:
         return f"previous check still stuck for {outcome.stuck:.0f}s (PID {outcome.stuck_pid})"
     return outcome.error
-
-
-def mounted_fstype(mountpoint: str) -> str | None:
-    """The filesystem type mounted at `mountpoint` (from /proc/self/mountinfo, which never
-    touches the mount), or None if nothing is mounted there."""
-    try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return None
-    found = None
-    for line in lines:
-        left, _, right = line.partition(" - ")
-        fields = left.split()
-        if len(fields) >= 5 and re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4]) == mountpoint:
-            found = right.split()[0] if right.split() else "unknown"
-    return found
 
 
 def scan_problems(name: str, scan) -> list[str]:

@@ -117,6 +117,8 @@ def test_a_usage_error_of_the_probe_is_unknown_in_the_plugin_convention(args, li
     # cron and Nagios run the probe: misused, it says UNKNOWN (3), not CRITICAL (2), on stdout.
     result = musicfs(*args)
     assert (result.returncode, result.stdout, result.stderr) == (3, line + "\n", "")
+    result = musicfs(*args, "--json")      # (and in JSON when JSON was asked for)
+    assert result.returncode == 3 and json.loads(result.stdout)["status"] == "UNKNOWN", result.stdout
 
 
 def test_a_bad_value_the_config_rejects_is_one_line_too():

@@ -260,6 +260,7 @@ def test_sighup_reload_adds_an_origin_and_refuses_a_broken_config(tmp_path, daem
     assert status_file(daemon)["reloads"]["error"] is None
     assert read_file(daemon.path("Other/extra.flac")) == b"z" * 1000
     assert set(status_file(daemon)["origins"]) == {"a", "b"}
+    assert "reload: origin b added (local)" in daemon.log()   # what changed: SIGHUP's only report
 
     daemon.config.write_text(daemon.config.read_text() + "\n[cache]\nbogus = 1\n")
     os.kill(daemon.pid, signal.SIGHUP)
@@ -296,6 +297,7 @@ def test_reload_command_applies_the_config_and_says_what_changed_or_refuses_nami
     assert result.stderr.startswith(f"musicfs: reload refused, {daemon.mountpoint} keeps its configuration: "), \
         result.stderr
     assert str(daemon.config) in result.stderr and "read_timout" in result.stderr, result.stderr
+    assert "reload refused" in daemon.log() and "read_timout" in daemon.log()
     assert read_file(daemon.path("Other/extra.flac")) == b"z" * 1000
 
     daemon.config.write_text(good)     # the running config stayed: nothing differs from it
@@ -356,3 +358,19 @@ def test_completing_pins_fetches_only_the_preferred_copy_not_every_replica(tmp_p
     # Both copies are pinned, but only the preferred one was fetched; completing the pins must
     # not download the replicas' bytes again (on S3 that is paid traffic).
     assert service.pinner.refresh() == 0
+
+
+def test_commands_run_without_the_daemons_runtime_dir_say_so(tmp_path, daemons):
+    # The daemon publishes its status in its $XDG_RUNTIME_DIR; a command run with another one
+    # (cron, another shell) must not claim the mount is not musicfs's.
+    origin = tmp_path / "lib"
+    make_library(origin, 1, 1 * KIB)
+    daemon = daemons(tmp_path, [("nas", origin)])
+    (tmp_path / "elsewhere").mkdir()
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(tmp_path / "elsewhere")}
+    for args in (["status", daemon.mountpoint], ["reload", daemon.mountpoint]):
+        result = run_musicfs(*args, env=env)
+        assert result.returncode == 1, result.stdout
+        assert f"{daemon.mountpoint} is a musicfs mount but no daemon status names it in " in result.stderr, \
+            result.stderr
+        assert "another XDG_RUNTIME_DIR" in result.stderr
