@@ -207,13 +207,16 @@ def mount(
         _fail(str(e), 1)
 
 
+# Mountpoint arguments are str, not Path: typer stat()s every Path argument before the command
+# runs, and a stat of a mount whose daemon does not answer (stopped, wedged) never returns -
+# `musicfs health MOUNTPOINT` and `musicfs unmount` must work exactly then.
 @app.command()
-def unmount(mountpoint: Path = typer.Argument(..., metavar="MOUNTPOINT", help="The mountpoint to unmount.")):
+def unmount(mountpoint: str = typer.Argument(..., metavar="MOUNTPOINT", help="The mountpoint to unmount.")):
     """Unmount MOUNTPOINT and wait for its daemon to finish."""
     from .daemon import process as daemon
 
     try:
-        note = daemon.unmount(mountpoint)
+        note = daemon.unmount(Path(mountpoint))
     except CommandError as e:
         _fail(str(e), 1)
     if note:
@@ -221,7 +224,7 @@ def unmount(mountpoint: Path = typer.Argument(..., metavar="MOUNTPOINT", help="T
 
 
 @app.command()
-def health(mountpoint: Optional[Path] = typer.Argument(None, metavar="MOUNTPOINT", help="The mount to check (the daemon whose status names it); default: the daemon of the config's cache."),
+def health(mountpoint: Optional[str] = typer.Argument(None, metavar="MOUNTPOINT", help="The mount to check (the daemon whose status names it); default: the daemon of the config's cache."),
            config: Optional[Path] = ConfigOption,
            as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the plugin line."),
            prometheus: Optional[Path] = typer.Option(None, "--prometheus", metavar="FILE", help="Also write the verdict as Prometheus metrics to FILE (node_exporter's textfile collector reads *.prom), atomically, whatever the verdict; a failure to write it is one line on stderr and leaves the exit code alone.")):
@@ -238,6 +241,7 @@ def health(mountpoint: Optional[Path] = typer.Argument(None, metavar="MOUNTPOINT
     from .status import read_status
     from .metrics import write_textfile_or_warn
 
+    mountpoint = Path(mountpoint) if mountpoint is not None else None   # (a str argument: see the comment above unmount)
     try:
         # With a MOUNTPOINT the daemon serving it publishes its own config; -c is the fallback.
         cfg = config_module.load(config) if config is not None or mountpoint is None else None
@@ -275,7 +279,7 @@ def _probe_exit(line: str, code: int, as_json: bool, error: str) -> None:
 
 
 @app.command()
-def status(targets: Optional[List[Path]] = typer.Argument(None, metavar="[MOUNTPOINT | FILE...]",
+def status(targets: Optional[List[str]] = typer.Argument(None, metavar="[MOUNTPOINT | FILE...]",
                                                           help="A mountpoint (the daemon), or files inside a mount."),
            config: Optional[Path] = ConfigOption,
            as_json: bool = typer.Option(False, "--json", help="Print JSON (exact integers) instead of text.")):
@@ -283,6 +287,7 @@ def status(targets: Optional[List[Path]] = typer.Argument(None, metavar="[MOUNTP
     serving it, its path there, replicas and how much of it is cached."""
     from .commands import mounts as operations
 
+    targets = [Path(t) for t in targets or ()]   # (str arguments: see the comment above unmount)
     try:
         if not targets or (len(targets) == 1 and operations.live_mount(targets[0]) is not None):
             cfg = None if targets else _load(config)
@@ -308,13 +313,13 @@ def status(targets: Optional[List[Path]] = typer.Argument(None, metavar="[MOUNTP
 
 
 @app.command()
-def rescan(mountpoint: Path = typer.Argument(..., help="The mount whose origins to rescan.")):
+def rescan(mountpoint: str = typer.Argument(..., help="The mount whose origins to rescan.")):
     """Rescan the origins now and print what changed (kill -USR1 on the daemon starts one
     without waiting)."""
     from .commands import mounts as operations
 
     try:
-        result = operations.rescan(operations.mount_for(mountpoint, None))
+        result = operations.rescan(operations.mount_for(Path(mountpoint), None))
     except CommandError as e:
         _fail(str(e), 1)
     typer.echo("\n".join(operations.format_rescan(result)))
@@ -323,7 +328,7 @@ def rescan(mountpoint: Path = typer.Argument(..., help="The mount whose origins 
 
 
 @app.command()
-def reload(mountpoint: Path = typer.Argument(..., help="The mount whose daemon reads its config file again.")):
+def reload(mountpoint: str = typer.Argument(..., help="The mount whose daemon reads its config file again.")):
     """Read the mount's config file again and apply it without unmounting; print what changed.
     A config that is wrong or cannot be applied is refused (exit 1, naming the file and key)
     and the mount keeps the configuration it runs with. (kill -HUP on the daemon does the same,
@@ -331,7 +336,7 @@ def reload(mountpoint: Path = typer.Argument(..., help="The mount whose daemon r
     from .commands import mounts as operations
 
     try:
-        result = operations.reload(operations.mount_for(mountpoint, None))
+        result = operations.reload(operations.mount_for(Path(mountpoint), None))
     except CommandError as e:
         _fail(f"reload refused, {mountpoint} keeps its configuration: {e}", 1)
     typer.echo(result["summary"])

@@ -451,6 +451,9 @@ def load(path: Path | None = None, *, origins: list[Path] | None = None, cache_d
             raise ConfigError(f"config file {source} does not exist; create it or drop -c") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"config file {source} is not valid TOML: {e}") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"config file {source} is not UTF-8 text (byte {e.start}: {e.reason}); "
+                              f"save it as UTF-8") from None
         except OSError as e:
             raise ConfigError(f"cannot read config file {source}: {e.strerror}") from None
     if template is not None and isinstance(document.get("layout"), dict):

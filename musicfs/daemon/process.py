@@ -25,7 +25,7 @@ from .control import ControlServer, control_handlers
 from .reload import Reloader
 from ..terminal import StatusLine
 from ..cache_lock import CacheLock
-from ..status import daemon_of_mountpoint, runtime_dir, runtime_name
+from ..status import daemon_of_mountpoint, mounted_fstype, runtime_dir, runtime_name
 
 log = logging.getLogger(__name__)
 
@@ -420,7 +420,8 @@ def unmount(mountpoint: Path, *, wait: float = 30.0) -> str | None:
     the normal way; it is then detached lazily and its daemon told to stop (SIGTERM), which
     fails the reads in progress. Returns a note for the user in that case."""
     mountpoint = Path(os.path.abspath(mountpoint))
-    if not os.path.lexists(mountpoint):
+    # (the mount table first: an lstat of a mount whose daemon does not answer never returns)
+    if mounted_fstype(str(mountpoint)) is None and not os.path.lexists(mountpoint):
         raise StartupError(f"{mountpoint} does not exist")
     pid, cache_dir = daemon_of_mountpoint(mountpoint)
     result = subprocess.run(["fusermount", "-u", str(mountpoint)], capture_output=True, text=True)

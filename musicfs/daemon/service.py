@@ -44,6 +44,10 @@ MAINTENANCE_INTERVAL = 5.0
 STATUS_INTERVAL = 1.0
 # Enough workers that every origin can use its whole budget and checks still find a thread.
 MIN_POOL_WORKERS = 16
+# An origin that answers its health checks but fails its scans (a folder it cannot list at the
+# root, a server that drops long listings) is scanned again at its first answer, then after
+# this many seconds, doubling up to [catalog].rescan_interval.
+SCAN_RETRY_FIRST_DELAY = 30.0
 
 
 class Service:
@@ -86,6 +90,9 @@ class Service:
         self._rescan_everything = True
         self._rescan_names: set[str] = set()
         self._rescan_request_lock = threading.Lock()
+        # origin -> (monotonic time before which a failed scan is not retried, the delay used):
+        # an origin that answers its checks but fails every scan is retried less and less often
+        self._scan_retry: dict[str, tuple[float, float]] = {}
         self.started_at = time.time()
         self.reloads = {"count": 0, "last": None, "error": None}   # published: did the last SIGHUP work?
         self.pinner = Pinner(catalog, store, reader)
@@ -484,6 +491,7 @@ class Service:
             results = self.scanner.scan(origins)
         for result in results:
             if result.complete:
+                self._scan_retry.pop(result.origin, None)
                 self.health.answered(result.origin)   # a complete scan proves the origin answers
         self.publish_status()   # a `musicfs status` right after shows this scan
         return results
@@ -503,9 +511,13 @@ class Service:
         if (self.storage.readonly or result is None or result.complete or self._scan_lock.locked()
                 or not self.catalog.last_scan(origin)):   # (never scanned: _scan_if_never_scanned's)
             return
+        now = time.monotonic()
         with self._rescan_request_lock:
-            if origin in self._rescan_names:
+            next_at, delay = self._scan_retry.get(origin, (0.0, 0.0))
+            if origin in self._rescan_names or now < next_at:
                 return
+            delay = min(max(2 * delay, SCAN_RETRY_FIRST_DELAY), self.config.catalog.rescan_interval)
+            self._scan_retry[origin] = (now + delay, delay)
         log.info("origin %s answers again after its last scan failed (%s): rescanning it", origin,
                  result.error or "incomplete")
         self.request_rescan(origin)

@@ -63,9 +63,11 @@ def _standing_verdict(view, now: float, health) -> str | None:
     if not isinstance(decided, (int, float)):
         # (a daemon from before verdicts were dated: trusted only when it found a problem)
         return f"the daemon holds it {view['status']}" if view["status"] != HEALTHY else None
-    age = max(now - decided, 0.0)
-    if age > VERDICT_INTERVALS * (health.interval + health.timeout) + STATUS_LAG:
+    age = now - decided
+    # (dated in the future: the clock stepped back, or the file is not the daemon's; not trusted)
+    if not -STATUS_LAG <= age <= VERDICT_INTERVALS * (health.interval + health.timeout) + STATUS_LAG:
         return None
+    age = max(age, 0.0)
     return f"the daemon holds it {view['status']} (its check {age:.0f}s ago)"
 
 
@@ -263,11 +265,13 @@ def gather(config: Config, status: dict | None, mountpoint: str | None, started:
     daemon = {"running": False, "pid": None, "fresh": False, "died": False, "status_age": None,
               "mountpoint": None, "started": None, "status_file": str(status_path(config.cache.dir))}
     if status is not None:
-        age = max(0.0, now - float(status.get("updated") or 0))
-        daemon.update(pid=status.get("pid"), mountpoint=status.get("mountpoint"), status_age=round(age, 3),
-                      started=status.get("started"))
+        age = now - float(status.get("updated") or 0)
+        # dated in the future (the clock stepped back): nothing says the daemon wrote it lately
+        future = age < -STATUS_LAG
+        daemon.update(pid=status.get("pid"), mountpoint=status.get("mountpoint"),
+                      status_age=None if future else round(max(age, 0.0), 3), started=status.get("started"))
         if status_pid_alive(status):
-            daemon.update(running=True, fresh=age < FRESH_SECONDS)
+            daemon.update(running=True, fresh=not future and age < FRESH_SECONDS)
         else:
             daemon["died"] = True
     views = (status.get("origins") or {}) if daemon["running"] else {}
@@ -311,7 +315,9 @@ def _judge_daemon_and_mount(findings: Findings, critical: list, problems: list) 
     if daemon["died"]:
         critical.append(f"daemon PID {daemon['pid']} died (killed or crashed: it left its status file behind)")
     elif daemon["running"] and not daemon["fresh"]:
-        problems.append(f"daemon PID {daemon['pid']} has not refreshed its status for {daemon['status_age']:.0f}s")
+        problems.append(f"daemon PID {daemon['pid']} has not refreshed its status for {daemon['status_age']:.0f}s"
+                        if daemon["status_age"] is not None else
+                        f"daemon PID {daemon['pid']}'s status file is dated in the future (the clock went back?)")
     outcome = findings.outcomes.get("mount")
     if outcome is None:
         return None

@@ -196,6 +196,7 @@ class S3Origin(Origin):
         base = self._key(relpath)
         base = base + "/" if relpath else base
         entries = []
+        marked = False
         request = {"Bucket": self.bucket, "Prefix": base, "Delimiter": "/"}
         while True:
             page = self._request(base, lambda: self.client.list_objects_v2(**request))
@@ -205,15 +206,18 @@ class S3Origin(Origin):
                     entries.append(OriginEntry(name.encode("utf-8", "surrogateescape"), KIND_DIR, 0, 0))
             for item in page.get("Contents", []):
                 name = item["Key"][len(base):]
-                if not name or "/" in name:
-                    continue   # the folder's own marker object
+                if not name:
+                    marked = True   # the folder's own marker object: the folder exists, maybe empty
+                    continue
+                if "/" in name:
+                    continue
                 entries.append(OriginEntry(name.encode("utf-8", "surrogateescape"), KIND_FILE, item["Size"],
                                            int(item["LastModified"].timestamp() * 1e9),
                                            token=self._etag(item.get("ETag"))))
             if not page.get("IsTruncated") or not page.get("NextContinuationToken"):
                 break
             request["ContinuationToken"] = page["NextContinuationToken"]
-        if relpath and not entries:
+        if relpath and not entries and not marked:
             raise FileNotFoundError(errno.ENOENT, f"origin {self.name}: no objects under {base}")
         return entries
 

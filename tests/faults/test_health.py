@@ -190,3 +190,19 @@ def test_an_origin_whose_last_scan_failed_is_scanned_again_once_it_answers(tmp_p
     wait_until(lambda: service.scanner.last_results["o"].complete, timeout=20,
                message="a rescan of the origin once it answered")
     assert service.catalog.lookup(b"/b.flac") is not None
+
+
+def test_an_origin_that_answers_but_fails_every_scan_is_retried_less_and_less_often(tmp_path, service_factory):
+    origin_dir = tmp_path / "o"
+    origin_dir.mkdir()
+    (origin_dir / "a.flac").write_bytes(b"a" * 1000)
+    service = service_factory([("o", origin_dir)], faulty={"o"}, health={"interval": 3600})
+    service.initial_scan()
+    service.origins["o"].fail(only={"list_dir"})      # its checks pass, its scans fail
+    result, = service.rescan_now()
+    assert not result.complete
+    service.health.check_all()
+    assert service._rescan_names == {"o"}             # the first answer: scanned again at once
+    service._rescan_names.clear()                     # (as the rescan loop takes it; that scan fails too)
+    service.health.check_all()
+    assert service._rescan_names == set()             # not at every check after that

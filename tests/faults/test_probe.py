@@ -4,6 +4,7 @@ origins that leave at most one stuck process behind (none when a daemon already 
 import json
 import os
 import re
+import signal
 import time
 from pathlib import Path
 
@@ -285,3 +286,33 @@ def test_hung_origin_known_to_the_daemon_is_not_touched(tmp_path, hung_origin):
     finally:
         h.release()
         daemon.stop()
+
+
+@pytest.mark.mount
+def test_health_and_unmount_of_a_mount_whose_daemon_stopped_answering_do_not_hang(tmp_path):
+    """The commands take the mountpoint as given: nothing stat()s it in the command's own
+    process (typer did, for every Path argument, and hung with the daemon)."""
+    one_file_origins(tmp_path, "a")
+    daemon = Daemon(tmp_path, [("a", tmp_path / "a")], health={"timeout": TIMEOUT}).mount(
+        "-o", "attr_timeout=0,entry_timeout=0")        # (no kernel cache answers for it)
+    os.kill(daemon.pid, signal.SIGSTOP)
+    try:
+        result = health(daemon.mountpoint)
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert f"mount {daemon.mountpoint} does not answer" in result.stdout, result.stdout
+        result = run_bounded([*MUSICFS, "unmount", str(daemon.mountpoint)], 45, cwd=ROOT)
+        assert not is_mounted(daemon.mountpoint), result.stdout + result.stderr
+    finally:
+        os.kill(daemon.pid, signal.SIGCONT)
+        daemon.stop()
+
+
+def test_a_verdict_or_status_dated_in_the_future_is_not_taken_as_current():
+    from musicfs.config import HealthConfig
+    from musicfs.health.probe import _standing_verdict
+    health = HealthConfig(timeout=1, interval=5)
+    now = time.time()
+    assert _standing_verdict({"status": "healthy", "decided_at": now - 3}, now, health).startswith(
+        "the daemon holds it healthy")
+    assert _standing_verdict({"status": "healthy", "decided_at": now + 86400}, now, health) is None
+    assert _standing_verdict({"status": "healthy", "decided_at": now - 60}, now, health) is None

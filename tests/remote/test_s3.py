@@ -86,6 +86,22 @@ def test_rescans_see_added_changed_and_removed_objects(s3_mount, s3_server):
     assert (mount.mountpoint / "Test Pattern/Signals/02 Sine 880.flac").read_bytes() == b"retagged"
 
 
+def test_a_folder_whose_last_object_was_deleted_is_empty_not_unreadable(s3_mount, s3_server):
+    """Deleting a folder's last object can leave its marker object ("prefix/", as SeaweedFS and
+    S3 consoles do): the folder is empty, its tracks gone; it is not a listing failure keeping
+    them listed (and failing with EIO) with a warning for ever."""
+    service, mount = s3_mount()
+    client = s3_server.client()
+    client.put_object(Bucket="music", Key=PREFIX + "Gone/old.flac", Body=b"old" * 100)
+    service.scanner.scan()
+    assert (mount.mountpoint / "Gone/old.flac").read_bytes() == b"old" * 100
+    client.put_object(Bucket="music", Key=PREFIX + "Gone/", Body=b"")
+    client.delete_object(Bucket="music", Key=PREFIX + "Gone/old.flac")
+    result, = service.scanner.scan()
+    assert result.complete and not result.unreadable, (result.error, result.unreadable)
+    assert service.catalog.lookup(b"/Gone/old.flac") is None
+
+
 def test_an_object_replaced_between_scan_and_read_is_never_mixed(s3_mount, s3_server, bucket):
     local, big = bucket
     service, mount = s3_mount()

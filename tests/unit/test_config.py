@@ -123,3 +123,10 @@ def test_missing_and_invalid_files(tmp_path):
     bad.write_text("[cache\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         c.load(bad)
+
+
+def test_a_config_file_that_is_not_utf8_is_one_line_naming_it(tmp_path):
+    path = tmp_path / "musicfs.toml"
+    path.write_bytes(b"\xff\xfe[cache]\n")
+    with pytest.raises(ConfigError, match=f"config file {path} is not UTF-8 text"):
+        c.load(path)
