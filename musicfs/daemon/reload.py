@@ -41,7 +41,11 @@ class Reloader:
                 self.to_systemd.reloading()
             try:
                 old = self.service.config
-                summary = self.service.reload(self.load_config(), self.warn)
+                new = self.load_config()
+                if old.source is None and new.source is None:
+                    raise CommandError("mounted without a config file (origins given with -O, and there is no "
+                                       "default config file): there is nothing to read again")
+                summary = self.service.reload(new, self.warn)
             except MusicfsError as e:
                 log.error("reload refused, still running with the previous configuration: %s", e)
                 self.service.note_reload(str(e))

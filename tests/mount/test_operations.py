@@ -374,3 +374,17 @@ def test_commands_run_without_the_daemons_runtime_dir_say_so(tmp_path, daemons):
         assert f"{daemon.mountpoint} is a musicfs mount but no daemon status names it in " in result.stderr, \
             result.stderr
         assert "another XDG_RUNTIME_DIR" in result.stderr
+
+
+def test_reload_of_a_mount_started_without_a_config_file_says_there_is_nothing_to_read(tmp_path):
+    origin, mountpoint = tmp_path / "lib", tmp_path / "mnt"
+    make_library(origin, 1, 1 * KIB)
+    mountpoint.mkdir()
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "no-config")}   # (no default config file)
+    result = run_musicfs(mountpoint, "-O", origin, "--cache-dir", tmp_path / "cache", "--layout", "paths", env=env)
+    assert result.returncode == 0, result.stderr
+    try:
+        result = run_musicfs("reload", mountpoint, env=env)
+        assert result.returncode == 1 and "there is nothing to read again" in result.stderr, result.stderr
+    finally:
+        run_musicfs("unmount", mountpoint, env=env)
