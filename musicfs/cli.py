@@ -336,7 +336,8 @@ def reload(mountpoint: str = typer.Argument(..., help="The mount whose daemon re
     from .commands import mounts as operations
 
     try:
-        result = operations.reload(operations.mount_for(Path(mountpoint), None))
+        result = operations.reload(operations.mount_for(Path(mountpoint), None),
+                                   lambda note: typer.echo(f"musicfs: waiting for {note['waiting']}", err=True))
     except CommandError as e:
         _fail(f"reload refused, {mountpoint} keeps its configuration: {e}", 1)
     typer.echo(result["summary"])

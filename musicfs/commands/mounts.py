@@ -316,9 +316,10 @@ def rescan(mount: Mount) -> dict:
     return ask(mount.cache_dir, {"op": "rescan"})
 
 
-def reload(mount: Mount) -> dict:
-    """{"summary", "changes"} once the live daemon has applied its config file again."""
-    return ask(mount.cache_dir, {"op": "reload"})
+def reload(mount: Mount, progress=None) -> dict:
+    """{"summary", "changes"} once the live daemon has applied its config file again;
+    progress({"waiting": why}) while it has to wait."""
+    return ask(mount.cache_dir, {"op": "reload"}, progress)
 
 
 def search(mount: Mount, query: str, limit: int | None) -> dict:

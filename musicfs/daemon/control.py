@@ -183,5 +183,5 @@ def control_handlers(service, reloader=None) -> dict:
                 "pin": lambda request, progress: pinner.pin(paths(request), progress),
                 "unpin": lambda request, progress: pinner.unpin(paths(request))}
     if reloader is not None:
-        handlers["reload"] = lambda request, progress: reloader.now()
+        handlers["reload"] = lambda request, progress: reloader.now(progress)
     return handlers

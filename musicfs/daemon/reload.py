@@ -30,9 +30,10 @@ class Reloader:
         except Exception:  # noqa: BLE001 - logged by now(); a bug must not take the mount down
             pass
 
-    def now(self) -> dict:
+    def now(self, progress=None) -> dict:
         """Reload and return {"summary", "changes": one line per changed setting}; raises
-        (ConfigError naming the file and key, CommandError...) when refused."""
+        (ConfigError naming the file and key, CommandError...) when refused. `progress` hears
+        {"waiting": why} when the reload has to wait (for a scan under way)."""
         if self.load_config is None:
             raise CommandError("this daemon was started without a config file (origins given with -O): "
                                "there is nothing to read again; unmount and mount with -c CONFIG")
@@ -45,6 +46,9 @@ class Reloader:
                 if old.source is None and new.source is None:
                     raise CommandError("mounted without a config file (origins given with -O, and there is no "
                                        "default config file): there is nothing to read again")
+                if progress is not None and self.service.scanning():
+                    # (the reload swaps origins and the view: not under a scan's feet)
+                    progress({"waiting": "a scan under way; the reload is applied when it ends"})
                 summary = self.service.reload(new, self.warn)
             except MusicfsError as e:
                 log.error("reload refused, still running with the previous configuration: %s", e)

@@ -503,12 +503,16 @@ class Service:
             log.info("origin %s answers for the first time: rescanning", origin)
             self.request_rescan(origin)
 
+    def scanning(self) -> bool:
+        """Whether a scan (rescan, first scan of a new origin) is under way now."""
+        return self._scan_lock.locked()
+
     def _scan_again_if_it_failed(self, origin: str) -> None:
         """An origin whose last scan failed (it went away during the scan) answers a health
         check: scan it again now rather than at the next rescan interval, which may be an hour
         of `musicfs health` warning about a blip long over."""
         result = self.scanner.last_results.get(origin)
-        if (self.storage.readonly or result is None or result.complete or self._scan_lock.locked()
+        if (self.storage.readonly or result is None or result.complete or self.scanning()
                 or not self.catalog.last_scan(origin)):   # (never scanned: _scan_if_never_scanned's)
             return
         now = time.monotonic()

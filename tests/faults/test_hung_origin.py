@@ -164,3 +164,28 @@ def test_a_reload_adding_a_hung_origin_finishes_and_the_mount_keeps_serving(tmp_
     finally:
         nas.release()
         daemon.stop()
+
+
+def test_a_reload_waiting_for_a_scan_stuck_in_a_hung_origin_says_so_and_then_applies(tmp_path, hung_origin):
+    # The reload swaps origins and the view, never under a scan: it waits for the scan (at most
+    # the stall timeout, read_timeout) - and says so rather than hang without a word.
+    nas = hung_origin().start()
+    make_library(nas.backing, 3, 10_000)
+    local = local_origin(tmp_path)
+    daemon = Daemon(tmp_path, [("local", local), ("nas", nas.path)], **SETTINGS)
+    try:
+        mount(daemon)
+        nas.hang()
+        held = nas.held()
+        os.kill(daemon.pid, signal.SIGUSR1)                   # a rescan, which the hung NAS holds
+        wait_until(lambda: nas.held() > held, timeout=10, message="the rescan to reach the hung origin")
+        daemon.config.write_text(toml_config([("local", local), ("nas", nas.path)], daemon.cache_dir,
+                                             daemon.log_file, fuse={"read_timeout": READ_TIMEOUT + 1},
+                                             health=SETTINGS["health"]))
+        result = musicfs("reload", daemon.mountpoint, timeout=READ_TIMEOUT * 4 + 10)
+        assert result.returncode == 0, result.stderr
+        assert result.stderr == "musicfs: waiting for a scan under way; the reload is applied when it ends\n"
+        assert f"[fuse] read_timeout: {READ_TIMEOUT:g} -> {READ_TIMEOUT + 1:g}" in result.stdout, result.stdout
+    finally:
+        nas.release()
+        daemon.stop()
