@@ -56,7 +56,7 @@ demo-stop:
 
 lint: install
 	$(BIN)/pip install -q pyflakes
-	$(BIN)/python -m pyflakes musicfs tests bench
+	$(BIN)/python -m pyflakes musicfs tests bench testkit
 
 clean:
 	rm -rf $(VENV) build *.egg-info $(DEMO_DIR)
