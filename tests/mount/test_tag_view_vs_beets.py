@@ -14,7 +14,7 @@ import pytest
 from tests.support.audio import make_track
 from tests.support.mounts import TAGS, tree
 
-beets_reference = pytest.importorskip("tests.beets_reference", reason="needs beets (pip install '.[test]')")
+beets_reference = pytest.importorskip("tests.support.beets_reference", reason="needs beets (pip install '.[test]')")
 
 pytestmark = [pytest.mark.mount, pytest.mark.slow,
               pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg (apt-get install ffmpeg)")]
