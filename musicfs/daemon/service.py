@@ -396,8 +396,7 @@ class Service:
             self.scanner.stall_timeout = new.fuse.read_timeout
             self.health.set_origins(list(origins.values()), new.health)
             self.pool.resize(self._pool_size(new, len(origins)), new.health.workers_per_origin)
-            self.reader.read_timeout = new.fuse.read_timeout
-            self.reader.cache_timeout = new.health.timeout
+            self.reader.set_timeouts(new.fuse.read_timeout, new.health.timeout)
             self.store.max_size = new.cache.max_size
             self.smart.configure(collections_of(new.collections), new.search.limit, enabled=new.layout.mode == "tags")
             self.config = new

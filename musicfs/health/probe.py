@@ -252,9 +252,13 @@ class Findings:
     daemon: dict                      # running, pid, fresh, died, status_age, mountpoint, started, status_file
     watched_mount: str | None         # the mountpoint checked, if any
     views: dict                       # origin -> the daemon's view (live daemon), fresh or not
-    fresh_views: dict                 # the same, only from a fresh status file
     standing: dict                    # origin -> why the daemon's verdict stands for the probe's check
     outcomes: dict                    # "mount" / "cache" / "origin-NAME" -> Outcome
+
+    @property
+    def fresh_views(self) -> dict:
+        """The daemon's views, if its status file is fresh."""
+        return self.views if self.daemon["fresh"] else {}
 
 
 def gather(config: Config, status: dict | None, mountpoint: str | None, started: float) -> Findings:
@@ -290,7 +294,7 @@ def gather(config: Config, status: dict | None, mountpoint: str | None, started:
             continue
         checks.start(f"origin-{origin_config.name}", partial(_check_origin, origin_config))
     outcomes = checks.collect(started + config.health.timeout)
-    return Findings(config, started, status, daemon, watched_mount, views, fresh_views, standing, outcomes)
+    return Findings(config, started, status, daemon, watched_mount, views, standing, outcomes)
 
 
 def judge(findings: Findings) -> Verdict:

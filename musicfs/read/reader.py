@@ -31,30 +31,9 @@ class Reader:
         self.failover = Failover(self.fetcher, health)
         self.readahead = ReadAhead(self.fetcher, self.failover, self.sources, self.files, kernel_readahead)
 
-    # Settings a reload changes, kept where they are used.
-    @property
-    def read_timeout(self) -> float:
-        return self.fetcher.read_timeout
-
-    @read_timeout.setter
-    def read_timeout(self, seconds: float) -> None:
-        self.fetcher.read_timeout = seconds
-
-    @property
-    def cache_timeout(self) -> float:
-        return self.fetcher.cache_timeout
-
-    @cache_timeout.setter
-    def cache_timeout(self, seconds: float) -> None:
-        self.fetcher.cache_timeout = seconds
-
-    @property
-    def readahead_idle(self) -> float:
-        return self.fetcher.readahead_idle
-
-    @readahead_idle.setter
-    def readahead_idle(self, seconds: float) -> None:
-        self.fetcher.readahead_idle = seconds
+    def set_timeouts(self, read_timeout: float, cache_timeout: float) -> None:
+        """A reload's new [fuse].read_timeout and [health].timeout, where they are used."""
+        self.fetcher.read_timeout, self.fetcher.cache_timeout = read_timeout, cache_timeout
 
     @property
     def tag_reader_chunks(self) -> int:

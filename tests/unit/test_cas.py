@@ -238,7 +238,7 @@ def test_a_span_nobody_reads_any_more_stops(tmp_path):
     data = os.urandom(24 * chunk)
     service, origin = slow_link_service(tmp_path, {"f.flac": data}, span=16, per_chunk=0.2)
     try:
-        service.reader.readahead_idle = 0.5
+        service.reader.fetcher.readahead_idle = 0.5
         for offset in range(0, 3 * chunk, piece):      # starts a span of chunks 4-15, then stops
             assert service.reader.read_path(b"/f.flac", offset, piece) == data[offset:offset + piece]
         wait_until(lambda: service.pool.busy("o") == 0, timeout=5, message="the span to stop")
