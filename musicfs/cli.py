@@ -292,8 +292,8 @@ def status(targets: Optional[List[str]] = typer.Argument(None, metavar="[MOUNTPO
         if not targets or (len(targets) == 1 and operations.live_mount(targets[0]) is not None):
             cfg = None if targets else _load(config)
             mount = operations.mount_for(targets[0] if targets else None, cfg.cache.dir if cfg else None)
-            report = operations.daemon_report(mount)
-            typer.echo(json.dumps(report, sort_keys=True) if as_json else "\n".join(operations.format_daemon(report)))
+            typer.echo(json.dumps(operations.daemon_report(mount), sort_keys=True) if as_json
+                       else "\n".join(operations.format_daemon(mount)))
             return
         reports = operations.file_reports(list(targets))
     except CommandError as e:
@@ -417,8 +417,9 @@ def cache_stats(config: Optional[Path] = ConfigOption, cache_dir: Optional[Path]
     except CommandError as e:
         _fail(str(e), 1)
     # The limit that counts is the running daemon's (it may have been started with --cache-size).
-    published = ((read_status(cfg.cache.dir) or {}).get("config") or {}).get("cache_max_size")
-    from_daemon = stats.get("daemon_pid") is not None and isinstance(published, int)
+    status = read_status(cfg.cache.dir)
+    published = status.config.cache.max_size if status is not None and status.config is not None else None
+    from_daemon = stats.get("daemon_pid") is not None and published is not None
     stats.update(config_max_bytes=stats["max_bytes"], limit_from="daemon" if from_daemon else "config")
     if from_daemon:
         stats["max_bytes"] = published

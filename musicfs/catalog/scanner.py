@@ -37,6 +37,7 @@ from ..errors import OriginChanged, OriginUnavailable
 from ..origins.base import KIND_DIR, KIND_FILE, Origin, OriginEntry, join
 from ..origins.local import LocalOrigin
 from ..database import Storage
+from ..status import ScanReport
 from .index import RecentChanges
 from .layout import PATH_MAX, split_ext
 from .records import (encode_record, encode_tags, entry_version, origin_prefix, record_generation,
@@ -79,11 +80,12 @@ class ScanResult:
     unreadable: list[tuple[bytes, str]] = field(default_factory=list)
     too_long: list[bytes] = field(default_factory=list)   # paths left out: longer than PATH_MAX
 
-    def as_status(self) -> dict:
-        return {"complete": self.complete, "finished": self.finished, "error": self.error or None,
-                "entries": self.entries, "tags_read": self.tags_read, "added": self.added,
-                "changed": self.changed, "removed": self.removed, "seconds": round(self.seconds, 3),
-                "unreadable": [f"{path.decode(errors='replace') or '/'}: {reason}" for path, reason in self.unreadable]}
+    def as_status(self) -> ScanReport:
+        return ScanReport(complete=self.complete, finished=self.finished, error=self.error or None,
+                          entries=self.entries, tags_read=self.tags_read, added=self.added, changed=self.changed,
+                          removed=self.removed, seconds=round(self.seconds, 3),
+                          unreadable=tuple(f"{path.decode(errors='replace') or '/'}: {reason}"
+                                           for path, reason in self.unreadable))
 
 
 def _no_tags() -> dict[bytes, bytes]:

@@ -43,10 +43,10 @@ def cache_stats(config: Config) -> dict:
             misses = storage.get_u64(txn, b"misses")
     finally:
         storage.env.close()
-    status = read_status(config.cache.dir) or {}
+    status = read_status(config.cache.dir)
     return {"chunks": chunks, "bytes": total, "pinned_bytes": pinned, "max_bytes": config.cache.max_size, "chunk_size": chunk_size,
-            "hits": hits, "misses": misses, "passthrough": bool(status.get("passthrough", False)),
-            "daemon_pid": status.get("pid"), "cache_dir": str(config.cache.dir)}
+            "hits": hits, "misses": misses, "passthrough": status is not None and status.passthrough,
+            "daemon_pid": status.pid if status is not None else None, "cache_dir": str(config.cache.dir)}
 
 
 def verify_cache(config: Config, *, repair: bool, progress: bool):

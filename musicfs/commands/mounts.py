@@ -18,7 +18,7 @@ from ..cas.store import cached_slots, manifest_key
 from ..catalog import Catalog
 from ..config import format_size
 from ..errors import CommandError
-from ..status import mounted_fstype, mountpoint_status, read_status, runtime_dir
+from ..status import DaemonStatus, mounted_fstype, mountpoint_status, read_status, runtime_dir
 from ..terminal import StatusLine, bar
 
 # As reads order the copies ("unknown": not checked yet, read like a healthy one).
@@ -28,21 +28,21 @@ _STATE_RANK = {"healthy": 0, "unknown": 0, "degraded": 1, "unhealthy": 2}
 @dataclass
 class Mount:
     mountpoint: Path
-    status: dict            # the daemon's status file
+    status: DaemonStatus    # the daemon's status file (with a cache_dir)
 
     @property
     def cache_dir(self) -> Path:
-        return Path(self.status["cache_dir"])
+        return Path(self.status.cache_dir)
 
 
 def live_mount(mountpoint: Path) -> Mount | None:
     """The live daemon serving exactly `mountpoint`, or None. CommandError if the daemon that
     served it died (its status file is left behind)."""
     status, alive = mountpoint_status(mountpoint)
-    if alive and status.get("cache_dir"):
+    if alive and status.cache_dir:
         return Mount(Path(os.path.abspath(mountpoint)), status)
     if status is not None and not alive and _dead_fuse_mount(mountpoint):
-        raise CommandError(f"the musicfs daemon of {os.path.abspath(mountpoint)} (PID {status.get('pid')}) died; "
+        raise CommandError(f"the musicfs daemon of {os.path.abspath(mountpoint)} (PID {status.pid}) died; "
                            f"mount it again (musicfs {os.path.abspath(mountpoint)} ...)")
     return None
 
@@ -86,9 +86,9 @@ def mount_for(mountpoint: Path | None, cache_dir: Path | None) -> Mount:
             raise CommandError(f"no running musicfs serves {os.path.abspath(mountpoint)}")
         return mount
     status = read_status(cache_dir) if cache_dir is not None else None
-    if not status or not status.get("cache_dir"):
+    if status is None or not status.cache_dir:
         raise CommandError(f"no running musicfs uses the cache {cache_dir}; give the MOUNTPOINT")
-    return Mount(Path(status.get("mountpoint") or "?"), status)
+    return Mount(Path(status.mountpoint or "?"), status)
 
 
 # -- status ------------------------------------------------------------------------------------
@@ -141,69 +141,64 @@ def open_files(mountpoint: Path) -> dict:
 
 
 def daemon_report(mount: Mount) -> dict:
-    """The daemon's status as `musicfs status --json` prints it."""
-    status = dict(mount.status)
-    status["open_files"] = open_files(mount.mountpoint)
-    now = time.time()
-    started = status.get("started")
-    status["uptime"] = round(now - started, 1) if isinstance(started, (int, float)) else None
-    status["age"] = round(now - status.get("updated", now), 1)
-    return status
+    """The daemon's status as `musicfs status --json` prints it: its status file, the files
+    open on the mount, its uptime and how old the file is."""
+    status, now = mount.status, time.time()
+    return dict(status.to_json(), open_files=open_files(mount.mountpoint),
+                uptime=round(now - status.started, 1) if status.started is not None else None,
+                age=round(now - (status.updated or now), 1))
 
 
-def format_daemon(report: dict) -> list[str]:
-    now = time.time()
-    cache = report.get("cache") or {}
-    hits, misses = cache.get("hits", 0), cache.get("misses", 0)
+def format_daemon(mount: Mount) -> list[str]:
+    """`musicfs status MOUNTPOINT`: the daemon, its cache, each origin, its config, open files."""
+    status, now = mount.status, time.time()
+    cache, layout, reloads = status.cache, status.layout, status.reloads
+    hits, misses = cache.hits or 0, cache.misses or 0
     rate = f"{100 * hits / (hits + misses):.0f}%" if hits + misses else "-"
-    layout = report.get("layout") or {}
+    uptime = now - status.started if status.started is not None else None
     lines = [
-        f"musicfs {report.get('version', '?')}, PID {report.get('pid')}, up {human_duration(report.get('uptime'))}, "
-        f"mounted at {report.get('mountpoint')}",
-        f"layout    {layout.get('mode', '?')}" + (f"  {layout.get('template')}" if layout.get("mode") == "tags" else "")
-        + (f"; {plural(layout['not_placed']['count'], 'file')} not placed (not audio to mutagen: "
-           f"see status --json)" if (layout.get("not_placed") or {}).get("count") else ""),
-        f"cache     {format_size(cache.get('bytes'))} of {format_size(cache.get('max_bytes'))}, "
-        f"{format_size(cache.get('pinned_bytes'))} pinned, {cache.get('chunks', '?')} chunks; "
+        f"musicfs {status.version or '?'}, PID {status.pid}, up {human_duration(uptime)}, "
+        f"mounted at {status.mountpoint}",
+        f"layout    {layout.mode}" + (f"  {layout.template}" if layout.mode == "tags" else "")
+        + (f"; {plural(layout.not_placed_count, 'file')} not placed (not audio to mutagen: "
+           f"see status --json)" if layout.not_placed_count else ""),
+        f"cache     {format_size(cache.bytes)} of {format_size(cache.max_bytes)}, "
+        f"{format_size(cache.pinned_bytes)} pinned, {cache.chunks if cache.chunks is not None else '?'} chunks; "
         f"hit rate {rate} ({hits} hits, {misses} misses)",
-        "          passthrough: " + (f"YES - {report.get('passthrough_reason')}" if report.get("passthrough") else "no")
-        + f"; cache dir {report.get('cache_dir')}",
+        "          passthrough: " + (f"YES - {status.passthrough_reason}" if status.passthrough else "no")
+        + f"; cache dir {status.cache_dir}",
         "origins:",
     ]
-    origins = report.get("origins") or {}
-    # In the configuration's order (the status file's keys are sorted), which is priority order.
-    order = [o.get("name") for o in (report.get("config") or {}).get("origins", [])]
-    names = [n for n in order if n in origins] + sorted(n for n in origins if n not in order)
-    width = max((len(name) for name in origins), default=6)
-    for name in names:
-        origin = origins[name]
-        latency = origin.get("latency") if origin.get("status") != "unhealthy" else None
-        scan = origin.get("scan") or {}
-        if scan.get("finished"):
-            ago = human_duration(now - scan["finished"])
-            scanned = (f"last scan {ago} ago: {scan.get('entries', 0)} entries" if scan.get("complete") else
-                       f"last scan {ago} ago INCOMPLETE ({scan.get('error') or 'cancelled'}); "
+    width = max((len(name) for name in status.origins), default=6)
+    for name in status.origin_names():   # priority order
+        origin = status.origins[name]
+        latency = origin.latency if origin.status != "unhealthy" else None
+        scan = origin.scan
+        if scan is not None and scan.finished:
+            ago = human_duration(now - scan.finished)
+            scanned = (f"last scan {ago} ago: {scan.entries} entries" if scan.complete else
+                       f"last scan {ago} ago INCOMPLETE ({scan.error or 'cancelled'}); "
                        f"its stored files stay listed")
         else:
             scanned = "not scanned since the mount"
-        line = (f"  {name:<{width}}  {origin.get('status', '?'):<9}  "
-                f"{(f'{latency * 1000:.0f} ms' if isinstance(latency, (int, float)) else '-'):>7}  {scanned}")
-        if origin.get("error"):
-            line += f"; last error: {origin['error']}"
+        line = (f"  {name:<{width}}  {origin.status:<9}  "
+                f"{(f'{latency * 1000:.0f} ms' if latency is not None else '-'):>7}  {scanned}")
+        if origin.error:
+            line += f"; last error: {origin.error}"
         lines.append(line)
-    reloads = report.get("reloads") or {}
-    config_line = f"config    {report.get('config_file') or '(command line only)'}"
-    if reloads.get("count"):
-        config_line += (f"; last reload {human_duration(now - reloads['last'])} ago: "
-                        + (f"REFUSED - {reloads['error']}" if reloads.get("error") else "applied"))
+    config_line = f"config    {status.config_file or '(command line only)'}"
+    if reloads.count and reloads.last is not None:
+        config_line += (f"; last reload {human_duration(now - reloads.last)} ago: "
+                        + (f"REFUSED - {reloads.error}" if reloads.error else "applied"))
     lines.append(config_line)
-    opened = report.get("open_files") or {"count": 0, "processes": []}
+    opened = open_files(mount.mountpoint)
     lines.append(f"open      {plural(opened['count'], 'file')}"
                  + (": " + ", ".join(f"{p['name']} ({p['pid']}) {p['files']}" for p in opened["processes"][:5])
                     if opened["processes"] else "")
-                 + f"; {report.get('requests_in_progress', 0)} requests in progress")
-    if report.get("age", 0) > 10:
-        lines.append(f"(this status is {human_duration(report['age'])} old: the daemon may be stuck)")
+                 + f"; {status.requests_in_progress} requests in progress")
+    age = now - (status.updated or now)
+    if age > 10:
+        lines.append(f"(this status is {human_duration(age)} old: the daemon may be stuck)")
     return lines
 
 
@@ -221,7 +216,7 @@ def file_reports(paths: list[Path]) -> list[dict]:
             continue
         by_mount.setdefault(mount.mountpoint, (mount, []))[1].append((str(path), inside))
     for mount, items in by_mount.values():
-        health = {name: origin.get("status", "healthy") for name, origin in (mount.status.get("origins") or {}).items()}
+        health = {name: origin.status for name, origin in mount.status.origins.items()}
         storage = open_existing(mount.cache_dir, readonly=True)
         try:
             catalog = Catalog(storage)

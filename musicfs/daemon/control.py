@@ -162,7 +162,7 @@ def control_handlers(service, reloader=None) -> dict:
         return [os.fsencode(p) for p in given]
 
     def rescan(request, progress) -> dict:
-        return {"origins": [dict(result.as_status(), origin=result.origin) for result in service.rescan_now()]}
+        return {"origins": [dict(result.as_status().to_json(), origin=result.origin) for result in service.rescan_now()]}
 
     def search(request, progress) -> dict:
         """The tracks a query matches, from this daemon's catalog (the client opens none)."""

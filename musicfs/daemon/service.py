@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import dataclasses
 import errno
 import logging
 import os
@@ -24,7 +25,8 @@ from ..catalog.scanner import Scanner
 from ..config import Config
 from ..errors import CommandError, ConfigError, OriginMisconfigured, ShuttingDown, StartupError
 from ..health import HealthMonitor
-from ..status import config_summary, process_started_at, status_path, write_status
+from ..status import (CacheFigures, DaemonStatus, LayoutStatus, Reloads, UnplacedFile, process_started_at,
+                      status_path, write_status)
 from ..origins import LocalOrigin
 from .pinning import Pinner
 from ..pool import CACHE_DISK, CHECK_LANE, LOAD_LANE, LOAD_WORKERS, PRELOAD_WORKERS, OriginPool, finished_within
@@ -94,9 +96,9 @@ class Service:
         # an origin that answers its checks but fails every scan is retried less and less often
         self._scan_retry: dict[str, tuple[float, float]] = {}
         self.started_at = time.time()
-        self.reloads = {"count": 0, "last": None, "error": None}   # published: did the last SIGHUP work?
+        self.reloads = Reloads()   # published: did the last reload work?
         self.pinner = Pinner(catalog, store, reader)
-        self._not_placed: tuple[int | None, dict] = (None, {})   # (view generation, status)
+        self._not_placed: tuple[int | None, int, tuple] = (None, 0, ())   # (view generation, count, files)
         self.smart = SmartFolders(catalog, collections_of(config.collections), config.search.limit,
                                   enabled=config.layout.mode == "tags")
         self.on_stop: list = []   # called once when the stop begins (systemd's STOPPING=1, the control socket)
@@ -330,32 +332,29 @@ class Service:
             origins = self.health.snapshot()
             for name, result in list(self.scanner.last_results.items()):
                 if name in origins:
-                    origins[name]["scan"] = result.as_status()
-            write_status(self.config.cache.dir, {
-                "pid": os.getpid(), "mountpoint": self.mountpoint, "passthrough": self.cache_disk.passthrough,
-                "passthrough_reason": self.cache_disk.reason or None if self.cache_disk.passthrough else None,
-                "origins": origins, "updated": time.time(), "version": __version__,
-                "cache_dir": os.path.abspath(self.config.cache.dir), "started": process_started_at(os.getpid()),
-                "config": config_summary(self.config), "cache": self._cache_figures(),
-                "layout": self._layout_status(),
-                "requests_in_progress": self.in_progress(), "config_file": self.config_file,
-                "reloads": self.reloads})
+                    origins[name] = dataclasses.replace(origins[name], scan=result.as_status())
+            write_status(self.config.cache.dir, DaemonStatus(
+                pid=os.getpid(), mountpoint=self.mountpoint, started=process_started_at(os.getpid()),
+                updated=time.time(), version=__version__, cache_dir=os.path.abspath(self.config.cache.dir),
+                config_file=self.config_file, config=self.config, passthrough=self.cache_disk.passthrough,
+                passthrough_reason=self.cache_disk.reason or None if self.cache_disk.passthrough else None,
+                origins=origins, cache=self._cache_figures(), layout=self._layout_status(),
+                reloads=self.reloads, requests_in_progress=self.in_progress()))
         except (OSError, lmdb.Error) as e:
             log.debug("cannot publish status: %s", e)
 
-    def _layout_status(self) -> dict:
+    def _layout_status(self) -> LayoutStatus:
         layout = self.config.layout
-        status = {"mode": layout.mode, "template": layout.template}
-        if layout.mode == "tags":
-            # (the status file is written every second: the list is read again only when the
-            # view's records changed, not by every write)
-            generation = self.catalog.generation()
-            if self._not_placed[0] != generation:
-                count, files = self.catalog.unplaced(NOT_PLACED_LISTED)
-                self._not_placed = (generation, {"count": count, "files": [
-                    {"origin": origin, "path": os.fsdecode(path)} for origin, path in files]})
-            status["not_placed"] = self._not_placed[1]
-        return status
+        if layout.mode != "tags":
+            return LayoutStatus(layout.mode, layout.template)
+        # (the status file is written every second: the list is read again only when the
+        # view's records changed, not by every write)
+        generation = self.catalog.generation()
+        if self._not_placed[0] != generation:
+            count, files = self.catalog.unplaced(NOT_PLACED_LISTED)
+            self._not_placed = (generation, count, tuple(UnplacedFile(origin, os.fsdecode(path))
+                                                         for origin, path in files))
+        return LayoutStatus(layout.mode, layout.template, self._not_placed[1], self._not_placed[2])
 
     # -- reload (SIGHUP) --------------------------------------------------------------------------
 
@@ -424,7 +423,7 @@ class Service:
         return summary
 
     def note_reload(self, error: str | None) -> None:
-        self.reloads = {"count": self.reloads["count"] + 1, "last": time.time(), "error": error}
+        self.reloads = Reloads(self.reloads.count + 1, time.time(), error)
         self.publish_status()
 
     @staticmethod
@@ -434,13 +433,14 @@ class Service:
         per_origin = config.health.workers_per_origin
         return max(MIN_POOL_WORKERS, (per_origin + 1) * origins + PRELOAD_WORKERS + LOAD_WORKERS + 4)
 
-    def _cache_figures(self) -> dict:
+    def _cache_figures(self) -> CacheFigures:
         """Cache size, limit, pinned bytes and hit counters (one LMDB read transaction)."""
         if self.storage.index_gone():
-            return {}
+            return CacheFigures()
         stats = self.store.stats()
         self.cached_bytes = stats["bytes"]
-        return {key: stats[key] for key in ("chunks", "bytes", "pinned_bytes", "max_bytes", "hits", "misses")}
+        return CacheFigures(chunks=stats["chunks"], bytes=stats["bytes"], pinned_bytes=stats["pinned_bytes"],
+                            max_bytes=stats["max_bytes"], hits=stats["hits"], misses=stats["misses"])
 
     def _rescan_loop(self) -> None:
         # The first pass refreshes the stored catalog right after mount; later passes run every

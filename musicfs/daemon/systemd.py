@@ -276,8 +276,8 @@ class SystemdReporter:
         """e.g. "serving 1234 files from 1/2 origins (nas unhealthy); cache 1.2 GiB of 10.0 GiB"."""
         service = self.service
         origins = service.health.snapshot()
-        healthy = sum(view.get("status") == HEALTHY for view in origins.values())
-        others = [f"{name} {view.get('status')}" for name, view in origins.items() if view.get("status") != HEALTHY]
+        healthy = sum(view.status == HEALTHY for view in origins.values())
+        others = [f"{name} {view.status}" for name, view in origins.items() if view.status != HEALTHY]
         line = f"serving {self.file_count()} files from {healthy}/{len(origins)} origins"
         if others:
             line += f" ({', '.join(others)})"

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from ..errors import OriginUnavailable, ShuttingDown
 from ..pool import CHECK_LANE, OriginPool
+from ..status import OriginView
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +44,11 @@ class OriginHealth:
     decided_at: float = 0.0  # time.time() of the last verdict: how current it is, for the cron probe
     pending: concurrent.futures.Future | None = field(default=None, repr=False)
 
-    def as_dict(self) -> dict:
+    def view(self) -> OriginView:
         # "unknown" until the first verdict: reads treat it as healthy, but nobody has asked yet.
-        return {"status": self.state if self.answered else "unknown", "latency": self.latency,
-                "error": self.error or None,
-                "consecutive_failures": self.consecutive_failures,
-                "decided_at": self.decided_at or None}
+        return OriginView(status=self.state if self.answered else "unknown", latency=self.latency,
+                          error=self.error or None, consecutive_failures=self.consecutive_failures,
+                          decided_at=self.decided_at or None)
 
 
 def _timed_check(origin) -> float:
@@ -195,9 +195,9 @@ class HealthMonitor:
         rank = {HEALTHY: 0, DEGRADED: 1, UNHEALTHY: 2}
         return sorted(sources, key=lambda s: rank[self.status[s.origin].state] if s.origin in self.status else 3)
 
-    def snapshot(self) -> dict[str, dict]:
+    def snapshot(self) -> dict[str, OriginView]:
         with self._lock:
-            return {name: self.status[name].as_dict() for name in self.names}
+            return {name: self.status[name].view() for name in self.names}
 
 
 def _describe(error: BaseException) -> str:

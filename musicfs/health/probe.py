@@ -29,6 +29,7 @@ daemon), 2 CRITICAL (no origin healthy, the daemon died, the mount is dead or hu
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
@@ -37,8 +38,8 @@ from functools import partial
 from .. import origins as origin_factory
 from ..config import DEFAULT_HEALTH_TIMEOUT, Config, OriginConfig
 from ..cache_lock import CacheLock
-from ..status import (config_from_status, mounted_fstype, read_status_file, runtime_dir, status_path,
-                      status_pid_alive, statuses_of_mountpoint)
+from ..status import (DaemonStatus, OriginView, ScanReport, mounted_fstype, read_status_file, runtime_dir,
+                      status_path, statuses_of_mountpoint)
 from ..database import ENV_NAME, TMP_DIR, U64, Storage
 from .isolated import Checks, Outcome, is_enotconn
 from .monitor import DEGRADED, HEALTHY, UNHEALTHY
@@ -55,20 +56,27 @@ VERDICT_INTERVALS = 2
 STATUS_LAG = 1.0
 
 
-def _standing_verdict(view, now: float, health) -> str | None:
+def _standing_verdict(view: OriginView | None, now: float, health) -> str | None:
     """Why the daemon's verdict on an origin stands in for the probe's check, or None."""
-    if not isinstance(view, dict) or view.get("status") not in _RANK:
+    if view is None or view.status not in _RANK:
         return None
-    decided = view.get("decided_at")
-    if not isinstance(decided, (int, float)):
+    if view.decided_at is None:
         # (a daemon from before verdicts were dated: trusted only when it found a problem)
-        return f"the daemon holds it {view['status']}" if view["status"] != HEALTHY else None
-    age = now - decided
+        return f"the daemon holds it {view.status}" if view.status != HEALTHY else None
+    age = now - view.decided_at
     # (dated in the future: the clock stepped back, or the file is not the daemon's; not trusted)
     if not -STATUS_LAG <= age <= VERDICT_INTERVALS * (health.interval + health.timeout) + STATUS_LAG:
         return None
     age = max(age, 0.0)
-    return f"the daemon holds it {view['status']} (its check {age:.0f}s ago)"
+    return f"the daemon holds it {view.status} (its check {age:.0f}s ago)"
+
+
+@dataclass(frozen=True)
+class ProbeCheck:
+    """The probe's own check of an origin."""
+    status: str
+    latency: float | None
+    error: str | None
 
 
 @dataclass
@@ -77,15 +85,16 @@ class OriginVerdict:
     status: str = UNHEALTHY           # the worse of the two views
     latency: float | None = None
     error: str | None = None
-    daemon: dict | None = None        # the live daemon's view (its status-file entry), if fresh
-    probe: dict | None = None         # the probe's own check: status, latency, error; None = not checked
+    daemon: OriginView | None = None  # the live daemon's view (its status-file entry), if fresh
+    probe: ProbeCheck | None = None   # the probe's own check; None = not checked
     not_checked: str | None = None    # why the probe left it alone
     last_scan: float | None = None    # unix time of its last complete scan (the index), if any
 
     def as_dict(self) -> dict:
         return {"status": self.status, "latency": self.latency, "error": self.error,
-                "daemon": self.daemon, "probe": self.probe, "not_checked": self.not_checked,
-                "last_scan": self.last_scan}
+                "daemon": self.daemon.to_json() if self.daemon is not None else None,
+                "probe": dataclasses.asdict(self.probe) if self.probe is not None else None,
+                "not_checked": self.not_checked, "last_scan": self.last_scan}
 
 
 @dataclass
@@ -204,19 +213,19 @@ def _failure(outcome: Outcome, timeout: float) -> str | None:
     return outcome.error
 
 
-def scan_problems(name: str, scan) -> list[str]:
+def scan_problems(name: str, scan: ScanReport | None) -> list[str]:
     """What the daemon's last scan of origin `name` could not do (its status entry's `scan`)."""
-    if not isinstance(scan, dict):
+    if scan is None:
         return []
     problems = []
-    unreadable = [str(item) for item in scan.get("unreadable") or []]
+    unreadable = scan.unreadable
     if unreadable:
         count = len(unreadable)
         shown = ", ".join(unreadable[:3]) + (f", and {count - 3} more" if count > 3 else "")
         problems.append(f"origin {name}: {count} director{'y' if count == 1 else 'ies'} could not be listed "
                         f"at the last scan ({shown})")
-    if scan.get("error"):
-        problems.append(f"origin {name}: the last scan failed ({scan['error']})")
+    if scan.error:
+        problems.append(f"origin {name}: the last scan failed ({scan.error})")
     return problems
 
 
@@ -232,7 +241,7 @@ def probe(config: Config | None, mountpoint=None) -> Verdict:
         if not statuses:
             return _unserved(mountpoint, config, started)
         status = statuses[0]
-        config = config_from_status(status) or config
+        config = status.config or config
         if config is None:
             return Verdict(UNKNOWN, [], {}, {}, f"the daemon of {mountpoint} publishes no configuration; "
                            f"give its config file with -c", time.monotonic() - started)
@@ -248,20 +257,20 @@ class Findings:
     probe ran itself (each in an abandonable process)."""
     config: Config
     started: float                    # time.monotonic() when the probe began
-    status: dict | None               # the daemon's status file, if any
+    status: DaemonStatus | None       # the daemon's status file, if any
     daemon: dict                      # running, pid, fresh, died, status_age, mountpoint, started, status_file
     watched_mount: str | None         # the mountpoint checked, if any
-    views: dict                       # origin -> the daemon's view (live daemon), fresh or not
+    views: dict[str, OriginView]      # origin -> the daemon's view (live daemon), fresh or not
     standing: dict                    # origin -> why the daemon's verdict stands for the probe's check
     outcomes: dict                    # "mount" / "cache" / "origin-NAME" -> Outcome
 
     @property
-    def fresh_views(self) -> dict:
+    def fresh_views(self) -> dict[str, OriginView]:
         """The daemon's views, if its status file is fresh."""
         return self.views if self.daemon["fresh"] else {}
 
 
-def gather(config: Config, status: dict | None, mountpoint: str | None, started: float) -> Findings:
+def gather(config: Config, status: DaemonStatus | None, mountpoint: str | None, started: float) -> Findings:
     """Read the daemon's status and run, in parallel and bounded by [health].timeout, the checks
     it cannot answer for itself: its mount answering, the cache dir, and each origin it has no
     recent verdict on."""
@@ -269,16 +278,16 @@ def gather(config: Config, status: dict | None, mountpoint: str | None, started:
     daemon = {"running": False, "pid": None, "fresh": False, "died": False, "status_age": None,
               "mountpoint": None, "started": None, "status_file": str(status_path(config.cache.dir))}
     if status is not None:
-        age = now - float(status.get("updated") or 0)
+        age = now - status.updated
         # dated in the future (the clock stepped back): nothing says the daemon wrote it lately
         future = age < -STATUS_LAG
-        daemon.update(pid=status.get("pid"), mountpoint=status.get("mountpoint"),
-                      status_age=None if future else round(max(age, 0.0), 3), started=status.get("started"))
-        if status_pid_alive(status):
+        daemon.update(pid=status.pid, mountpoint=status.mountpoint,
+                      status_age=None if future else round(max(age, 0.0), 3), started=status.started)
+        if status.alive:
             daemon.update(running=True, fresh=not future and age < FRESH_SECONDS)
         else:
             daemon["died"] = True
-    views = (status.get("origins") or {}) if daemon["running"] else {}
+    views = status.origins if daemon["running"] else {}
     fresh_views = views if daemon["fresh"] else {}
 
     checks = Checks(config.cache.dir)
@@ -346,7 +355,7 @@ def _judge_origins(findings: Findings, problems: list) -> list[OriginVerdict]:
         name = origin_config.name
         verdict = OriginVerdict(name)
         view = findings.fresh_views.get(name)
-        if isinstance(view, dict) and view.get("status") in _RANK:
+        if view is not None and view.status in _RANK:
             verdict.daemon = view
         outcome = findings.outcomes.get(f"origin-{name}")
         if outcome is None:
@@ -354,20 +363,19 @@ def _judge_origins(findings: Findings, problems: list) -> list[OriginVerdict]:
         else:
             verdict.probe = _probe_view(outcome, findings.config.health.timeout)
         seen = [v for v in (verdict.daemon, verdict.probe) if v is not None]
-        verdict.status = max((v["status"] for v in seen), key=_RANK.__getitem__)
+        verdict.status = max((v.status for v in seen), key=_RANK.__getitem__)
         # A current answer's latency: the daemon keeps its last good one while an origin is down.
         # None when either side finds it failing: a latency says the origin answers.
         verdict.latency = None if verdict.status == UNHEALTHY else next(
-            (v.get("latency") for v in (verdict.probe, verdict.daemon)
-             if v is not None and v["status"] == HEALTHY and v.get("latency") is not None), None)
-        reasons = [f"{who}: {v.get('error') or v['status']}" for who, v in (("daemon", verdict.daemon),
-                                                                           ("probe", verdict.probe))
-                   if v is not None and v["status"] != HEALTHY]
+            (v.latency for v in (verdict.probe, verdict.daemon)
+             if v is not None and v.status == HEALTHY and v.latency is not None), None)
+        reasons = [f"{who}: {v.error or v.status}" for who, v in (("daemon", verdict.daemon), ("probe", verdict.probe))
+                   if v is not None and v.status != HEALTHY]
         verdict.error = "; ".join(reasons) or None
         if verdict.status != HEALTHY:
             problems.append(f"origin {verdict.name} {verdict.status} ({verdict.error})")
-        if isinstance(findings.views.get(name), dict):
-            problems.extend(scan_problems(name, findings.views[name].get("scan")))
+        if name in findings.views:
+            problems.extend(scan_problems(name, findings.views[name].scan))
         verdicts.append(verdict)
     return verdicts
 
@@ -375,7 +383,7 @@ def _judge_origins(findings: Findings, problems: list) -> list[OriginVerdict]:
 def _judge_cache(findings: Findings, verdicts: list[OriginVerdict], problems: list) -> dict:
     config, daemon, status = findings.config, findings.daemon, findings.status
     cache = {"dir": str(config.cache.dir), "writable": False,
-             "passthrough": bool(daemon["running"] and status.get("passthrough")),
+             "passthrough": bool(daemon["running"] and status.passthrough),
              "max_bytes": config.cache.max_size, "bytes": None, "free_bytes": None, "error": None,
              "pinned_bytes": None, "hits": None, "misses": None}
     outcome = findings.outcomes["cache"]
@@ -392,21 +400,20 @@ def _judge_cache(findings: Findings, verdicts: list[OriginVerdict], problems: li
     if not cache["writable"]:
         problems.append(f"cache not writable ({cache['error']})")
     if cache["passthrough"]:
-        problems.append("cache in passthrough" + (f" ({status['passthrough_reason']})"
-                                                  if status.get("passthrough_reason") else ""))
+        problems.append("cache in passthrough" + (f" ({status.passthrough_reason})"
+                                                  if status.passthrough_reason else ""))
     if cache["free_bytes"] is not None and cache["bytes"] is not None and \
             cache["free_bytes"] < config.cache.max_size - cache["bytes"]:
         problems.append(f"cache disk has {cache['free_bytes'] >> 20} MiB free, less than max_size still needs")
     return cache
 
 
-def _probe_view(outcome: Outcome, timeout: float) -> dict:
+def _probe_view(outcome: Outcome, timeout: float) -> ProbeCheck:
     if outcome.value is not None:
         latency = outcome.value.get("latency")
         slow = latency is not None and latency >= timeout / 2
-        return {"status": DEGRADED if slow else HEALTHY, "latency": latency,
-                "error": f"slow: answered in {latency:.3f}s" if slow else None}
-    return {"status": UNHEALTHY, "latency": None, "error": _failure(outcome, timeout)}
+        return ProbeCheck(DEGRADED if slow else HEALTHY, latency, f"slow: answered in {latency:.3f}s" if slow else None)
+    return ProbeCheck(UNHEALTHY, None, _failure(outcome, timeout))
 
 
 def _unserved(mountpoint: str, config: Config | None, started: float) -> Verdict:

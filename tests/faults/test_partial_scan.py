@@ -77,7 +77,7 @@ def test_unreadable_folder_at_rescan_keeps_its_entries_and_updates_the_rest(tmp_
     assert catalog.lookup(b"/B/two.flac") is not None             # kept: B could not be listed
     assert catalog.lookup(b"/B/deep/three.flac") is not None
     assert "origin nas: cannot list B (Input/output error)" in caplog.text
-    assert service.scanner.last_results["nas"].as_status()["unreadable"] == ["B: Input/output error"]
+    assert service.scanner.last_results["nas"].as_status().unreadable == ("B: Input/output error",)
 
 
 def test_a_remote_origin_gone_while_tags_are_read_leaves_its_files_to_read_again_not_junk(

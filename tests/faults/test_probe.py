@@ -13,7 +13,7 @@ import pytest
 from musicfs.health.isolated import record_path
 from musicfs.health.monitor import HEALTHY
 from musicfs.health.probe import OriginVerdict, Verdict, scan_problems
-from musicfs.status import status_path
+from musicfs.status import OriginView, ScanReport, status_path
 
 from testkit.configs import toml_config
 from testkit.process import run_bounded, wait_until
@@ -97,12 +97,12 @@ def test_perfdata_parses_with_unknown_bytes_and_tiny_latencies(tmp_path):
 
 
 def test_scan_problems_name_the_unreadable_directories():
-    assert scan_problems("nas", {"complete": True, "finished": 1.0, "unreadable": [], "error": None}) == []
-    assert scan_problems("nas", {"complete": False, "unreadable": ["Artist/Foo: Input/output error"],
-                                 "error": None}) == \
+    assert scan_problems("nas", ScanReport(complete=True, finished=1.0)) == []
+    assert scan_problems("nas", ScanReport(unreadable=("Artist/Foo: Input/output error",))) == \
         ["origin nas: 1 directory could not be listed at the last scan (Artist/Foo: Input/output error)"]
-    assert scan_problems("nas", {"unreadable": [], "error": "scan stalled"}) == \
+    assert scan_problems("nas", ScanReport(error="scan stalled")) == \
         ["origin nas: the last scan failed (scan stalled)"]
+    assert scan_problems("nas", None) == []
 
 
 def test_mountpoint_without_musicfs_is_unknown(tmp_path):
@@ -312,7 +312,7 @@ def test_a_verdict_or_status_dated_in_the_future_is_not_taken_as_current():
     from musicfs.health.probe import _standing_verdict
     health = HealthConfig(timeout=1, interval=5)
     now = time.time()
-    assert _standing_verdict({"status": "healthy", "decided_at": now - 3}, now, health).startswith(
+    assert _standing_verdict(OriginView("healthy", decided_at=now - 3), now, health).startswith(
         "the daemon holds it healthy")
-    assert _standing_verdict({"status": "healthy", "decided_at": now + 86400}, now, health) is None
-    assert _standing_verdict({"status": "healthy", "decided_at": now - 60}, now, health) is None
+    assert _standing_verdict(OriginView("healthy", decided_at=now + 86400), now, health) is None
+    assert _standing_verdict(OriginView("healthy", decided_at=now - 60), now, health) is None
