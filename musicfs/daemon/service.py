@@ -30,7 +30,7 @@ from ..status import (CacheFigures, DaemonStatus, LayoutStatus, Reloads, Unplace
 from ..origins import LocalOrigin
 from .pinning import Pinner
 from ..pool import CACHE_DISK, CHECK_LANE, LOAD_LANE, LOAD_WORKERS, PRELOAD_WORKERS, OriginPool, finished_within
-from ..read import Reader
+from ..read import ReadSettings, Reader
 from ..database import ENV_NAME, Storage
 from ..catalog.smart import SmartFolders, collections_of
 from ..catalog.views import view_for
@@ -147,8 +147,8 @@ class Service:
         pool = OriginPool(max_workers=cls._pool_size(config, len(origins)),
                           per_origin=config.health.workers_per_origin)
         health = HealthMonitor(list(origins.values()), pool, config.health)
-        reader = Reader(catalog, store, origins, pool, config.fuse.read_timeout, health, scanner,
-                        cache_timeout=config.health.timeout, kernel_readahead=config.fuse.read_ahead)
+        reader = Reader(catalog, store, ReadSettings.of(origins, config.fuse.read_timeout, config.health.timeout),
+                        pool, health, scanner, kernel_readahead=config.fuse.read_ahead)
         service = cls(config, storage, store, catalog, scanner, origins, pool, reader, health,
                       mountpoint=mountpoint, lock=lock)
         service.recovery_pending = silent is not None
@@ -389,13 +389,12 @@ class Service:
         retired = [self.origins[o.name] for o in changed] + [self.origins[name] for name in removed]
         with self._scan_lock:   # no scan runs while the origins and the view change under it
             origins = {o.name: built.get(o.name) or self.origins[o.name] for o in new.origins}
-            self.origins.clear()       # the reader holds this very dict
-            self.origins.update(origins)
+            self.origins = origins   # (a new dict: reads under way keep the one they took)
             self.scanner.set_origins(list(origins.values()), view)
             self.scanner.stall_timeout = new.fuse.read_timeout
             self.health.set_origins(list(origins.values()), new.health)
             self.pool.resize(self._pool_size(new, len(origins)), new.health.workers_per_origin)
-            self.reader.set_timeouts(new.fuse.read_timeout, new.health.timeout)
+            self.reader.apply(ReadSettings.of(origins, new.fuse.read_timeout, new.health.timeout))
             self.store.max_size = new.cache.max_size
             self.smart.configure(collections_of(new.collections), new.search.limit, enabled=new.layout.mode == "tags")
             self.config = new

@@ -39,10 +39,10 @@ state: copies, known chunk digests, sequential position), fetch.py (a typed Fetc
 origin read, verified cache write), failover.py (replicas), readahead.py (ahead of a sequential
 reader, and a folder's next files).
 """
-from .fetch import Fetch, Fetcher
+from .fetch import Fetch, Fetcher, ReadSettings
 from .files import OPEN_FILES, OpenFile, Source
 from .readahead import READAHEAD_CHUNKS, TAG_READER_EXTRA_CHUNKS
 from .reader import Reader
 
-__all__ = ["Fetch", "Fetcher", "OPEN_FILES", "OpenFile", "READAHEAD_CHUNKS", "Reader", "Source",
+__all__ = ["Fetch", "Fetcher", "OPEN_FILES", "OpenFile", "READAHEAD_CHUNKS", "ReadSettings", "Reader", "Source",
            "TAG_READER_EXTRA_CHUNKS"]

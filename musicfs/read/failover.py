@@ -44,7 +44,7 @@ class Failover:
                 # The kernel retries a failed read page by page: those retries must not each
                 # wait again for this fetch (one read() of the program's would take that long).
                 fetch.gave_up = True
-                read_timeout = self.fetcher.read_timeout
+                read_timeout = self.fetcher.settings.read_timeout
                 if time.monotonic() - fetch.started < read_timeout:
                     # A span still arriving, too slowly for this read (one that skipped ahead
                     # into it): slow, not failing.
@@ -104,7 +104,7 @@ class Failover:
             if fetch.gave_up and not fetch.done():
                 raise FutureTimeout
             started = fetch.started
-            until = min(deadline, started + self.fetcher.read_timeout)
+            until = min(deadline, started + self.fetcher.settings.read_timeout)
             try:
                 return fetch.result(timeout=max(until - time.monotonic(), 0))
             except FutureTimeout:

@@ -15,8 +15,11 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from types import MappingProxyType
 
 from ..cas.store import CacheWriteError, ChunkStore, digest_of
 from ..errors import ChunkCorrupt, ChunkMissing, OriginChanged, OriginTransient
@@ -60,17 +63,28 @@ class Fetch:
         self.future.add_done_callback(lambda _: callback(self))
 
 
+@dataclass(frozen=True)
+class ReadSettings:
+    """What a reload may change under the read engine, swapped whole (`Reader.apply`): a read
+    takes it once, so it never sees half of an old configuration and half of a new one."""
+    origins: Mapping[str, object]   # configured origins by name (read-only)
+    read_timeout: float             # [fuse].read_timeout: how long a read waits for its bytes
+    cache_timeout: float            # [health].timeout: how long a load from or write to the cache disk may take
+
+    @classmethod
+    def of(cls, origins: dict, read_timeout: float, cache_timeout: float) -> ReadSettings:
+        return cls(MappingProxyType(dict(origins)), read_timeout, cache_timeout)
+
+
 class Fetcher:
-    def __init__(self, catalog, store: ChunkStore, origins: dict, pool: OriginPool, *, read_timeout: float,
-                 cache_timeout: float, health=None, scanner=None):
+    def __init__(self, catalog, store: ChunkStore, settings: ReadSettings, pool: OriginPool, *, health=None,
+                 scanner=None):
         self.catalog = catalog
         self.store = store
-        self.origins = origins
+        self.settings = settings   # replaced whole by a reload, never changed in place
         self.pool = pool
         self.health = health
         self.scanner = scanner   # refreshes catalog entries a fetch found changed or gone
-        self.read_timeout = read_timeout
-        self.cache_timeout = cache_timeout   # how long a load from or write to the cache disk may take
         self.readahead_idle = READAHEAD_IDLE
         self.chunk_size = store.chunk_size
         self._inflight: dict[tuple, Fetch] = {}
@@ -101,11 +115,11 @@ class Fetcher:
         preloading = self.store.loading(digest)
         future = preloading or self.pool.submit(CACHE_DISK, self.store.get, digest, length, lane=LOAD_LANE)
         try:
-            return future.result(timeout=max(min(deadline - time.monotonic(), self.cache_timeout), 0))
+            return future.result(timeout=max(min(deadline - time.monotonic(), self.settings.cache_timeout), 0))
         except FutureTimeout:
             if preloading is None:   # (the store's own load is not ours to drop)
                 future.cancel()
-            self.store.disk.stops_answering(f"loading a chunk took more than {self.cache_timeout:g}s")
+            self.store.disk.stops_answering(f"loading a chunk took more than {self.settings.cache_timeout:g}s")
             raise ChunkMissing("the cache disk did not answer") from None
 
     def passed_through_digest(self, source: Source, index: int) -> bytes | None:
@@ -193,7 +207,7 @@ class Fetcher:
         known = self.store.manifest(source.key, source.size, source.mtime_ns)[index]
         if known is not None and not self.store.disk.loads_suspended:  # cached meanwhile (a readahead, or a read that waited elsewhere)
             try:
-                return known, self.cached(known, length, time.monotonic() + self.cache_timeout)
+                return known, self.cached(known, length, time.monotonic() + self.settings.cache_timeout)
             except (ChunkMissing, ChunkCorrupt):
                 pass
         data = self._origin_read(source, index, length)
@@ -206,7 +220,7 @@ class Fetcher:
         not handed out yet. Stops once nobody has read the file for readahead_idle: a long span
         from a slow server must not hold the origin's worker for a reader that went away (a
         reader that comes back asks for the rest on its own)."""
-        origin = self.origins[source.origin]
+        origin = self.settings.origins[source.origin]
         try:
             lengths = [self.chunk_length(source.size, index) for index in range(first, first + len(fetches))]
             pieces = origin.read_pieces(source.relpath, first * self.chunk_size, lengths, source.expect)
@@ -233,7 +247,7 @@ class Fetcher:
 
     def _origin_read(self, source: Source, index: int, length: int) -> bytes:
         """`length` bytes from chunk `index` on, of exactly the version the catalog describes."""
-        origin = self.origins[source.origin]
+        origin = self.settings.origins[source.origin]
         with self._origin_errors(source):
             data = origin.read(source.relpath, index * self.chunk_size, length, source.expect)
             self._check_length(origin, source, index, data, length)
@@ -289,11 +303,11 @@ class Fetcher:
                                 record_if=functools.partial(self._still_catalogued, source))
         future = self.pool.submit(CACHE_DISK, put, lane=LOAD_LANE)
         try:
-            return future.result(timeout=self.cache_timeout)
+            return future.result(timeout=self.settings.cache_timeout)
         except CacheWriteError:
             return None   # the store logged the transition to passthrough
         except FutureTimeout:
-            self.store.disk.stops_answering(f"writing a chunk took more than {self.cache_timeout:g}s")
+            self.store.disk.stops_answering(f"writing a chunk took more than {self.settings.cache_timeout:g}s")
             return None
 
     def _still_catalogued(self, source: Source, txn) -> bool:

@@ -77,14 +77,14 @@ class OpenFile:
 class Sources:
     """The copies of catalog files, as Source objects, from the catalog's methods."""
 
-    def __init__(self, catalog, origins: dict, chunk_size: int):
+    def __init__(self, catalog, configured, chunk_size: int):
         self.catalog = catalog
-        self.origins = origins   # the service's dict of configured origins (a reload changes it in place)
+        self.configured = configured   # () -> the configured origins by name, now (a reload replaces them)
         self.chunk_size = chunk_size
 
     def one(self, origin: str, relpath: bytes) -> Source | None:
         """`origin`'s copy of `relpath` as the catalog has it now, if it is a configured origin's file."""
-        if origin not in self.origins:
+        if origin not in self.configured():
             return None
         record = self.catalog.origin_record(origin, relpath)
         if record is None:

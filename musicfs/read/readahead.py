@@ -63,7 +63,7 @@ class ReadAhead:
         source = handle.copy   # the copy the file is being read from (a replica, after a failover)
         if source not in handle.sources:
             return   # gone from the catalog: the next read's failover picks (and proves) another
-        origin = self.fetcher.origins.get(source.origin)
+        origin = self.fetcher.settings.origins.get(source.origin)
         depth = getattr(origin, "readahead_chunks", READAHEAD_CHUNKS)
         span = getattr(origin, "span_chunks", 1)
         tag_reader = index <= self.tag_reader_chunks
@@ -118,7 +118,7 @@ class ReadAhead:
         origin's prefetch_next_files), where it is not cached: called when this file's first
         chunk was not cached (or came from such a prefetch), so a scan of the folder finds its
         next files fetched or on their way instead of paying each one's round trips in turn."""
-        origins = self.fetcher.origins
+        origins = self.fetcher.settings.origins
         count = getattr(origins.get(handle.sources[0].origin), "prefetch_next_files", 0)
         if not count:
             return

@@ -12,28 +12,31 @@ from ..catalog.tags import ogg_picture
 from ..errors import ChunkCorrupt, ChunkMissing, OriginChanged, OriginUnavailable
 from ..pool import OriginPool
 from .failover import Failover
-from .fetch import Fetcher
+from .fetch import Fetcher, ReadSettings
 from .files import FileStates, OpenFile, Source, Sources, new_state
 from .readahead import ReadAhead
 
 
 class Reader:
-    def __init__(self, catalog, store: ChunkStore, origins: dict, pool: OriginPool, read_timeout: float,
-                 health=None, scanner=None, cache_timeout: float = 5.0, kernel_readahead: int = 0):
+    def __init__(self, catalog, store: ChunkStore, settings: ReadSettings, pool: OriginPool, health=None,
+                 scanner=None, kernel_readahead: int = 0):
         self.catalog = catalog
         self.store = store
-        self.origins = origins
         self.chunk_size = store.chunk_size
         self.files = FileStates()
-        self.sources = Sources(catalog, origins, self.chunk_size)
-        self.fetcher = Fetcher(catalog, store, origins, pool, read_timeout=read_timeout,
-                               cache_timeout=cache_timeout, health=health, scanner=scanner)
+        self.fetcher = Fetcher(catalog, store, settings, pool, health=health, scanner=scanner)
+        self.sources = Sources(catalog, lambda: self.fetcher.settings.origins, self.chunk_size)
         self.failover = Failover(self.fetcher, health)
         self.readahead = ReadAhead(self.fetcher, self.failover, self.sources, self.files, kernel_readahead)
 
-    def set_timeouts(self, read_timeout: float, cache_timeout: float) -> None:
-        """A reload's new [fuse].read_timeout and [health].timeout, where they are used."""
-        self.fetcher.read_timeout, self.fetcher.cache_timeout = read_timeout, cache_timeout
+    def apply(self, settings: ReadSettings) -> None:
+        """A reload's origins and timeouts, swapped whole: reads under way finish with the old ones."""
+        self.fetcher.settings = settings
+
+    @property
+    def origins(self):
+        """The configured origins by name (read-only)."""
+        return self.fetcher.settings.origins
 
     @property
     def tag_reader_chunks(self) -> int:
@@ -107,7 +110,7 @@ class Reader:
         end = min(offset + size, handle.size)
         cs = self.chunk_size
         first, last = offset // cs, (end - 1) // cs
-        deadline = time.monotonic() + self.fetcher.read_timeout
+        deadline = time.monotonic() + self.fetcher.settings.read_timeout
         follow = (first == 0 and not handle.followed
                   and (handle.digests[0] is None or self.files.was_prefetched(handle.path)))
         if first == last:
@@ -196,7 +199,7 @@ class Reader:
             if digest is not None and self.store.contains(digest) == length:
                 continue
             handle.digests[index] = None
-            digest, _ = self.failover.chunk(handle, index, time.monotonic() + self.fetcher.read_timeout)
+            digest, _ = self.failover.chunk(handle, index, time.monotonic() + self.fetcher.settings.read_timeout)
             if digest is None:
                 raise CacheWriteError(errno.EIO, "the cache does not take chunks now (passthrough)")
             fetched += length

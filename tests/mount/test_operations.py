@@ -245,6 +245,19 @@ def _reloads(daemon) -> int:
     return (status_file(daemon).get("reloads") or {}).get("count", 0)
 
 
+def test_a_reload_swaps_the_read_settings_whole_and_leaves_those_a_read_took_unchanged(tmp_path, service_factory):
+    from tests.conftest import make_config
+    for name in ("a", "b"):
+        make_library(tmp_path / name, 1, KIB)
+    service = service_factory([("a", tmp_path / "a"), ("b", tmp_path / "b")], fuse={"read_timeout": 30})
+    taken = service.reader.fetcher.settings       # what a read under way holds
+    service.reload(make_config(tmp_path, [("a", tmp_path / "a")], fuse={"read_timeout": 7}), warn=print)
+    assert set(taken.origins) == {"a", "b"} and taken.read_timeout == 30
+    assert set(service.reader.origins) == {"a"} and service.reader.fetcher.settings.read_timeout == 7
+    with pytest.raises(TypeError):
+        service.reader.origins["b"] = taken.origins["b"]   # read-only: only a reload changes them
+
+
 def test_sighup_reload_adds_an_origin_and_refuses_a_broken_config(tmp_path, daemons):
     first, second = tmp_path / "a", tmp_path / "b"
     make_library(first, 2, 16 * KIB)
