@@ -108,6 +108,34 @@ def test_ranged_reads_are_whole_however_the_server_splits_its_answers(tmp_path, 
         origin.close()
 
 
+def test_a_session_opens_a_file_once_and_sees_it_renamed_over(tmp_path, sshd, remote_library):
+    """A version-checked read leaves the file open in its session: the next chunks of it cost
+    no OPEN. A file renamed over the one held open (a retag) is still seen as changed, and read
+    as the new version once catalogued, never from the old handle."""
+    from paramiko.sftp import CMD_OPEN
+    remote, big = remote_library
+    origin = build(sftp_config(tmp_path, sshd, remote).origins[0])
+    try:
+        catalogued = origin.stat(b"big.flac")
+        opens = []
+        with origin._session(10) as client:
+            request = client._request
+            client._request = lambda kind, *args: (opens.append(kind) if kind == CMD_OPEN else None,
+                                                   request(kind, *args))[1]
+        for index in range(3):
+            assert origin.read(b"big.flac", index * MiB, MiB, catalogued) == big[index * MiB:(index + 1) * MiB]
+        assert opens == [CMD_OPEN], "one OPEN for three chunks of one file"
+        new = os.urandom(len(big))
+        (remote / "big.tmp").write_bytes(new)
+        os.utime(remote / "big.tmp", (catalogued.mtime_ns // 10**9 + 7,) * 2)
+        os.replace(remote / "big.tmp", remote / "big.flac")
+        with pytest.raises(OriginChanged):
+            origin.read(b"big.flac", 0, MiB, catalogued)
+        assert origin.read(b"big.flac", 0, MiB, origin.stat(b"big.flac")) == new[:MiB]
+    finally:
+        origin.close()
+
+
 def first_chunk_cached(service, path: bytes) -> bool:
     source = service.reader.sources_of(service.catalog.lookup(path))[0]
     return service.store.manifest(source.key, source.size, source.mtime_ns)[0] is not None
