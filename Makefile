@@ -6,7 +6,7 @@ DEMO_DIR := .demo
 DEMO_MNT := demo-mnt
 DEMO_LIBRARY := $(DEMO_DIR)/music
 
-.PHONY: install system-packages test test-fast bench demo demo-stop lint clean
+.PHONY: install system-packages test test-fast bench bench-remote demo demo-stop lint clean
 
 install: system-packages $(BIN)/musicfs
 
@@ -34,6 +34,9 @@ test-fast: install
 
 bench: install
 	$(BIN)/python -m bench
+
+bench-remote: install
+	$(BIN)/python -m bench.remote
 
 demo: install $(DEMO_LIBRARY)
 	@mkdir -p $(DEMO_MNT)

@@ -43,12 +43,9 @@ from musicfs.daemon.service import Service
 from testkit.configs import toml_config
 from testkit.library import chunk_bytes_on_disk, chunk_files, make_library
 
-from .common import (BIG_MB, CATALOG_FILES, MUSICFS, REPEAT, ROOT, SMALL_FILES, WORK, drop_caches, ensure_installed,
-                     header_scan, read_tree, sh, timed, unmount, wait_mounted)
+from .common import (CATALOG_FILES, MUSICFS, REPEAT, ROOT, SMALL_FILES, WORK, big_library, drop_caches,
+                     ensure_installed, header_scan, print_table, read_tree, sh, timed, unmount, wait_mounted)
 
-BIG_FILE_MB = 32
-
-BIG_FILE_MB = 32
 
 
 # -- peers ------------------------------------------------------------------------------------
@@ -262,12 +259,7 @@ def rss_mb(pid, field="VmRSS"):
 # -- the run --------------------------------------------------------------------------------------
 
 def prepare():
-    WORK.mkdir(exist_ok=True)
-    big = WORK / f"big-{BIG_MB}"
-    if not big.exists():
-        print(f"writing {BIG_MB} MB of large files ...")
-        make_library(big / "tmp", BIG_MB // BIG_FILE_MB, size=BIG_FILE_MB << 20, per_album=8, seed=2)
-        (big / "tmp").rename(big / "lib")
+    big = big_library()
     smalls = {}
     for files in SMALL_FILES:
         small = WORK / f"small-{files}"
@@ -276,7 +268,7 @@ def prepare():
             make_library(small / "tmp", files, size=8192, seed=3)
             (small / "tmp").rename(small / "lib")
         smalls[files] = small / "lib"
-    return big / "lib", smalls
+    return big, smalls
 
 
 def size_key(files: int) -> str:
@@ -417,15 +409,7 @@ def main():
 def report(rows, mb):
     print(f"\nmachine: {os.cpu_count()} cores, {os.uname().release}; python {sys.version.split()[0]}; "
           f"{mb:.0f} MB of large files, {SMALL_FILES} small files; best / median of {REPEAT}")
-    keys = sorted({k for r in rows.values() for k in r})
-    names = list(rows)
-    print(f"{'metric':24}" + "".join(f"{n:>20}" for n in names))
-    for key in keys:
-        cells = []
-        for n in names:
-            v = rows[n].get(key)
-            cells.append(f"{'-':>20}" if not v or v[0] is None else f"{v[0]:>9.3f} /{v[1]:>9.3f}")
-        print(f"{key:24}" + "".join(cells))
+    print_table(rows)
 
     def ratio(metric, a, b, higher_is_better=True):
         if metric not in rows.get(a, {}) or metric not in rows.get(b, {}) or None in (rows[a][metric][0], rows[b][metric][0]):
@@ -437,7 +421,7 @@ def report(rows, mb):
     throughput = ("a_first_MBps", "b_cached_cold_MBps", "c_cached_warm_MBps", "g_8readers_MBps")
     times = [f"{m}_{n}" for n in sizes for m in ("d_scan_cold_s", "d_scan_warm_s", "e_find_s", "e_lsR_s")]
     print("\nratios (best of each; >1 means musicfs is better):")
-    for peer in [n for n in names if n != "musicfs" and n != "musicfs-paths"]:
+    for peer in [n for n in rows if n != "musicfs" and n != "musicfs-paths"]:
         for metric in (*throughput, *times):
             value = ratio(metric, "musicfs", peer, higher_is_better=metric in throughput)
             if value is not None:

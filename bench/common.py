@@ -104,3 +104,32 @@ def baseline_tree(work: Path) -> tuple[str, Path] | None:
         archive = subprocess.run(["git", "archive", commit, "musicfs"], cwd=ROOT, check=True, capture_output=True)
         subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
     return revision, tree
+
+
+BIG_FILE_MB = 32
+
+
+def big_library() -> Path:
+    """BENCH_BIG_MB of 32 MB tagged files (written once into .bench)."""
+    from testkit.library import make_library
+    WORK.mkdir(exist_ok=True)
+    big = WORK / f"big-{BIG_MB}"
+    if not big.exists():
+        print(f"writing {BIG_MB} MB of large files ...")
+        make_library(big / "tmp", BIG_MB // BIG_FILE_MB, size=BIG_FILE_MB << 20, per_album=8, seed=2)
+        (big / "tmp").rename(big / "lib")
+    return big / "lib"
+
+
+def print_table(rows: dict) -> None:
+    """Every metric (a row) of every peer (a column): best / median."""
+    keys = sorted({k for r in rows.values() for k in r})
+    names = list(rows)
+    width = max([24, *(len(k) + 1 for k in keys)])
+    print(f"{'metric':{width}}" + "".join(f"{n:>20}" for n in names))
+    for key in keys:
+        cells = []
+        for n in names:
+            v = rows[n].get(key)
+            cells.append(f"{'-':>20}" if not v or v[0] is None else f"{v[0]:>9.3f} /{v[1]:>9.3f}")
+        print(f"{key:{width}}" + "".join(cells))

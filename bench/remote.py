@@ -4,7 +4,13 @@ loopback, rclone (s3) on one SeaweedFS S3 server. The servers are the test suite
 
 Workloads: first read of the large files (empty caches), the same read again with the page
 cache dropped (musicfs and rclone from their disk caches, sshfs from the server again), and a
-header scan (open + read 4 KiB) of a 2,000-file library, cold. Loopback has no latency of its
+header scan (open + read 4 KiB) of a 2,000-file library, cold. Beside each read's MB/s, the CPU
+seconds per GB of the mount's own processes (the FUSE daemon and its children, e.g. sshfs's
+ssh). sshfs runs twice: with its default cipher and with AES-GCM ("sshfs-gcm"), the cipher
+musicfs prefers, so the sftp rows compare like with like.
+
+`python -m bench.remote` (`make bench-remote`) runs this part alone, on the large files of the
+last `make bench` (or new ones). Loopback has no latency of its
 own, so these figures compare the stacks' own costs, not a real network's: with
 BENCH_REMOTE_DELAY_MS=D every peer reaches both servers through a proxy that delays each
 direction by D milliseconds (bench/latency.py; D=0.5 is a 1 ms round trip, a LAN).
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -25,8 +32,8 @@ from testkit.configs import toml_config
 from testkit.library import make_library
 from testkit.servers import SeaweedServer, SshServer
 
-from .common import (MUSICFS, ROOT, baseline_tree, drop_caches, ensure_installed, header_scan, read_tree, sh, timed,
-                     unmount, wait_mounted)
+from .common import (MUSICFS, REPEAT, ROOT, baseline_tree, drop_caches, ensure_installed, header_scan, read_tree,
+                     sh, unmount, wait_mounted)
 from .latency import DelayProxy
 
 REMOTE_FILES = 2000
@@ -54,14 +61,17 @@ class Remote:
 class Sshfs(Remote):
     name = "sshfs"
 
-    def __init__(self, work, mnt, sshd: SshServer, path: Path):
+    def __init__(self, work, mnt, sshd: SshServer, path: Path, cipher: str | None = None):
         super().__init__(work, mnt)
-        self.sshd, self.path = sshd, path
+        self.sshd, self.path, self.cipher = sshd, path, cipher
+        if cipher:
+            self.name = "sshfs-gcm"
 
     def mount(self, fresh_cache=False):
         self.mnt.mkdir(parents=True, exist_ok=True)
         sh("sshfs", "-o", f"ro,port={self.sshd.port},IdentityFile={self.sshd.key_file},"
-           f"UserKnownHostsFile={self.sshd.known_hosts},StrictHostKeyChecking=yes",
+           f"UserKnownHostsFile={self.sshd.known_hosts},StrictHostKeyChecking=yes"
+           + (f",Ciphers={self.cipher}" if self.cipher else ""),
            f"root@127.0.0.1:{self.path}", self.mnt)
         wait_mounted(self.mnt)
         return self.mnt
@@ -108,6 +118,38 @@ class MusicfsRemote(Remote):
 
     def unmount(self):
         sh(*MUSICFS, "unmount", self.mnt, cwd=self.tree or ROOT, check=False)
+
+
+def serving_cpu_seconds(mnt: Path) -> float:
+    """CPU time (user + system) of the processes serving `mnt`: those whose command line names
+    it, and their descendants (sshfs's ssh)."""
+    parents, cmdlines = {}, {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdlines[int(pid)] = f.read().split(b"\0")
+        except OSError:
+            continue
+        parents[int(pid)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+    target = os.fsencode(str(mnt))
+    serving = {pid for pid, args in cmdlines.items() if target in args}
+    grew = True
+    while grew:
+        children = {pid for pid, (ppid, _) in parents.items() if ppid in serving} - serving
+        serving |= children
+        grew = bool(children)
+    return sum(parents[pid][1] for pid in serving if pid in parents) / os.sysconf("SC_CLK_TCK")
+
+
+def _read_with_cpu(root: Path, mnt: Path, mb: float) -> tuple[float, float]:
+    """(MB/s, CPU seconds per GB of the mount's processes) of reading every large file once."""
+    cpu = serving_cpu_seconds(mnt)
+    started = time.perf_counter()
+    read_tree(root)
+    elapsed = time.perf_counter() - started
+    return mb / elapsed, (serving_cpu_seconds(mnt) - cpu) / (mb / 1000)
 
 
 def run(rows: dict, big: Path, work: Path) -> None:
@@ -157,7 +199,9 @@ def run(rows: dict, big: Path, work: Path) -> None:
             return peers
         for kind, peers in (
             ("sftp", lambda root, tag: [
-                *([Sshfs(work, work / "mnt" / f"sshfs-{tag}", sshd, root)] if have_sshfs else []),
+                *([Sshfs(work, work / "mnt" / f"sshfs-{tag}", sshd, root),
+                   Sshfs(work, work / "mnt" / f"sshfs-gcm-{tag}", sshd, root, "aes128-gcm@openssh.com")]
+                  if have_sshfs else []),
                 RcloneRemote(work, work / "mnt" / f"rclone-sftp-{tag}", f"rclone-sftp-{tag}", f":sftp:{root}",
                              sftp_flags),
                 *musicfs("sftp", tag, {**sshd.origin_table("ssh", root), "timeout": 30})]),
@@ -171,11 +215,16 @@ def run(rows: dict, big: Path, work: Path) -> None:
                 r = rows.setdefault(label, {})
                 drop_caches()
                 root = peer.mount(fresh_cache=True)
-                started = time.perf_counter()
-                read_tree(root)
-                r[f"r_{kind}_first_MBps"] = (mb / (time.perf_counter() - started),) * 2
-                best, med, _ = timed(lambda: read_tree(root), before=drop_caches)
-                r[f"r_{kind}_reread_MBps"] = (mb / best, mb / med)
+                speed, cpu = _read_with_cpu(root, peer.mnt, mb)
+                r[f"r_{kind}_first_MBps"] = (speed, speed)
+                r[f"r_{kind}_first_cpu_s_per_GB"] = (cpu, cpu)
+                rereads = []
+                for _ in range(REPEAT):
+                    drop_caches()
+                    rereads.append(_read_with_cpu(root, peer.mnt, mb))
+                rereads.sort(reverse=True)
+                r[f"r_{kind}_reread_MBps"] = (rereads[0][0], statistics.median(s for s, _ in rereads))
+                r[f"r_{kind}_reread_cpu_s_per_GB"] = (rereads[0][1], statistics.median(c for _, c in rereads))
                 peer.unmount()
             for peer in peers(small / "lib" if kind == "sftp" else "small", "small"):
                 label = peer.name.rsplit("-", 1)[0]
@@ -204,10 +253,12 @@ def report(rows: dict) -> None:
     baselines = sorted({name.split("@", 1)[1] for name in rows if "@" in name})
     for metric in ("r_sftp_first_MBps", "r_sftp_reread_MBps"):
         ratio(metric, "musicfs-sftp", "sshfs")
+        ratio(metric, "musicfs-sftp", "sshfs-gcm")
         ratio(metric, "musicfs-sftp", "rclone-sftp")
         for revision in baselines:
             ratio(metric, f"musicfs-sftp@{revision}", "sshfs")
     ratio("r_sftp_scan_2k_cold_s", "musicfs-sftp", "sshfs", higher=False)
+    ratio("r_sftp_scan_2k_cold_s", "musicfs-sftp", "sshfs-gcm", higher=False)
     ratio("r_sftp_scan_2k_cold_s", "musicfs-sftp", "rclone-sftp", higher=False)
     for revision in baselines:
         ratio("r_sftp_scan_2k_cold_s", f"musicfs-sftp@{revision}", "sshfs", higher=False)
@@ -215,3 +266,15 @@ def report(rows: dict) -> None:
         ratio(metric, "musicfs-s3", "rclone-s3", higher=metric != "r_s3_scan_2k_cold_s")
         for revision in baselines:
             ratio(metric, f"musicfs-s3@{revision}", "rclone-s3", higher=metric != "r_s3_scan_2k_cold_s")
+
+
+def main() -> None:
+    from .common import WORK, big_library, print_table
+    rows: dict = {}
+    run(rows, big_library(), WORK)
+    print_table(rows)
+    report(rows)
+
+
+if __name__ == "__main__":
+    main()
