@@ -64,8 +64,7 @@ class Sshfs(Remote):
     def __init__(self, work, mnt, sshd: SshServer, path: Path, cipher: str | None = None):
         super().__init__(work, mnt)
         self.sshd, self.path, self.cipher = sshd, path, cipher
-        if cipher:
-            self.name = "sshfs-gcm"
+        self.name = mnt.name   # sshfs-TAG, sshfs-gcm-TAG: the row is the name without its tag
 
     def mount(self, fresh_cache=False):
         self.mnt.mkdir(parents=True, exist_ok=True)
