@@ -238,9 +238,15 @@ def _path(value, key):
     return Path(os.path.expanduser(value))
 
 
+# The longest time any setting may give (30 days): TOML takes nan, inf and 1e308, which no timer
+# or deadline can hold (time.monotonic() + inf overflows a thread wait).
+LONGEST_SECONDS = 30 * 86400
+
+
 def _seconds(value, key):
-    if value <= 0:
-        raise ConfigError(f"{key}: must be a positive number of seconds, got {value}")
+    if not 0 < value <= LONGEST_SECONDS:   # (false for nan too)
+        raise ConfigError(f"{key}: must be a positive number of seconds up to {LONGEST_SECONDS} (30 days), "
+                          f"got {value}")
     return float(value)
 
 

@@ -262,7 +262,7 @@ def write_status(cache_dir: Path, status: DaemonStatus) -> None:
 def _load(path: Path) -> DaemonStatus | None:
     try:
         return DaemonStatus.from_json(json.loads(path.read_text()))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):   # (not a daemon's: nested too deep to parse)
         return None
 
 

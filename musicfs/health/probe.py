@@ -276,7 +276,9 @@ def gather(config: Config, status: DaemonStatus | None, mountpoint: str | None, 
     recent verdict on."""
     now = time.time()
     daemon = {"running": False, "pid": None, "fresh": False, "died": False, "status_age": None,
-              "mountpoint": None, "started": None, "status_file": str(status_path(config.cache.dir))}
+              "mountpoint": None, "started": None, "status_file": str(status_path(config.cache.dir)),
+              # a file there that names no daemon: a live one replaces it whole every second
+              "status_unreadable": status is None and status_path(config.cache.dir).exists()}
     if status is not None:
         age = now - status.updated
         # dated in the future (the clock stepped back): nothing says the daemon wrote it lately
@@ -331,6 +333,9 @@ def _judge_daemon_and_mount(findings: Findings, critical: list, problems: list) 
         problems.append(f"daemon PID {daemon['pid']} has not refreshed its status for {daemon['status_age']:.0f}s"
                         if daemon["status_age"] is not None else
                         f"daemon PID {daemon['pid']}'s status file is dated in the future (the clock went back?)")
+    if daemon["status_unreadable"]:
+        problems.append(f"the status file {daemon['status_file']} names no daemon (damaged, or not musicfs's): "
+                        f"its daemon may have died; check its mount, then remove the file")
     outcome = findings.outcomes.get("mount")
     if outcome is None:
         return None

@@ -135,6 +135,10 @@ def test_killed_daemon_is_critical(tmp_path):
                 assert result.stdout.startswith("MUSICFS CRITICAL - ")
                 assert f"daemon PID {daemon.pid} died" in result.stdout
                 assert f"mount {daemon.mountpoint} is dead (Transport endpoint is not connected)" in result.stdout
+        # A status file damaged (a disk that lost its last write) still does not pass for health.
+        status_path(daemon.cache_dir).write_text("")
+        result = health("-c", daemon.config)
+        assert result.returncode == 1 and "names no daemon" in result.stdout, result.stdout
     finally:
         force_unmount(daemon.mountpoint)
         daemon.stop()

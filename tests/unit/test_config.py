@@ -130,3 +130,16 @@ def test_a_config_file_that_is_not_utf8_is_one_line_naming_it(tmp_path):
     path.write_bytes(b"\xff\xfe[cache]\n")
     with pytest.raises(ConfigError, match=f"config file {path} is not UTF-8 text"):
         c.load(path)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e308", "0", "-5"])
+def test_a_time_no_timer_can_hold_is_refused_naming_the_key(tmp_path, value):
+    """TOML takes nan, inf and 1e308: each would make every read's deadline fail or overflow."""
+    for section, key in (("fuse", "read_timeout"), ("health", "timeout"), ("health", "interval"),
+                         ("catalog", "rescan_interval")):
+        document = {"cache": {"dir": str(tmp_path / "cache")}, "origins": [{"name": "a", "path": str(tmp_path)}],
+                    section: {key: float(value)}}
+        with pytest.raises(ConfigError, match=f"^{section}.{key}: must be a positive number of seconds"):
+            c.parse(document)
+    c.parse({"cache": {"dir": str(tmp_path / "cache")}, "origins": [{"name": "a", "path": str(tmp_path)}],
+             "catalog": {"rescan_interval": 86400.0 * 30}})

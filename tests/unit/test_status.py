@@ -51,3 +51,10 @@ def test_a_file_naming_no_daemon_is_no_status(tmp_path, private_runtime_dir):
     for content in ("[1, 2]", '{"pid": "12"}', "not json", '{"mountpoint": "/mnt"}'):
         status_path(tmp_path / "cache").write_text(content)
         assert read_status_file(tmp_path / "cache") is None, content
+
+
+def test_a_file_nested_too_deep_to_parse_is_no_status(tmp_path, private_runtime_dir):
+    """Any file named like a status file is read by every command: one that cannot be parsed
+    must not break them for every other mount."""
+    status_path(tmp_path / "cache").write_text('{"pid": ' + "[" * 100000 + "]" * 100000 + "}")
+    assert read_status_file(tmp_path / "cache") is None
