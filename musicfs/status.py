@@ -198,7 +198,8 @@ class DaemonStatus:
     version: str | None = None
     cache_dir: str | None = None
     config_file: str | None = None
-    # What the cron probe needs of the daemon's config: its `published_config` is what reads back.
+    # What the cron probe needs of the daemon's config: origins, cache, health and log are
+    # published (`config_summary`) and read back; the rest reads back as defaults.
     config: Config | None = None
     passthrough: bool = False
     passthrough_reason: str | None = None
@@ -327,11 +328,6 @@ def daemon_of_mountpoint(mountpoint: Path) -> tuple[int | None, Path | None]:
     if not alive:
         return None, None
     return status.pid, Path(status.cache_dir) if status.cache_dir else None
-
-
-def published_config(config: Config) -> Config:
-    """The parts of `config` a status file carries (origins, cache, health, log); the rest default."""
-    return Config(origins=config.origins, cache=config.cache, health=config.health, log=config.log)
 
 
 def config_summary(config: Config) -> dict:

@@ -382,8 +382,8 @@ class SftpOrigin(Origin):
         path = self._abs(relpath)
 
         def ranged(client):
-            request = getattr(client, "musicfs_read_request", DEFAULT_READ_REQUEST)
-            data, attr = _read_range(client, path, offset, size, request, with_attributes=expect is not None)
+            data, attr = _read_range(client, path, offset, size, client.musicfs_read_request,
+                                     with_attributes=expect is not None)
             if expect is not None:
                 self._verify(relpath, attr, expect)
             return data
@@ -442,7 +442,7 @@ def _read_range(client: paramiko.SFTPClient, path: str, offset: int, size: int, 
     CLOSEs are not waited for: their answers are dropped when the session reads its next. After
     a failure nothing is closed here: the caller throws the whole session away.
     """
-    handles: OrderedDict = getattr(client, "musicfs_handles", OrderedDict())
+    handles: OrderedDict = client.musicfs_handles
     handle = handles.pop(path, None) if with_attributes else None
     reused = handle is not None
     if handle is None:
@@ -482,7 +482,7 @@ def _read_range(client: paramiko.SFTPClient, path: str, offset: int, size: int, 
             return _read_range(client, path, offset, size, request, with_attributes)
     if gaps and with_attributes:   # those bytes came after the FSTAT: look again
         attributes = paramiko.SFTPAttributes._from_msg(client._request(CMD_FSTAT, handle)[1])
-    if with_attributes and hasattr(client, "musicfs_handles"):
+    if with_attributes:
         handles[path] = handle
         while len(handles) > OPEN_HANDLES:
             client._async_request(type(None), CMD_CLOSE, handles.popitem(last=False)[1])

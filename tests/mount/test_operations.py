@@ -241,6 +241,15 @@ def test_pin_outside_a_mount_is_one_clear_line(tmp_path):
     assert result.stderr.strip() == f"musicfs: {tmp_path} is not inside a running musicfs mount"
 
 
+def _library_and_extra(tmp_path):
+    """Origin a: a small library; origin b: one more file, Other/extra.flac (1000 bytes of z)."""
+    first, second = tmp_path / "a", tmp_path / "b"
+    make_library(first, 2, 16 * KIB)
+    (second / "Other").mkdir(parents=True)
+    (second / "Other/extra.flac").write_bytes(b"z" * 1000)
+    return first, second
+
+
 def _reloads(daemon) -> int:
     return (status_file(daemon).get("reloads") or {}).get("count", 0)
 
@@ -259,10 +268,7 @@ def test_a_reload_swaps_the_read_settings_whole_and_leaves_those_a_read_took_unc
 
 
 def test_sighup_reload_adds_an_origin_and_refuses_a_broken_config(tmp_path, daemons):
-    first, second = tmp_path / "a", tmp_path / "b"
-    make_library(first, 2, 16 * KIB)
-    (second / "Other").mkdir(parents=True)
-    (second / "Other/extra.flac").write_bytes(b"z" * 1000)
+    first, second = _library_and_extra(tmp_path)
     daemon = daemons(tmp_path, [("a", first)])
     # (a listing, not a lookup: the kernel would remember "no such file" for negative_timeout)
     assert "Other" not in os.listdir(daemon.mountpoint)
@@ -287,10 +293,7 @@ def test_sighup_reload_adds_an_origin_and_refuses_a_broken_config(tmp_path, daem
 
 
 def test_reload_command_applies_the_config_and_says_what_changed_or_refuses_naming_the_key(tmp_path, daemons):
-    first, second = tmp_path / "a", tmp_path / "b"
-    make_library(first, 2, 16 * KIB)
-    (second / "Other").mkdir(parents=True)
-    (second / "Other/extra.flac").write_bytes(b"z" * 1000)
+    first, second = _library_and_extra(tmp_path)
     daemon = daemons(tmp_path, [("a", first)])
 
     daemon.config.write_text(toml_config([("a", first), ("b", second)], daemon.cache_dir, daemon.log_file,
@@ -319,10 +322,7 @@ def test_reload_command_applies_the_config_and_says_what_changed_or_refuses_nami
 
 
 def test_sighup_reload_removes_an_origin_and_switches_the_layout(tmp_path, daemons):
-    first, second = tmp_path / "a", tmp_path / "b"
-    make_library(first, 2, 16 * KIB)
-    (second / "Other").mkdir(parents=True)
-    (second / "Other/extra.flac").write_bytes(b"z" * 1000)
+    first, second = _library_and_extra(tmp_path)
     daemon = daemons(tmp_path, [("a", first), ("b", second)])
     assert daemon.path("Other/extra.flac").exists()
 
